@@ -1,0 +1,20 @@
+"""Typed job configs: schema (one module per concern), YAML loading with inheritance and
+overrides, and the resolved copy written next to every output."""
+
+from .errors import ConfigError, Problem
+from .job import JobConfig, RunConfig
+from .loader import LoadedConfig, load_config, parse_override
+from .resolved import RESOLVED_NAME, dump_resolved, write_resolved
+
+__all__ = [
+    "ConfigError",
+    "JobConfig",
+    "LoadedConfig",
+    "Problem",
+    "RESOLVED_NAME",
+    "RunConfig",
+    "dump_resolved",
+    "load_config",
+    "parse_override",
+    "write_resolved",
+]

@@ -1,0 +1,108 @@
+"""Config sections for data preparation: the sources, the tokenizer and sequence packing."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import Count, StrictModel
+
+
+class _Source(StrictModel):
+    name: str | None = Field(None, description="Label in the manifest; defaults to the type and path.")
+    weight: float = Field(1.0, gt=0, description="Relative sampling weight of this source.")
+
+
+class JsonlSource(_Source):
+    type: Literal["jsonl"]
+    path: str = Field(description="A .jsonl file, a directory, or a glob.")
+    text_field: str = "text"
+
+
+class ParquetSource(_Source):
+    type: Literal["parquet"]
+    path: str
+    text_field: str = "text"
+
+
+class TextSource(_Source):
+    """Plain text files, one document per file."""
+
+    type: Literal["text"]
+    path: str
+    glob: str = "**/*.txt"
+
+
+class CodeSource(_Source):
+    """A source tree: every file matching ``glob`` under ``path`` is one document."""
+
+    type: Literal["code"]
+    path: str
+    glob: str = "**/*.py"
+
+
+class HFDiskSource(_Source):
+    """A Hugging Face dataset written with ``save_to_disk``."""
+
+    type: Literal["hf_disk"]
+    path: str
+    split: str = "train"
+    text_field: str = "text"
+
+
+class HFFilesSource(_Source):
+    """Local files read through ``datasets.load_dataset(builder, data_files=path)``."""
+
+    type: Literal["hf_files"]
+    builder: Literal["json", "parquet", "csv", "text"]
+    path: str
+    split: str = "train"
+    text_field: str = "text"
+
+
+class StdlibSource(_Source):
+    """The embedded default corpus: the running interpreter's standard-library sources."""
+
+    type: Literal["stdlib"]
+    glob: str = "**/*.py"
+
+
+DataSource = Annotated[
+    Union[JsonlSource, ParquetSource, TextSource, CodeSource, HFDiskSource, HFFilesSource, StdlibSource],
+    Field(discriminator="type"),
+]
+
+
+class DataConfig(StrictModel):
+    sources: list[DataSource] = Field(default_factory=lambda: [StdlibSource(type="stdlib")], min_length=1)
+    output_dir: str = Field("data/prepared", description="Where shards and the manifest are written.")
+    val_fraction: float = Field(0.01, ge=0, lt=0.5, description="Share of documents held out, by hash.")
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, gt=0)
+    dedup: bool = Field(False, description="Drop exact duplicate documents (content hash).")
+    ray_address: str | None = Field(None, description="Existing Ray cluster; None starts a local one.")
+    num_workers: int | None = Field(None, ge=1, description="Tokenizer actors; None = CPUs available.")
+
+    @model_validator(mode="after")
+    def _chars(self) -> "DataConfig":
+        if self.max_chars is not None and self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) is below min_chars ({self.min_chars})")
+        return self
+
+
+class TokenizerConfig(StrictModel):
+    model_path: str | None = Field(None, description="An existing sentencepiece .model; None trains one.")
+    type: Literal["bpe", "unigram"] = "bpe"
+    vocab_size: int = Field(8192, ge=64)
+    byte_fallback: bool = True
+    character_coverage: float = Field(0.9999, gt=0, le=1)
+    sample_docs: Count = Field(20000, ge=1, description="Documents sampled from the corpus for training.")
+    user_defined_symbols: list[str] = Field(default_factory=list)
+
+
+class PackingConfig(StrictModel):
+    seq_len: int = Field(2048, ge=8, description="Training sequence length; stored rows hold seq_len+1.")
+    strategy: Literal["concat", "best_fit"] = "best_fit"
+    token_dtype: Literal["auto", "uint16", "int32"] = "auto"
+    sequences_per_shard: int = Field(8192, ge=1)

@@ -1,0 +1,71 @@
+"""The whole job config: every section composed, plus the checks that span sections."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import StrictModel
+from .data import DataConfig, PackingConfig, TokenizerConfig
+from .model import ModelConfig, ParScaleConfig
+from .training import (
+    CheckpointConfig,
+    EvalConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    ParallelConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+
+
+class RunConfig(StrictModel):
+    name: str = "parscale"
+    output_dir: str = Field("runs/default", description="Checkpoints, metrics and reports go here.")
+    seed: int = Field(1234, ge=0)
+
+
+class JobConfig(StrictModel):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    packing: PackingConfig = Field(default_factory=PackingConfig)
+    model: ModelConfig | None = Field(None, description="Required by train, eval, generate and run.")
+    parscale: ParScaleConfig = Field(default_factory=ParScaleConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig | None = Field(None, description="Required by train and run.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def cross_section_problems(cfg: JobConfig) -> list[tuple[str, str]]:
+    """Checks that involve more than one section, as (dotted key, message) pairs."""
+    problems: list[tuple[str, str]] = []
+    tp = cfg.parallel.tensor_parallel_size
+    if cfg.model is not None:
+        for key in ("num_attention_heads", "num_kv_heads"):
+            value = getattr(cfg.model, key)
+            if value % tp:
+                problems.append(
+                    ("parallel.tensor_parallel_size", f"{tp} does not divide model.{key} ({value})")
+                )
+        if cfg.packing.seq_len > cfg.model.max_seq_len:
+            problems.append(
+                ("packing.seq_len", f"{cfg.packing.seq_len} exceeds model.max_seq_len ({cfg.model.max_seq_len})")
+            )
+    dp = cfg.parallel.data_parallel_size
+    if dp is not None and cfg.parallel.global_batch_size % (cfg.parallel.micro_batch_size * dp):
+        problems.append(
+            (
+                "parallel.global_batch_size",
+                f"{cfg.parallel.global_batch_size} is not a multiple of micro_batch_size x "
+                f"data_parallel_size ({cfg.parallel.micro_batch_size} x {dp})",
+            )
+        )
+    if cfg.train is not None and cfg.schedule.warmup_tokens > cfg.train.tokens:
+        problems.append(
+            ("schedule.warmup_tokens", f"{cfg.schedule.warmup_tokens} exceeds train.tokens ({cfg.train.tokens})")
+        )
+    return problems

@@ -1,0 +1,67 @@
+"""Config sections for the network: the dense decoder's shape and the ParScale extension."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import StrictModel
+
+
+class ModelConfig(StrictModel):
+    """A Qwen2-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention."""
+
+    num_layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    ffn_hidden_size: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1)
+    head_dim: int | None = Field(None, ge=1, description="None = hidden_size / num_attention_heads.")
+    vocab_size: int | None = Field(None, ge=1, description="None = the tokenizer's vocabulary size.")
+    pad_vocab_to_multiple_of: int = Field(128, ge=1, description="Padded per TP rank, as Megatron does.")
+    max_seq_len: int = Field(4096, ge=1)
+    rope_base: float = Field(10000.0, gt=0)
+    qkv_bias: bool = True
+    tie_embeddings: bool = True
+    norm_eps: float = Field(1e-6, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    document_attention: bool = Field(True, description="Reset positions and mask attention per document.")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelConfig":
+        if self.num_attention_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                f"({self.num_attention_heads}); set head_dim explicitly"
+            )
+        return self
+
+    @property
+    def kv_channels(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+class ParScaleConfig(StrictModel):
+    """Parallel scaling: P weight-sharing streams with per-layer prefixes and a learned merge."""
+
+    streams: int = Field(1, ge=1, le=64, description="P; 1 is exactly the dense model.")
+    prefix_len: int = Field(48, ge=1, description="Prefix tokens per layer and stream.")
+    eps: float = Field(0.1, ge=0, lt=1, description="Aggregation smoothing: w*(1-eps) + eps/P.")
+    prefix_init: Literal["normal", "mlp"] = "normal"
+    prefix_init_std: float = Field(0.02, gt=0)
+    prefix_mlp_hidden: int = Field(512, ge=1, description="Hidden width of the 'mlp' reparameterisation.")
+    trainable: Literal["all", "parscale_only"] = Field(
+        "all", description="'parscale_only' freezes the backbone: only prefixes and aggregator train."
+    )
+
+    @model_validator(mode="after")
+    def _frozen_needs_streams(self) -> "ParScaleConfig":
+        if self.trainable == "parscale_only" and self.streams == 1:
+            raise ValueError("trainable 'parscale_only' with streams 1 leaves nothing to train")
+        return self

@@ -1,0 +1,91 @@
+"""Config sections for a training job: parallelism, optimizer, LR schedule, budget, checkpoints,
+evaluation and logging."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Count, Scaled, StrictModel
+
+
+class ParallelConfig(StrictModel):
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int | None = Field(
+        None, ge=1, description="None = world size / tensor_parallel_size. The local launcher uses it."
+    )
+    zero_stage: int = Field(1, ge=0, le=3)
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per rank per forward pass.")
+    global_batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, all ranks.")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    activation_checkpointing: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on CUDA, else gloo.")
+
+    @model_validator(mode="after")
+    def _batch(self) -> "ParallelConfig":
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) is not a multiple of "
+                f"micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+NoDecayGroup = Literal["norm", "bias", "embedding", "prefix", "aggregator"]
+
+
+class OptimizerConfig(StrictModel):
+    type: Literal["adamw"] = "adamw"
+    lr: Scaled = Field(3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: Scaled = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    no_decay: list[NoDecayGroup] = Field(
+        default_factory=lambda: ["norm", "bias"], description="Parameter groups exempt from weight decay."
+    )
+    grad_clip: float = Field(1.0, ge=0, description="Global grad-norm clip; 0 disables.")
+
+
+class ScheduleConfig(StrictModel):
+    """Warmup-stable-decay. Stage 1: decay_fraction 0 (warmup then constant). Stage 2's anneal:
+    decay_fraction 1 (warmup then decay to the floor)."""
+
+    warmup_tokens: Count = Field(0, ge=0)
+    decay_fraction: float = Field(0.0, ge=0, le=1, description="Share of the budget spent decaying, at the end.")
+    decay_style: Literal["cosine", "linear"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Floor of the decay, as a fraction of lr.")
+
+
+class BlendEntry(StrictModel):
+    path: str = Field(description="A data_prep output directory (holds manifest.json).")
+    weight: float = Field(1.0, gt=0)
+
+
+class TrainConfig(StrictModel):
+    tokens: Count = Field(gt=0, description="Training budget in tokens; steps are derived from it.")
+    datasets: list[BlendEntry] = Field(
+        default_factory=list, description="Prepared datasets and weights; empty = data.output_dir."
+    )
+    init_from: str | None = Field(None, description="Checkpoint to start from (ours, portable or HF).")
+    max_nonfinite_in_a_row: int = Field(5, ge=1, description="Skipped steps in a row before stopping.")
+
+
+class CheckpointConfig(StrictModel):
+    dir: str | None = Field(None, description="None = <run.output_dir>/checkpoints.")
+    interval_steps: int = Field(1000, ge=1)
+    keep_last: int = Field(3, ge=1)
+    resume: bool = Field(True, description="Resume from the latest checkpoint in dir, if any.")
+
+
+class EvalConfig(StrictModel):
+    interval_steps: int = Field(1000, ge=0, description="0 = only at the end.")
+    max_batches: int = Field(50, ge=1)
+
+
+class LoggingConfig(StrictModel):
+    interval_steps: int = Field(10, ge=1)
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "parscale"
+    metrics_file: str = Field("metrics.jsonl", description="Relative to run.output_dir.")
+    peak_flops: Scaled | None = Field(None, gt=0, description="Per-device peak FLOP/s for MFU, e.g. 989T.")

@@ -1,0 +1,120 @@
+"""Start (and stop) a distributed process: env, threads, torch.distributed (gloo on CPU, NCCL on
+GPU), DeepSpeed's comm layer, megatron-core's TP x DP groups, seeds. Call once per process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..config.loader import LoadedConfig
+from . import runtime
+from .seeding import seed_everything
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    tp_rank: int
+    tp_size: int
+    dp_rank: int
+    dp_size: int
+    backend: str
+    device: str  # "cpu" or "cuda:N"
+    threads: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pick_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_distributed(loaded: LoadedConfig, *, timeout_minutes: int = 30) -> ParallelContext:
+    """Bring up every process group for ``loaded.config.parallel``; errors name the config key."""
+    cfg = loaded.config
+    par = cfg.parallel
+    runtime.ensure_launcher_env()
+    runtime.set_cache_defaults()
+    runtime.quiet_known_warnings()
+    threads = runtime.configure_threads()
+    world_size = int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+
+    tp = par.tensor_parallel_size
+    if world_size % tp:
+        raise loaded.error("parallel.tensor_parallel_size", f"{tp} does not divide the world size {world_size}")
+    dp = world_size // tp
+    if par.data_parallel_size is not None and par.data_parallel_size != dp:
+        raise loaded.error(
+            "parallel.data_parallel_size",
+            f"{par.data_parallel_size} x tensor_parallel_size {tp} != world size {world_size} "
+            f"(launch {par.data_parallel_size * tp} processes, or unset it to derive {dp})",
+        )
+    if par.global_batch_size % (par.micro_batch_size * dp):
+        raise loaded.error(
+            "parallel.global_batch_size",
+            f"{par.global_batch_size} is not a multiple of micro_batch_size x data-parallel size "
+            f"({par.micro_batch_size} x {dp})",
+        )
+
+    backend = _pick_backend(par.backend)
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise loaded.error("parallel.backend", "nccl needs CUDA, and no GPU is visible")
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    else:
+        device = "cpu"
+    runtime.select_deepspeed_accelerator(device)
+    if device == "cpu":
+        runtime.skip_deepspeed_shm_build()
+
+    import deepspeed
+
+    timeout = timedelta(minutes=timeout_minutes)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timeout, rank=rank, world_size=world_size,
+                                device_id=torch.device(device) if backend == "nccl" else None)
+    deepspeed.init_distributed(dist_backend=backend, timeout=timeout, auto_mpi_discovery=False)
+
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, distributed_timeout_minutes=timeout_minutes,
+            create_gloo_process_groups=backend != "gloo",
+        )
+    seed_everything(cfg.run.seed)
+    return ParallelContext(
+        rank=rank, world_size=world_size, local_rank=local_rank,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(), tp_size=tp,
+        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=dp,
+        backend=backend, device=device, threads=threads,
+    )
+
+
+def destroy_distributed() -> None:
+    """Tear down megatron-core's groups and the default process group (safe to call twice)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    import deepspeed.comm.comm as ds_comm
+
+    ds_comm.cdb = None

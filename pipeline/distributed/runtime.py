@@ -1,0 +1,89 @@
+"""Process-level settings applied before torch.distributed starts: a single process gets the
+env:// variables it would have under torchrun, threads are split between local ranks, caches go
+to a project-local folder, and DeepSpeed skips a CPU-only op build that training never uses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_launcher_env() -> bool:
+    """Fill in a world of one when no launcher set the env:// variables. Returns True if it did.
+
+    Without them DeepSpeed tries MPI discovery and fails on a missing mpi4py.
+    """
+    if "WORLD_SIZE" in os.environ:  # a launcher started us: it must have set the rest
+        missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise RuntimeError(f"WORLD_SIZE is set but {', '.join(missing)} is not: use torchrun or set them")
+        return False
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    for key in _LAUNCHER_VARS:
+        os.environ.setdefault(key, defaults[key])
+    return True
+
+
+def cpu_threads_per_rank() -> int:
+    """CPUs this process may use, shared evenly between the ranks on this node."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cpus // max(1, local_world))
+
+
+def configure_threads() -> int:
+    """Honour OMP_NUM_THREADS if set (torchrun sets 1), else give each local rank its share."""
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or cpu_threads_per_rank()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def cache_root() -> Path:
+    """Project-local cache folder: $PARSCALE_CACHE_DIR, else ./.cache under the working directory."""
+    return Path(os.environ.get("PARSCALE_CACHE_DIR", Path.cwd() / ".cache")).resolve()
+
+
+def set_cache_defaults() -> None:
+    """Point tool caches that default to the home directory at the project cache, unless set."""
+    root = cache_root()
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / "torch_extensions"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+    # megatron-core's TP layers overlap their grad all-reduce only with one CUDA work queue
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+
+
+def quiet_known_warnings() -> None:
+    """Silence import-time notices that say nothing actionable on this stack."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+
+
+def select_deepspeed_accelerator(device: str) -> None:
+    """Tell DeepSpeed which accelerator to use before it is imported (it otherwise probes and warns)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if device == "cpu" else "cuda")
+
+
+def skip_deepspeed_shm_build() -> None:
+    """DeepSpeed's comm layer JIT-builds a CPU shared-memory op (~65 s cold) on every CPU start;
+    gloo training never calls it, so replace the builder before any DeepSpeed backend exists."""
+    import deepspeed.comm.torch  # noqa: F401  (import registers the module)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
