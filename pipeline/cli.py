@@ -1,4 +1,56 @@
-def main():
-    print("placeholder")
+"""The ``parscale`` command: one entry point, a subcommand per pipeline step."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from checkpoints_tools import cli as convert_cli
+from data_prep import cli as prep_cli
+
+from .commands import config_cmd, eval_cmd, generate_cmd, run_cmd, train_cmd
+from .commands.common import CommandUnavailable
+from .config import ConfigError
+
+SUBCOMMANDS = [prep_cli, train_cmd, convert_cli, eval_cmd, generate_cmd, run_cmd, config_cmd]
+
+EXIT_CONFIG_ERROR = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _version() -> str:
+    try:
+        return version("parscale-train")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parscale",
+        description="Pretrain Parallel Scaling (ParScale) language models: Ray data prep, DeepSpeed ZeRO + "
+                    "megatron-core tensor parallelism (stage 1 dense, stage 2 ParScale), checkpoint tools.",
+        epilog="Every subcommand has --help. Configs: configs/*.yaml; override any key with --set a.b=c.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except CommandUnavailable as exc:
+        print(f"parscale {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from .errors import ConfigError, Problem, dotted
 from .job import JobConfig, cross_section_problems
-from .schema_walk import allowed_keys
+from .schema_walk import allowed_keys, default_at
 
 BASE_KEY = "base"
 Path_ = tuple  # a key path: ("data", "sources", 0, "path")
@@ -184,7 +184,10 @@ def _apply_override(data: dict, origin: dict, path: Path_, value: Any, text: str
             continue
         if not isinstance(node, dict):
             raise ConfigError(source, [Problem(f"--set {text}", here, "cannot set a key inside a non-mapping value")])
-        node = node.setdefault(part, {})
+        if part not in node:  # reach into a default the files never wrote (e.g. the default source list)
+            default = default_at(JobConfig, path[: depth + 1], data)
+            node[part] = default if isinstance(default, (dict, list)) else {}
+        node = node[part]
     last = path[-1]
     if isinstance(node, list):
         if not isinstance(last, int) or last >= len(node):
@@ -245,4 +248,12 @@ def _problems_from(exc: ValidationError, data: dict, origin: dict, source: str) 
             if "input" in err and not isinstance(err["input"], (dict, list)):
                 message += f" (got {err['input']!r})"
         problems.append(Problem(where, dotted(loc), message))
-    return problems
+    return sorted(problems, key=_reading_order)
+
+
+def _reading_order(problem: Problem) -> tuple:
+    """Files in the order given, lines top to bottom, command-line overrides last."""
+    name, _, line = problem.where.rpartition(":")
+    if problem.where.startswith("--set") or not line.isdigit():
+        return (1, problem.where, 0)
+    return (0, name, int(line))

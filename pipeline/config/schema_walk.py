@@ -6,7 +6,8 @@ import types
 import typing
 from typing import Any, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
+from pydantic_core import PydanticUndefined
 
 
 def _candidates(annotation: Any) -> list[Any]:
@@ -32,8 +33,8 @@ def _model_for(annotation: Any, raw: Any) -> type[BaseModel] | None:
     return models[0] if models else None
 
 
-def allowed_keys(root: type[BaseModel], path: tuple, data: Any) -> list[str]:
-    """Field names of the section at ``path`` (a cleaned pydantic location) or [] if unknown."""
+def _section_at(root: type[BaseModel], path: tuple, data: Any) -> type[BaseModel] | None:
+    """The config model that holds the keys found at ``path`` (a cleaned pydantic location)."""
     model: type[BaseModel] | None = root
     node = data
     annotation: Any = None
@@ -43,8 +44,26 @@ def allowed_keys(root: type[BaseModel], path: tuple, data: Any) -> list[str]:
             model = _model_for(annotation, node)
             continue
         if model is None or part not in model.model_fields:
-            return []
+            return None
         annotation = model.model_fields[part].annotation
         node = node.get(part) if isinstance(node, dict) else None
         model = _model_for(annotation, node)
+    return model
+
+
+def allowed_keys(root: type[BaseModel], path: tuple, data: Any) -> list[str]:
+    """Field names of the section at ``path``, or [] if the path leads nowhere known."""
+    model = _section_at(root, path, data)
     return list(model.model_fields) if model is not None else []
+
+
+def default_at(root: type[BaseModel], path: tuple, data: Any) -> Any:
+    """The default of the field at ``path`` as plain data (so an override can reach into a
+    default list or section the file never wrote), or None when there is none."""
+    model = _section_at(root, path[:-1], data)
+    if model is None or not isinstance(path[-1], str) or path[-1] not in model.model_fields:
+        return None
+    default = model.model_fields[path[-1]].get_default(call_default_factory=True)
+    if default is None or default is PydanticUndefined:
+        return None
+    return TypeAdapter(Any).dump_python(default, mode="json")

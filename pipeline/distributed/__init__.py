@@ -1,7 +1,11 @@
 """Distributed bootstrap in one place: process environment, torch.distributed, megatron-core's
 tensor x data parallel groups, DeepSpeed's comm layer and its ``mpu`` adapter, seeding."""
 
-from .bootstrap import ParallelContext, destroy_distributed, init_distributed
-from .mpu import MegatronMPU
+from .runtime import quiet_known_warnings
+
+quiet_known_warnings()  # before megatron-core is imported below
+
+from .bootstrap import ParallelContext, destroy_distributed, init_distributed  # noqa: E402
+from .mpu import MegatronMPU  # noqa: E402
 
 __all__ = ["MegatronMPU", "ParallelContext", "destroy_distributed", "init_distributed"]

@@ -56,7 +56,7 @@ def _deepspeed_step(ctx: ParallelContext, zero_stage: int, seed: int) -> float:
         tensor_model_parallel_size=ctx.tp_size, use_cpu_initialization=True,
         params_dtype=torch.float32, perform_initialization=True,
     )
-    width = 8 * ctx.tp_size
+    width = 16  # fixed, so every TP size splits the same master weights
     def init(weight):
         return torch.nn.init.normal_(weight, std=0.02)
 

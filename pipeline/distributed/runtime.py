@@ -74,6 +74,7 @@ def quiet_known_warnings() -> None:
 
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+    warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS.*")
 
 
 def select_deepspeed_accelerator(device: str) -> None:

@@ -1,0 +1,36 @@
+"""``parscale config``: validate a job config and print it fully resolved (or the schema)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_config_args, load_from_args
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..config import JobConfig, dump_resolved, write_resolved
+
+    if args.schema:
+        print(json.dumps(JobConfig.model_json_schema(), indent=2))
+        return 0
+    if args.config is None:
+        raise SystemExit("parscale config: give a CONFIG file or --schema")
+    loaded = load_from_args(args)
+    if args.out:
+        print(f"wrote {write_resolved(loaded, args.out)}")
+    else:
+        print(dump_resolved(loaded), end="")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "config", help="validate a job config and print it resolved",
+        description="Validate a job config (bases merged, overrides applied, defaults filled) and print "
+                    "the resolved YAML, or write it with --out. Exit 2 with every problem listed if invalid.",
+    )
+    add_config_args(parser, required=False)
+    parser.add_argument("--out", metavar="DIR", help="write config.resolved.yaml into DIR instead of printing")
+    parser.add_argument("--schema", action="store_true", help="print the config JSON schema and exit")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,47 @@
+"""Start a module under torchrun on this node: the command, its environment, and a dry run that
+prints both. Multi-node, SLURM and DeepSpeed-hostfile launchers build on the same command."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from .runtime import cpu_threads_per_rank
+
+
+@dataclass(frozen=True)
+class TorchrunLaunch:
+    module: str
+    args: list[str]
+    nproc_per_node: int
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None  # host:port of the first node; None = --standalone
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.nproc_per_node}"]
+        if self.rdzv_endpoint is None:
+            cmd.append("--standalone")
+        else:
+            cmd += [f"--nnodes={self.nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={self.rdzv_endpoint}"]
+        return cmd + ["-m", self.module, *self.args]
+
+    def env(self) -> dict[str, str]:
+        """Variables set on top of the caller's environment."""
+        threads = os.environ.get("OMP_NUM_THREADS") or str(
+            max(1, cpu_threads_per_rank() // self.nproc_per_node)
+        )
+        return {"OMP_NUM_THREADS": threads, **self.extra_env}
+
+    def describe(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env().items()))
+        return f"{env} {shlex.join(self.command())}"
+
+    def run(self, dry_run: bool = False) -> int:
+        if dry_run:
+            print(self.describe())
+            return 0
+        return subprocess.call(self.command(), env={**os.environ, **self.env()})
