@@ -218,3 +218,13 @@ def test_runtime_error_uses_provenance(write_yaml):
     loaded = load_config(path)
     err = loaded.error("parallel.data_parallel_size", "4 x 1 != world size 2")
     assert f"{path}:12: parallel.data_parallel_size: 4 x 1 != world size 2" in str(err)
+
+
+def test_global_batch_must_split_over_data_parallel_ranks(write_yaml):
+    text = TINY + "parallel:\n  micro_batch_size: 4\n  global_batch_size: 16\n"
+    cfg = load_config(write_yaml("ok.yaml", text)).config
+    assert cfg.parallel.grad_accum_steps(2) == 2 and cfg.parallel.grad_accum_steps(4) == 1
+    with pytest.raises(ValueError, match=r"not a multiple of micro_batch_size x data-parallel size \(4 x 3\)"):
+        cfg.parallel.grad_accum_steps(3)
+    with pytest.raises(ConfigError, match=r"parallel.global_batch_size: 16 is not a multiple .* \(4 x 3\)"):
+        load_config(write_yaml("bad.yaml", text + "  data_parallel_size: 3\n"))

@@ -56,14 +56,8 @@ def cross_section_problems(cfg: JobConfig) -> list[tuple[str, str]]:
                 ("packing.seq_len", f"{cfg.packing.seq_len} exceeds model.max_seq_len ({cfg.model.max_seq_len})")
             )
     dp = cfg.parallel.data_parallel_size
-    if dp is not None and cfg.parallel.global_batch_size % (cfg.parallel.micro_batch_size * dp):
-        problems.append(
-            (
-                "parallel.global_batch_size",
-                f"{cfg.parallel.global_batch_size} is not a multiple of micro_batch_size x "
-                f"data_parallel_size ({cfg.parallel.micro_batch_size} x {dp})",
-            )
-        )
+    if dp is not None and (problem := cfg.parallel.batch_problem(dp)):
+        problems.append(("parallel.global_batch_size", problem))
     if cfg.train is not None and cfg.schedule.warmup_tokens > cfg.train.tokens:
         problems.append(
             ("schedule.warmup_tokens", f"{cfg.schedule.warmup_tokens} exceeds train.tokens ({cfg.train.tokens})")

@@ -31,6 +31,20 @@ class ParallelConfig(StrictModel):
             )
         return self
 
+    def batch_problem(self, dp: int) -> str | None:
+        """Why global_batch_size cannot be split over ``dp`` data-parallel ranks, or None."""
+        if self.global_batch_size % (self.micro_batch_size * dp):
+            return (f"{self.global_batch_size} is not a multiple of micro_batch_size x data-parallel size "
+                    f"({self.micro_batch_size} x {dp})")
+        return None
+
+    def grad_accum_steps(self, dp: int) -> int:
+        """Micro-batches per rank per optimizer step."""
+        problem = self.batch_problem(dp)
+        if problem:
+            raise ValueError(problem)
+        return self.global_batch_size // (self.micro_batch_size * dp)
+
 
 NoDecayGroup = Literal["norm", "bias", "embedding", "prefix", "aggregator"]
 

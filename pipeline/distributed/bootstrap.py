@@ -64,12 +64,8 @@ def init_distributed(loaded: LoadedConfig, *, timeout_minutes: int = 30) -> Para
             f"{par.data_parallel_size} x tensor_parallel_size {tp} != world size {world_size} "
             f"(launch {par.data_parallel_size * tp} processes, or unset it to derive {dp})",
         )
-    if par.global_batch_size % (par.micro_batch_size * dp):
-        raise loaded.error(
-            "parallel.global_batch_size",
-            f"{par.global_batch_size} is not a multiple of micro_batch_size x data-parallel size "
-            f"({par.micro_batch_size} x {dp})",
-        )
+    if problem := par.batch_problem(dp):
+        raise loaded.error("parallel.global_batch_size", problem)
 
     backend = _pick_backend(par.backend)
     if backend == "nccl":
