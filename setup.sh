@@ -19,7 +19,7 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)${TORCH_INDEX_URL:+-$TORCH_INDEX_URL}
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import pipeline, torch" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/parscale" ] && "$venv/bin/python" -c "import torch, deepspeed, megatron.core" 2>/dev/null; then
   echo "setup.sh: .venv is up to date"
   exit 0
 fi
@@ -27,7 +27,9 @@ fi
 [ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 # pip warns once per package about unreachable extra index folders on some machines: keep the log readable
-quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v -e 'is ignored: it is neither a file nor a directory' -e 'BuildBackendWarning' >&2); }
+quiet_pip() {
+  PYTHONWARNINGS=ignore "${pip[@]}" "$@" 2> >(grep -v -e 'is ignored: it is neither a file nor a directory' >&2)
+}
 quiet_pip install --quiet --upgrade "pip>=24" setuptools wheel
 # torch first, alone: with no torch present, any other package asking for torch would pull the newest
 # CUDA build (several GB). The CPU wheel is found locally (pip's find-links) or on the PyTorch CPU index.
