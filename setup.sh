@@ -19,7 +19,7 @@ sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)${TORCH_INDEX_URL:+-$TORCH_INDEX_URL}
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/parscale" ] && "$venv/bin/python" -c "import torch, deepspeed, megatron.core" 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/parscale" ] && "$venv/bin/python" -c "import torch, deepspeed, megatron.core" >/dev/null 2>&1; then
   echo "setup.sh: .venv is up to date"
   exit 0
 fi
