@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands.common import add_config_args, load_from_args, unavailable
+from pipeline.commands.common import add_config_args, load_from_args
 
 
 def _run(args: argparse.Namespace) -> int:
-    load_from_args(args)
-    raise unavailable("data preparation (Ray, sentencepiece, packing)", 3)
+    import sys
+
+    from .job import PrepError, prepare
+
+    loaded = load_from_args(args)
+    try:
+        prepare(loaded)
+    except PrepError as exc:
+        print(f"parscale prep: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "prep", help="tokenize and pack a corpus into training shards",
         description="Read the config's data sources, train or load a sentencepiece tokenizer, tokenize on "
-                    "Ray, pack into seq_len+1 sequences, and write .bin/.idx shards with a manifest.",
+                    "Ray (local, or the cluster at data.ray_address), pack into seq_len+1 sequences, and write "
+                    "megatron-core .bin/.idx shards with a manifest. Rerunning resumes an interrupted job.",
     )
     add_config_args(parser)
     parser.set_defaults(func=_run)

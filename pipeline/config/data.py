@@ -32,6 +32,7 @@ class TextSource(_Source):
     type: Literal["text"]
     path: str
     glob: str = "**/*.txt"
+    exclude: list[str] = Field(default_factory=list, description="Globs (relative to path) to skip.")
 
 
 class CodeSource(_Source):
@@ -40,6 +41,7 @@ class CodeSource(_Source):
     type: Literal["code"]
     path: str
     glob: str = "**/*.py"
+    exclude: list[str] = Field(default_factory=list, description="Globs (relative to path) to skip.")
 
 
 class HFDiskSource(_Source):
@@ -66,6 +68,10 @@ class StdlibSource(_Source):
 
     type: Literal["stdlib"]
     glob: str = "**/*.py"
+    exclude: list[str] = Field(
+        default_factory=lambda: ["site-packages/*", "dist-packages/*"],
+        description="Third-party packages installed beside the standard library are not part of it.",
+    )
 
 
 DataSource = Annotated[
@@ -83,6 +89,7 @@ class DataConfig(StrictModel):
     dedup: bool = Field(False, description="Drop exact duplicate documents (content hash).")
     ray_address: str | None = Field(None, description="Existing Ray cluster; None starts a local one.")
     num_workers: int | None = Field(None, ge=1, description="Tokenizer actors; None = CPUs available.")
+    unit_mb: float = Field(4.0, gt=0, description="Work unit size: input bytes read and tokenized as one task.")
 
     @model_validator(mode="after")
     def _chars(self) -> "DataConfig":
@@ -96,9 +103,11 @@ class TokenizerConfig(StrictModel):
     type: Literal["bpe", "unigram"] = "bpe"
     vocab_size: int = Field(8192, ge=64)
     byte_fallback: bool = True
-    character_coverage: float = Field(0.9999, gt=0, le=1)
+    character_coverage: float = Field(0.995, gt=0, le=1, description="Rarer characters go to byte fallback.")
     sample_docs: Count = Field(20000, ge=1, description="Documents sampled from the corpus for training.")
-    user_defined_symbols: list[str] = Field(default_factory=list)
+    user_defined_symbols: list[str] = Field(
+        default_factory=list, description="Extra pieces kept whole (newline and tab always are)."
+    )
 
 
 class PackingConfig(StrictModel):
@@ -106,3 +115,6 @@ class PackingConfig(StrictModel):
     strategy: Literal["concat", "best_fit"] = "best_fit"
     token_dtype: Literal["auto", "uint16", "int32"] = "auto"
     sequences_per_shard: int = Field(8192, ge=1)
+    best_fit_window: int = Field(
+        4096, ge=1, description="Documents buffered and packed together by best_fit (bounds memory)."
+    )

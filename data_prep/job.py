@@ -1,0 +1,205 @@
+"""A whole prep job: plan -> tokenizer -> tokenize units on Ray -> pack -> shards + manifest.
+
+Outputs in ``data.output_dir``: ``tokenizer.model``, ``{train,val}/<source>/shard_NNNNN.{bin,idx}``,
+``manifest.json``, ``config.resolved.yaml``; resumable state in ``work/``. The same inputs and
+config give byte-identical outputs; a rerun after a crash redoes only the missing units and shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+from pipeline.config import LoadedConfig, write_resolved
+from pipeline.config.job import JobConfig
+
+from . import tokenizer as tok
+from .filters import normalize, reject_reason
+from .manifest import FORMAT, write_manifest
+from .pack_stage import ShardProgress, pack_source, unit_path
+from .progress import Reporter
+from .ray_runtime import cluster_cpus, ray_session
+from .readers import read_unit
+from .units import InputError, SourcePlan, plan
+
+JOB_NAME = "job.json"
+
+
+class PrepError(ValueError):
+    """A prep job that cannot start; the message names the config key or file."""
+
+
+def _fingerprint_sections(cfg: JobConfig) -> dict:
+    """What determines the output bytes (not where Ray runs, nor how many workers)."""
+    data = cfg.data.model_dump(mode="json", exclude={"ray_address", "num_workers"})
+    return {"data": data, "tokenizer": cfg.tokenizer.model_dump(mode="json"),
+            "packing": cfg.packing.model_dump(mode="json"), "seed": cfg.run.seed}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        flat.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return flat
+
+
+def _claim_output(work: Path, cfg: JobConfig) -> None:
+    """Refuse to resume into an output folder that holds a different job."""
+    sections = _fingerprint_sections(cfg)
+    path = work / JOB_NAME
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before != sections:
+            old, new = _flatten(before), _flatten(sections)
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise PrepError(
+                f"data.output_dir: {work.parent} holds a prep job with a different config "
+                f"(changed: {', '.join(changed[:8])}); use another output_dir or delete this one"
+            )
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sections, indent=1))
+
+
+def _sample_documents(plans: list[SourcePlan], cfg: JobConfig) -> list[str]:
+    """Up to tokenizer.sample_docs kept documents, drawn from units in a seeded random order."""
+    units = [u for p in plans for u in p.units]
+    random.Random(cfg.run.seed).shuffle(units)
+    sample: list[str] = []
+    for unit in units:
+        field = getattr(cfg.data.sources[unit.source], "text_field", "text")
+        for record in read_unit(unit, field):
+            if record.text is not None:
+                text = normalize(record.text)
+                if reject_reason(text, cfg.data) is None:
+                    sample.append(text)
+                    if len(sample) >= cfg.tokenizer.sample_docs:
+                        return sample
+    return sample
+
+
+def _tokenizer(plans, cfg: JobConfig, out: Path, reporter: Reporter) -> tok.TokenizerInfo:
+    path = out / tok.TOKENIZER_NAME
+    if cfg.tokenizer.model_path:
+        try:
+            tok.adopt(cfg.tokenizer.model_path, path)
+        except FileNotFoundError as exc:
+            raise PrepError(str(exc)) from None
+    elif not path.exists():
+        with reporter.phase("training tokenizer"):
+            sample = _sample_documents(plans, cfg)
+            if not sample:
+                raise PrepError("data.sources: no document passes the filters; nothing to train a tokenizer on")
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:
+                tok.train(cfg.tokenizer, sample, cfg.run.seed, tmp)
+            except RuntimeError as exc:  # sentencepiece explains what to change
+                raise PrepError(f"tokenizer: sentencepiece training failed: {str(exc).split('] ')[-1]}") from None
+            tmp.replace(path)
+    try:
+        info = tok.describe(path, cfg.tokenizer.type)
+    except ValueError as exc:
+        raise PrepError(f"tokenizer.model_path: {exc}") from None
+    if info.eos_id < 0:
+        raise PrepError(f"tokenizer.model_path: {path} has no EOS piece, needed as the end-of-document token")
+    return info
+
+
+def _tokenize_units(plans, cfg: JobConfig, info: tok.TokenizerInfo, dtype, out: Path, work: Path,
+                    reporter: Reporter) -> None:
+    import ray
+    from ray.util import ActorPool
+
+    from .tokenize_units import UnitTokenizer
+
+    todo = [u for p in plans for u in p.units if not unit_path(work, u.key).exists()]
+    total = sum(u.size for p in plans for u in p.units)
+    (work / "units").mkdir(parents=True, exist_ok=True)
+    with reporter.bar("tokenizing", total=total, done=total - sum(u.size for u in todo)) as advance:
+        if not todo:
+            return
+        workers = min(cfg.data.num_workers or cluster_cpus(), len(todo))
+        actor = ray.remote(num_cpus=1)(UnitTokenizer)
+        data_json = cfg.data.model_dump_json()
+        model = str((out / tok.TOKENIZER_NAME).resolve())
+        pool = ActorPool([actor.remote(model, data_json, dtype.name, info.eos_id) for _ in range(workers)])
+        jobs = ((u.to_dict(), str(unit_path(work, u.key).resolve())) for u in todo)
+        for summary in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
+            advance(summary["bytes"], tokens=summary["tokens"])
+
+
+def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
+    """Run (or resume) the prep job of ``loaded``; returns the manifest."""
+    cfg = loaded.config
+    reporter = reporter or Reporter()
+    out = Path(cfg.data.output_dir)
+    work = out / "work"
+    started = time.perf_counter()
+    try:  # everything that can be refused is refused before any work starts
+        plans = plan(cfg.data)
+        if not cfg.tokenizer.model_path:
+            tok.token_dtype(cfg.tokenizer.vocab_size, cfg.packing.token_dtype)
+    except (InputError, ValueError) as exc:
+        raise PrepError(str(exc)) from None
+    _claim_output(work, cfg)
+    info = _tokenizer(plans, cfg, out, reporter)
+    try:
+        dtype = tok.token_dtype(info.vocab_size, cfg.packing.token_dtype)
+    except ValueError as exc:
+        raise PrepError(str(exc)) from None
+
+    cpus = cfg.data.num_workers or None
+    with ray_session(cfg.data.ray_address, cpus or _local_cpus()):
+        _tokenize_units(plans, cfg, info, dtype, out, work, reporter)
+
+    progress = ShardProgress(work)
+    seen: set[int] | None = set() if cfg.data.dedup else None
+    total = sum(u.size for p in plans for u in p.units)
+    with reporter.bar("packing", total=total) as advance:
+        sources = [pack_source(p, i, cfg, out, work, dtype, progress, seen, advance) for i, p in enumerate(plans)]
+
+    manifest = {
+        "format": FORMAT,
+        "tokenizer": info.to_dict(),
+        "token_dtype": dtype.name,
+        "seq_len": cfg.packing.seq_len,
+        "row_len": cfg.packing.seq_len + 1,
+        "packing": cfg.packing.strategy,
+        "sources": sources,
+        "totals": _totals(sources, cfg.packing.seq_len + 1),
+        "config": cfg.model_dump(mode="json"),
+        "config_sha256": hashlib.sha256(json.dumps(_fingerprint_sections(cfg), sort_keys=True).encode()).hexdigest(),
+    }
+    write_manifest(out, manifest)
+    write_resolved(loaded, out)
+    reporter.summary(manifest, time.perf_counter() - started, out)
+    return manifest
+
+
+def _local_cpus() -> int:
+    from pipeline.distributed.runtime import cpu_threads_per_rank
+
+    return cpu_threads_per_rank()
+
+
+def _totals(sources: list[dict], row_len: int) -> dict:
+    totals: dict = {"documents_read": 0, "documents_kept": 0, "documents_rejected": 0, "rejected_by_reason": {}}
+    for split in ("train", "val"):
+        totals[split] = {k: 0 for k in ("rows", "tokens", "padding", "truncated_documents")}
+    for src in sources:
+        totals["documents_read"] += src["documents"]["read"]
+        totals["documents_kept"] += src["documents"]["kept"]
+        totals["documents_rejected"] += src["documents"]["rejected"]
+        for reason, n in src["rejected"]["counts"].items():
+            totals["rejected_by_reason"][reason] = totals["rejected_by_reason"].get(reason, 0) + n
+        for split in ("train", "val"):
+            for k in totals[split]:
+                totals[split][k] += src["splits"][split][k]
+    for split in ("train", "val"):
+        rows = totals[split]["rows"]
+        totals[split]["padding_fraction"] = totals[split]["padding"] / (rows * row_len) if rows else 0.0
+    totals["rejected_by_reason"] = dict(sorted(totals["rejected_by_reason"].items()))
+    return totals

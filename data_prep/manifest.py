@@ -1,0 +1,58 @@
+"""The manifest: what a prep job read, kept, rejected and wrote, with the tokenizer's hash and
+the resolved config. Training reads it to find shards and to refuse data from another tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.utils.fs import atomic_write_text
+
+from .tokenizer import file_sha256
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "parscale-prep/1"
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def write_manifest(out: Path, manifest: dict) -> Path:
+    return atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest (run 'parscale prep' for this data first)") from None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise ManifestError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def verify_tokenizer(directory: str | Path, tokenizer_path: str | Path) -> None:
+    """Refuse data that was tokenized with a different sentencepiece model than ``tokenizer_path``."""
+    manifest = read_manifest(directory)
+    expected = manifest["tokenizer"]["sha256"]
+    actual = file_sha256(tokenizer_path)
+    if actual != expected:
+        raise ManifestError(
+            f"{Path(directory) / MANIFEST_NAME}: data was tokenized with tokenizer sha256 {expected[:16]}..., "
+            f"but {tokenizer_path} has sha256 {actual[:16]}...; re-run 'parscale prep' with this tokenizer"
+        )
+
+
+def shard_prefixes(directory: str | Path, split: str) -> list[tuple[str, float, list[str]]]:
+    """(source name, weight, shard path prefixes) for every source with data in ``split``."""
+    manifest = read_manifest(directory)
+    root = Path(directory)
+    return [
+        (src["name"], src["weight"], [str(root / s["prefix"]) for s in src["splits"][split]["shards"]])
+        for src in manifest["sources"]
+        if src["splits"][split]["shards"]
+    ]

@@ -1,0 +1,125 @@
+"""Pack tokenized documents (each ending in EOD) into rows of ``row_len`` = seq_len + 1 tokens.
+
+- ``concat``: the classic concatenate-and-chunk; no padding (bar the very last row), documents
+  that straddle a row boundary are cut.
+- ``best_fit``: Best-fit packing (Ding et al. 2024, "Fewer Truncations Improve Language
+  Modeling"): documents longer than a row are cut into row-sized chunks, then every chunk in a
+  window is placed, longest first, into the open row with the least room that still fits it. A
+  document shorter than a row is never cut; the price is a little padding.
+
+Each row keeps its segment lengths (document pieces, in order), so training can restart positions
+and mask attention at document boundaries. Rows shorter than ``row_len`` are padded at load time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass
+class Row:
+    pieces: list[np.ndarray]
+
+    @property
+    def segments(self) -> list[int]:
+        return [len(p) for p in self.pieces]
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.concatenate(self.pieces) if len(self.pieces) > 1 else self.pieces[0]
+
+
+@dataclass
+class PackStats:
+    rows: int = 0
+    tokens: int = 0
+    padding: int = 0
+    documents: int = 0
+    truncated_documents: int = 0  # documents cut across two or more rows
+
+    def count(self, row: Row, row_len: int) -> Row:
+        n = sum(len(p) for p in row.pieces)
+        self.rows += 1
+        self.tokens += n
+        self.padding += row_len - n
+        return row
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class ConcatPacker:
+    def __init__(self, row_len: int):
+        self.row_len = row_len
+        self.pieces: list[np.ndarray] = []
+        self.fill = 0
+        self.stats = PackStats()
+
+    def add(self, doc: np.ndarray) -> Iterator[Row]:
+        self.stats.documents += 1
+        if len(doc) > self.row_len - self.fill:
+            self.stats.truncated_documents += 1
+        while len(doc):
+            take = min(self.row_len - self.fill, len(doc))
+            self.pieces.append(doc[:take])
+            self.fill += take
+            doc = doc[take:]
+            if self.fill == self.row_len:
+                yield self.stats.count(Row(self.pieces), self.row_len)
+                self.pieces, self.fill = [], 0
+
+    def flush(self) -> Iterator[Row]:
+        if self.pieces:
+            yield self.stats.count(Row(self.pieces), self.row_len)
+            self.pieces, self.fill = [], 0
+
+
+class BestFitPacker:
+    def __init__(self, row_len: int, window: int):
+        self.row_len = row_len
+        self.window = window
+        self.chunks: list[np.ndarray] = []
+        self.stats = PackStats()
+
+    def add(self, doc: np.ndarray) -> Iterator[Row]:
+        self.stats.documents += 1
+        if len(doc) > self.row_len:
+            self.stats.truncated_documents += 1
+        self.chunks.extend(doc[i : i + self.row_len] for i in range(0, len(doc), self.row_len))
+        if len(self.chunks) >= self.window:
+            yield from self._pack()
+
+    def flush(self) -> Iterator[Row]:
+        yield from self._pack()
+
+    def _pack(self) -> Iterator[Row]:
+        order = sorted(range(len(self.chunks)), key=lambda i: (-len(self.chunks[i]), i))
+        rows: list[list[np.ndarray]] = []
+        room: list[tuple[int, int]] = []  # (space left, row id), kept sorted
+        for i in order:
+            chunk = self.chunks[i]
+            at = bisect.bisect_left(room, (len(chunk), -1))
+            if at == len(room):
+                rows.append([chunk])
+                space, row_id = self.row_len - len(chunk), len(rows) - 1
+            else:
+                space, row_id = room.pop(at)
+                rows[row_id].append(chunk)
+                space -= len(chunk)
+            if space > 0:
+                bisect.insort(room, (space, row_id))
+        self.chunks = []
+        for pieces in rows:
+            yield self.stats.count(Row(pieces), self.row_len)
+
+
+def make_packer(strategy: str, row_len: int, window: int):
+    if strategy == "concat":
+        return ConcatPacker(row_len)
+    if strategy == "best_fit":
+        return BestFitPacker(row_len, window)
+    raise ValueError(f"packing.strategy: unknown {strategy!r}")

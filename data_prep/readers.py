@@ -1,0 +1,119 @@
+"""Read one work unit into documents. Bad records never stop the job: each is yielded as a
+rejection with its reason and where it was (file:line, file, or file#row)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator
+
+from .units import WorkUnit
+
+# rejection reasons, in the order the manifest lists them
+MALFORMED_JSON = "malformed_json"
+MISSING_FIELD = "missing_field"
+NOT_TEXT = "not_text"
+INVALID_UTF8 = "invalid_utf8"
+UNREADABLE = "unreadable"
+EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class Record:
+    where: str
+    text: str | None  # None when rejected
+    reason: str | None = None
+
+
+def _jsonl(unit: WorkUnit, field: str) -> Iterator[Record]:
+    path = unit.files[0]
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(unit.start)
+            data = handle.read(unit.end - unit.start)
+    except OSError:
+        yield Record(path, None, UNREADABLE)
+        return
+    if unit.end == 0:
+        yield Record(path, None, EMPTY)
+        return
+    for offset, raw in enumerate(data.split(b"\n")):
+        where = f"{path}:{unit.first_line + offset}"
+        if not raw.strip():
+            continue  # blank lines (and the split after the last newline) are not records
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield Record(where, None, INVALID_UTF8)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            yield Record(where, None, MALFORMED_JSON)
+            continue
+        yield _field(obj, field, where)
+
+
+def _field(obj: object, field: str, where: str) -> Record:
+    if not isinstance(obj, dict) or field not in obj or obj[field] is None:
+        return Record(where, None, MISSING_FIELD)
+    value = obj[field]
+    if not isinstance(value, str):
+        return Record(where, None, NOT_TEXT)
+    return Record(where, value)
+
+
+def _files(unit: WorkUnit) -> Iterator[Record]:
+    for path in unit.files:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            yield Record(path, None, UNREADABLE)
+            continue
+        if not data.strip():
+            yield Record(path, None, EMPTY)
+            continue
+        try:
+            yield Record(path, data.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield Record(path, None, INVALID_UTF8)
+
+
+def _parquet(unit: WorkUnit, field: str) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    path = unit.files[0]
+    handle = pq.ParquetFile(path)
+    if field not in handle.schema_arrow.names:
+        for rg in range(unit.start, unit.end):
+            for row in range(handle.metadata.row_group(rg).num_rows):
+                yield Record(f"{path}#rg{rg}:{row}", None, MISSING_FIELD)
+        return
+    for rg in range(unit.start, unit.end):
+        column = handle.read_row_group(rg, columns=[field]).column(0).to_pylist()
+        for row, value in enumerate(column):
+            yield _field({field: value}, field, f"{path}#rg{rg}:{row}")
+
+
+def _arrow(unit: WorkUnit, field: str) -> Iterator[Record]:
+    import datasets
+
+    parts = [datasets.Dataset.from_file(f) for f in unit.files]
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    column = ds.select_columns([field]).select(range(unit.start, unit.end))[field]
+    for offset, value in enumerate(column):
+        yield _field({field: value}, field, f"{unit.files[0]}#row{unit.start + offset}")
+
+
+def read_unit(unit: WorkUnit, text_field: str = "text") -> Iterator[Record]:
+    """Every record of the unit, in order."""
+    if unit.kind == "jsonl":
+        return _jsonl(unit, text_field)
+    if unit.kind == "files":
+        return _files(unit)
+    if unit.kind == "parquet":
+        return _parquet(unit, text_field)
+    if unit.kind == "arrow":
+        return _arrow(unit, text_field)
+    raise ValueError(f"unknown unit kind {unit.kind!r}")

@@ -1,0 +1,99 @@
+"""Tokenize one work unit: read -> normalize -> filter -> hash -> batched sentencepiece -> EOD.
+The result (tokens, per-document lengths and hashes, rejections) is written atomically to one
+.npz file per unit, so a killed job resumes from the units already done."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config.data import DataConfig
+
+from .filters import content_hash, normalize, reject_reason
+from .readers import read_unit
+from .rejects import RejectLog
+from .units import WorkUnit
+
+ENCODE_BATCH = 256
+
+
+@dataclass
+class UnitResult:
+    tokens: np.ndarray  # all kept documents, each followed by EOD
+    lengths: np.ndarray  # int64 tokens per document (EOD included)
+    hashes: np.ndarray  # uint64 content hash per document
+    wheres: list[str] = field(default_factory=list)  # where each kept document came from
+    read: int = 0  # records read (kept + rejected)
+    rejected: RejectLog = field(default_factory=RejectLog)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        meta = json.dumps({"read": self.read, "rejected": self.rejected.to_dict()})
+        wheres = np.frombuffer("\n".join(self.wheres).encode("utf-8"), np.uint8)
+        with open(tmp, "wb") as handle:
+            np.savez(handle, tokens=self.tokens, lengths=self.lengths, hashes=self.hashes, wheres=wheres,
+                     meta=np.array(meta))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "UnitResult":
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            wheres = data["wheres"].tobytes().decode("utf-8").split("\n") if data["lengths"].size else []
+            return cls(data["tokens"], data["lengths"], data["hashes"], wheres, meta["read"],
+                       RejectLog.from_dict(meta["rejected"]))
+
+
+def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int) -> UnitResult:
+    """Tokenize every document of ``unit`` with the sentencepiece processor ``sp``."""
+    src = data.sources[unit.source]
+    result = UnitResult(np.empty(0, dtype), np.empty(0, np.int64), np.empty(0, np.uint64))
+    texts, hashes, wheres = [], [], []
+    for record in read_unit(unit, getattr(src, "text_field", "text")):
+        result.read += 1
+        if record.text is None:
+            result.rejected.note(record.reason, record.where)
+            continue
+        text = normalize(record.text)
+        reason = reject_reason(text, data)
+        if reason:
+            result.rejected.note(reason, record.where)
+            continue
+        texts.append(text)
+        hashes.append(content_hash(text))
+        wheres.append(record.where)
+    pieces: list[list[int]] = []
+    for i in range(0, len(texts), ENCODE_BATCH):
+        pieces.extend(sp.encode(texts[i : i + ENCODE_BATCH]))
+    lengths = np.fromiter((len(p) + 1 for p in pieces), np.int64, len(pieces))
+    tokens = np.empty(int(lengths.sum()), dtype)
+    ends = np.cumsum(lengths)
+    for ids, end, n in zip(pieces, ends, lengths):
+        tokens[end - n : end - 1] = ids
+        tokens[end - 1] = eod
+    result.tokens, result.lengths, result.hashes = tokens, lengths, np.array(hashes, np.uint64)
+    result.wheres = wheres
+    return result
+
+
+class UnitTokenizer:
+    """Ray actor: holds the sentencepiece model, tokenizes units handed to it."""
+
+    def __init__(self, model_path: str, data_json: str, dtype: str, eod: int):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+        self.data = DataConfig.model_validate_json(data_json)
+        self.dtype = np.dtype(dtype)
+        self.eod = eod
+
+    def run(self, unit: dict, out: str) -> dict:
+        work = WorkUnit.from_dict(unit)
+        result = process_unit(work, self.sp, self.data, self.dtype, self.eod)
+        result.save(Path(out))
+        return {"key": work.key, "bytes": work.size, "tokens": int(result.tokens.size),
+                "docs": int(result.lengths.size)}
