@@ -33,7 +33,7 @@ class PrepError(ValueError):
 
 def _fingerprint_sections(cfg: JobConfig) -> dict:
     """What determines the output bytes (not where Ray runs, nor how many workers)."""
-    data = cfg.data.model_dump(mode="json", exclude={"ray_address", "num_workers"})
+    data = cfg.data.model_dump(mode="json", exclude={"ray_address", "num_workers", "output_dir"})
     return {"data": data, "tokenizer": cfg.tokenizer.model_dump(mode="json"),
             "packing": cfg.packing.model_dump(mode="json"), "seed": cfg.run.seed}
 

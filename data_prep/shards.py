@@ -75,3 +75,23 @@ class ShardWriter:
         os.replace(tmp_bin, final_bin)
         os.replace(tmp_idx, final_idx)
         return entry
+
+
+class ShardReader:
+    """Rows of one shard through megatron-core's ``IndexedDataset``: row i is Megatron document i,
+    its sequences are the row's document pieces."""
+
+    def __init__(self, prefix: str | Path):
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        self.dataset = IndexedDataset(str(prefix), mmap=True)
+        self.bounds = self.dataset.document_indices
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def row(self, i: int) -> tuple[np.ndarray, list[int]]:
+        """(tokens, segment lengths) of row ``i``."""
+        first, last = int(self.bounds[i]), int(self.bounds[i + 1])
+        pieces = [self.dataset[j] for j in range(first, last)]
+        return np.concatenate(pieces), [len(p) for p in pieces]
