@@ -8,16 +8,9 @@ from pipeline.commands.common import add_config_args, load_from_args
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
+    from .job import prepare
 
-    from .job import PrepError, prepare
-
-    loaded = load_from_args(args)
-    try:
-        prepare(loaded)
-    except PrepError as exc:
-        print(f"parscale prep: {args.config}: {exc}", file=sys.stderr)
-        return 2
+    prepare(load_from_args(args))
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.config import LoadedConfig, write_resolved
 from pipeline.config.job import JobConfig
+from pipeline.errors import JobError
 
 from . import tokenizer as tok
 from .filters import normalize, reject_reason
@@ -27,7 +28,7 @@ from .units import InputError, SourcePlan, plan
 JOB_NAME = "job.json"
 
 
-class PrepError(ValueError):
+class PrepError(JobError):
     """A prep job that cannot start; the message names the config key or file."""
 
 
@@ -171,12 +172,26 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
         "sources": sources,
         "totals": _totals(sources, cfg.packing.seq_len + 1),
         "config": cfg.model_dump(mode="json"),
-        "config_sha256": hashlib.sha256(json.dumps(_fingerprint_sections(cfg), sort_keys=True).encode()).hexdigest(),
+        "config_sha256": config_sha256(cfg),
     }
     write_manifest(out, manifest)
     write_resolved(loaded, out)
     reporter.summary(manifest, time.perf_counter() - started, out)
     return manifest
+
+
+def config_sha256(cfg: JobConfig) -> str:
+    return hashlib.sha256(json.dumps(_fingerprint_sections(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def is_complete(cfg: JobConfig) -> bool:
+    """The output folder holds a finished job with exactly this config."""
+    from .manifest import ManifestError, read_manifest
+
+    try:
+        return read_manifest(cfg.data.output_dir).get("config_sha256") == config_sha256(cfg)
+    except ManifestError:
+        return False
 
 
 def _local_cpus() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.errors import JobError
 from pipeline.utils.fs import atomic_write_text
 
 from .tokenizer import file_sha256
@@ -14,7 +15,7 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "parscale-prep/1"
 
 
-class ManifestError(ValueError):
+class ManifestError(JobError):
     pass
 
 

@@ -48,8 +48,9 @@ class UnitResult:
                        RejectLog.from_dict(meta["rejected"]))
 
 
-def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int) -> UnitResult:
-    """Tokenize every document of ``unit`` with the sentencepiece processor ``sp``."""
+def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int, threads: int = 1) -> UnitResult:
+    """Tokenize every document of ``unit`` with the sentencepiece processor ``sp``, on ``threads``
+    threads (1 in a Ray actor, which owns one CPU; sentencepiece's default would use them all)."""
     src = data.sources[unit.source]
     result = UnitResult(np.empty(0, dtype), np.empty(0, np.int64), np.empty(0, np.uint64))
     texts, hashes, wheres = [], [], []
@@ -68,7 +69,7 @@ def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int
         wheres.append(record.where)
     pieces: list[list[int]] = []
     for i in range(0, len(texts), ENCODE_BATCH):
-        pieces.extend(sp.encode(texts[i : i + ENCODE_BATCH]))
+        pieces.extend(sp.encode(texts[i : i + ENCODE_BATCH], num_threads=threads))
     lengths = np.fromiter((len(p) + 1 for p in pieces), np.int64, len(pieces))
     tokens = np.empty(int(lengths.sum()), dtype)
     ends = np.cumsum(lengths)
@@ -90,6 +91,9 @@ class UnitTokenizer:
         self.data = DataConfig.model_validate_json(data_json)
         self.dtype = np.dtype(dtype)
         self.eod = eod
+
+    def ready(self) -> bool:
+        return True
 
     def run(self, unit: dict, out: str) -> dict:
         work = WorkUnit.from_dict(unit)

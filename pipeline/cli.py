@@ -11,11 +11,11 @@ from data_prep import cli as prep_cli
 
 from .commands import config_cmd, eval_cmd, generate_cmd, run_cmd, train_cmd
 from .commands.common import CommandUnavailable
-from .config import ConfigError
+from .errors import JobError
 
 SUBCOMMANDS = [prep_cli, train_cmd, convert_cli, eval_cmd, generate_cmd, run_cmd, config_cmd]
 
-EXIT_CONFIG_ERROR = 2
+EXIT_USER_ERROR = 2  # invalid config or input
 EXIT_UNAVAILABLE = 3
 
 
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    except JobError as exc:  # ConfigError included: the message names the file, line and key
+        print(f"parscale {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except CommandUnavailable as exc:
         print(f"parscale {args.command}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

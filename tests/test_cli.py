@@ -67,9 +67,16 @@ def test_run_dry_run_prints_torchrun_with_tp_x_dp_processes(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_run_executes_what_exists(tmp_path):
-    proc = run_cli("run", str(CONFIGS / "demo.yaml"), "--set", f"run.output_dir={tmp_path}")
+def test_run_executes_what_exists_and_skips_finished_stages(tmp_path):
+    args = ["run", str(CONFIGS / "demo.yaml"), "--set", f"run.output_dir={tmp_path}",
+            "--set", f"data.output_dir={tmp_path / 'data'}", "--set", "data.sources=[{type: stdlib, glob: 'json/*.py'}]",
+            "--set", "tokenizer.vocab_size=400", "--set", "tokenizer.sample_docs=50"]
+    proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed bootstrap check" in proc.stdout and "not built yet" in proc.stdout
     topo = yaml.safe_load((tmp_path / "topology.json").read_text())
     assert topo["ok"] and topo["tp_size"] == 2
+    manifest = yaml.safe_load((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["sources"][0]["name"] == "stdlib" and manifest["totals"]["train"]["rows"] > 0
+    again = run_cli(*args, "--dry-run")
+    assert again.returncode == 0 and "already holds this job; skipped" in again.stdout

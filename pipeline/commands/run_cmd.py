@@ -7,9 +7,8 @@ from pathlib import Path
 
 from .common import add_config_args, load_from_args, require_sections
 
-# (stage, issue that builds it); the bootstrap check is the one stage this build runs.
+# (stage, issue that builds it): the stages this build does not run yet.
 PENDING_STAGES = [
-    ("data prep (Ray tokenize + pack)", 3),
     ("stage 1: dense training", 5),
     ("consolidate + dense -> ParScale", 6),
     ("stage 2: ParScale training", 5),
@@ -33,6 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(cfg.run.output_dir)
     resolved = write_resolved(loaded, out)
     console.print(f"[bold]parscale run[/] {cfg.run.name}: resolved config -> {resolved}")
+    prep_status = _prep(loaded, console, args.dry_run)
 
     nproc = cfg.parallel.tensor_parallel_size * (cfg.parallel.data_parallel_size or 1)
     launch = TorchrunLaunch(
@@ -46,15 +46,30 @@ def _run(args: argparse.Namespace) -> int:
     table.add_column("status")
     check = "dry run" if args.dry_run else ("ok" if rc == 0 else f"FAILED (exit {rc})")
     table.add_row("config resolution", f"ok -> {resolved}")
+    table.add_row("data prep (Ray tokenize + pack)", prep_status)
     table.add_row("distributed bootstrap check", f"{check} -> {out / TOPOLOGY_NAME}" if rc == 0 else check)
     for stage, issue in PENDING_STAGES:
         table.add_row(stage, f"[yellow]not built yet (issue #{issue})[/]")
     console.print(table)
     console.print(
-        "This build runs config resolution and the distributed bootstrap check (TP x DP groups, a DeepSpeed "
-        "ZeRO step over megatron-core TP layers); the other stages land with their issues."
+        "This build runs config resolution, data prep and the distributed bootstrap check (TP x DP groups, a "
+        "DeepSpeed ZeRO step over megatron-core TP layers); the other stages land with their issues."
     )
     return rc
+
+
+def _prep(loaded, console, dry_run: bool) -> str:
+    """Run data prep unless its output already holds this exact job."""
+    from data_prep.job import is_complete, prepare
+
+    out = Path(loaded.config.data.output_dir)
+    if is_complete(loaded.config):
+        console.print(f"data prep: {out} already holds this job; skipped")
+        return f"ok (already done) -> {out / 'manifest.json'}"
+    if dry_run:
+        return f"dry run: would prepare {out}"
+    prepare(loaded)
+    return f"ok -> {out / 'manifest.json'}"
 
 
 def add_parser(subparsers) -> None:

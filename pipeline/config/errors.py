@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import JobError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -16,7 +18,7 @@ class Problem:
         return f"{self.where}: {self.key}: {self.message}" if self.key else f"{self.where}: {self.message}"
 
 
-class ConfigError(ValueError):
+class ConfigError(JobError):
     """Raised for any invalid job config; str() lists every problem found, one per line."""
 
     def __init__(self, source: str, problems: list[Problem]):
