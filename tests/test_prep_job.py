@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -181,11 +182,19 @@ def _outputs(root: Path) -> list[Path]:
     return sorted(r for r in rel if r.parts[0] != "work")
 
 
-def _assert_same_tree(a: Path, b: Path) -> None:
+def _assert_same_tree(a: Path, b: Path, same_config: bool = True) -> None:
+    """Byte-identical outputs; with ``same_config=False`` the runs' configs may differ in where they
+    ran and wrote (output_dir, ray_address), so the config copies are left out of the comparison."""
     files_a, files_b = _outputs(a), _outputs(b)
     assert files_a == files_b and len(files_a) > 5
     for rel in files_a:
+        if not same_config and rel.name in ("manifest.json", "config.resolved.yaml"):
+            continue
         assert filecmp.cmp(a / rel, b / rel, shallow=False), rel
+    if not same_config:
+        ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+        ma.pop("config"), mb.pop("config")
+        assert ma == mb
 
 
 def test_rerun_rewrites_only_missing_shards(tmp_path):
@@ -234,13 +243,7 @@ def test_job_killed_midway_resumes_to_the_same_outputs(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     for name, mtime in done_before.items():  # finished units were not tokenized again
         assert (units / name).stat().st_mtime_ns == mtime
-    manifest_ref, manifest_new = (json.loads((d / "manifest.json").read_text()) for d in (reference, out))
-    for m in (manifest_ref, manifest_new):
-        m["config"]["data"]["output_dir"] = None
-    assert manifest_ref == manifest_new
-    for shard in manifest_ref["sources"][0]["splits"]["train"]["shards"]:
-        for ext in (".bin", ".idx"):
-            assert filecmp.cmp(reference / f"{shard['prefix']}{ext}", out / f"{shard['prefix']}{ext}", shallow=False)
+    _assert_same_tree(reference, out, same_config=False)
 
 
 def test_changed_config_in_same_output_dir_is_refused(tmp_path):
@@ -294,3 +297,37 @@ def test_existing_tokenizer_is_adopted(mixed_job, tmp_path):
                                     tokenizer={"model_path": str(model)})), QUIET)
     assert m["tokenizer"]["sha256"] == mixed_job["manifest"]["tokenizer"]["sha256"]
     verify_tokenizer(out, model)
+
+
+@pytest.mark.multiprocess
+def test_runs_on_an_existing_ray_cluster_with_the_same_outputs(tmp_path):
+    from pipeline.distributed.runtime import free_port
+
+    write_jsonl(tmp_path / "a.jsonl", [text_doc(i) for i in range(200)])
+    src = [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}]
+    local = tmp_path / "local"
+    prepare(load_config(_config(tmp_path, local, src)), QUIET)
+
+    port = free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # unix socket paths must stay under 107 bytes
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    log = open(tmp_path / "head.log", "w+")
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={ray_tmp}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and "Ray runtime started" not in (tmp_path / "head.log").read_text():
+            assert head.poll() is None, (tmp_path / "head.log").read_text()
+            time.sleep(0.5)
+        remote = tmp_path / "remote"
+        config = _config(tmp_path, remote, src, data={"ray_address": f"127.0.0.1:{port}"})
+        proc = subprocess.run([str(Path(sys.executable).parent / "parscale"), "prep", str(config)], cwd=REPO,
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    _assert_same_tree(local, remote, same_config=False)
