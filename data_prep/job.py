@@ -177,6 +177,8 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
     write_manifest(out, manifest)
     write_resolved(loaded, out)
     reporter.summary(manifest, time.perf_counter() - started, out)
+    if manifest["totals"]["documents_kept"] == 0:
+        raise PrepError(f"data.sources: every document was rejected; the reasons are counted in {out / 'manifest.json'}")
     return manifest
 
 

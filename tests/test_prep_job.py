@@ -278,6 +278,16 @@ def test_bad_jobs_are_refused_before_work_starts(tmp_path, change, message):
     assert not list(out.glob("**/*.bin")) and not (out / "manifest.json").exists()
 
 
+def test_all_documents_rejected_is_an_error_with_the_accounting_kept(mixed_job, tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", ["short"] * 5)
+    out = tmp_path / "o"
+    config = _config(tmp_path, out, [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}],
+                     data={"min_chars": 100}, tokenizer={"model_path": str(mixed_job["out"] / "tokenizer.model")})
+    with pytest.raises(PrepError, match="every document was rejected"):
+        prepare(load_config(config), QUIET)
+    assert read_manifest(out)["totals"]["rejected_by_reason"] == {"too_short": 5}
+
+
 def test_training_refuses_data_from_another_tokenizer(mixed_job, tmp_path):
     out = mixed_job["out"]
     verify_tokenizer(out, out / "tokenizer.model")  # its own: fine
