@@ -5,7 +5,7 @@ from .runtime import quiet_known_warnings
 
 quiet_known_warnings()  # before megatron-core is imported below
 
-from .bootstrap import ParallelContext, destroy_distributed, init_distributed  # noqa: E402
+from .bootstrap import ParallelContext, destroy_distributed, init_distributed, single_process  # noqa: E402
 from .mpu import MegatronMPU  # noqa: E402
 
-__all__ = ["MegatronMPU", "ParallelContext", "destroy_distributed", "init_distributed"]
+__all__ = ["MegatronMPU", "ParallelContext", "destroy_distributed", "init_distributed", "single_process"]

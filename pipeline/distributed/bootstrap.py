@@ -3,9 +3,11 @@ GPU), DeepSpeed's comm layer, megatron-core's TP x DP groups, seeds. Call once p
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -68,9 +70,16 @@ def init_distributed(loaded: LoadedConfig, *, timeout_minutes: int = 30) -> Para
         raise loaded.error("parallel.global_batch_size", problem)
 
     backend = _pick_backend(par.backend)
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise loaded.error("parallel.backend", "nccl needs CUDA, and no GPU is visible")
+    device = _start_groups(tp, backend, rank, world_size, local_rank, timeout_minutes)
+    seed_everything(cfg.run.seed)
+    return _context(rank, world_size, local_rank, tp, backend, device, threads)
+
+
+def _start_groups(tp: int, backend: str, rank: int, world_size: int, local_rank: int, timeout_minutes: int) -> str:
+    """torch.distributed, DeepSpeed's comm layer and megatron-core's TP x DP groups; returns the device."""
     if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise loaded.error("parallel.backend", "nccl needs CUDA, and no GPU is visible")
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     else:
@@ -94,13 +103,42 @@ def init_distributed(loaded: LoadedConfig, *, timeout_minutes: int = 30) -> Para
             tensor_model_parallel_size=tp, distributed_timeout_minutes=timeout_minutes,
             create_gloo_process_groups=backend != "gloo",
         )
-    seed_everything(cfg.run.seed)
+    return device
+
+
+def _context(rank, world_size, local_rank, tp, backend, device, threads) -> ParallelContext:
+    from megatron.core import parallel_state
+
     return ParallelContext(
         rank=rank, world_size=world_size, local_rank=local_rank,
         tp_rank=parallel_state.get_tensor_model_parallel_rank(), tp_size=tp,
-        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=dp,
+        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=world_size // tp,
         backend=backend, device=device, threads=threads,
     )
+
+
+@contextlib.contextmanager
+def single_process(seed: int = 1234) -> Iterator[ParallelContext]:
+    """A world of one (gloo, or NCCL on a GPU) for tools and tests that run megatron-core layers in one
+    process; the env:// variables it sets are removed again on exit."""
+    saved = {k: os.environ.get(k) for k in runtime.LAUNCHER_VARS}
+    for key in runtime.LAUNCHER_VARS:
+        os.environ.pop(key, None)
+    runtime.ensure_launcher_env()
+    runtime.set_cache_defaults()
+    runtime.quiet_known_warnings()
+    backend = _pick_backend("auto")
+    try:
+        device = _start_groups(1, backend, 0, 1, 0, timeout_minutes=5)
+        seed_everything(seed)
+        yield _context(0, 1, 0, 1, backend, device, torch.get_num_threads())
+    finally:
+        destroy_distributed()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def destroy_distributed() -> None:

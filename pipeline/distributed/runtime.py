@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def free_port() -> int:
@@ -30,7 +30,7 @@ def ensure_launcher_env() -> bool:
         return False
     defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    for key in _LAUNCHER_VARS:
+    for key in LAUNCHER_VARS:
         os.environ.setdefault(key, defaults[key])
     return True
 
