@@ -91,7 +91,7 @@ class ParScaleLM(nn.Module):
                 position_ids = positions_from_segments(segment_ids)
             else:
                 position_ids = (past + torch.arange(t, device=device)).expand(b, t)
-        if cache is None and segment_ids is None and not self.prefix_len:
+        if cache is None and segment_ids is None and key_valid is None and not self.prefix_len:
             return position_ids, None  # plain causal: SDPA's fused path
         query = (past + torch.arange(t, device=device)).expand(b, t)
         keys = torch.arange(past + t, device=device).expand(b, past + t)
