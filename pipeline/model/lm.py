@@ -25,6 +25,7 @@ from .block import DecoderLayer
 from .masks import attention_mask, positions_from_segments
 from .norm import RMSNorm
 from .rope import Rotary
+from .tp_ops import gather_last_dim
 
 
 def padded_vocab_size(vocab: int, multiple: int, tp: int) -> int:
@@ -137,5 +138,4 @@ class ParScaleLM(nn.Module):
 
     def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Gather the vocabulary slices of every TP rank and drop the padding: [B, T, vocab]."""
-        full = tensor_parallel.gather_from_tensor_model_parallel_region(logits)
-        return full[..., : self.vocab_size]
+        return gather_last_dim(logits)[..., : self.vocab_size]

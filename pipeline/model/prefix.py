@@ -13,6 +13,7 @@ from megatron.core import tensor_parallel
 from torch import nn
 
 from ..config.model import ParScaleConfig
+from .tp_ops import scatter_last_dim
 
 
 class StreamPrefix(nn.Module):
@@ -44,6 +45,6 @@ class StreamPrefix(nn.Module):
             return self.prefix_k, self.prefix_v
         out = self.mlp(self.seed)  # [P, L, 2 * n_kv * d], KV heads outermost within each half
         out = out.view(self.streams, self.length, 2, self.n_kv * self.head_dim)
-        out = tensor_parallel.scatter_to_tensor_model_parallel_region(out)  # this rank's heads; grads gathered
+        out = scatter_last_dim(out)  # this rank's heads; gradients gathered back
         out = out.view(self.streams, self.length, 2, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         return out[0], out[1]

@@ -1,0 +1,65 @@
+"""Tensor parallelism: the model at TP=2 (two processes under torchrun) gives the same logits, loss
+and (gathered) gradients as at TP=1, dense and ParScale (both prefix parameterisations)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+
+WORKER = str(REPO / "tests" / "workers" / "tp_model.py")
+
+
+VARIANTS = {
+    "dense": {"streams": 1},
+    "parscale-normal": {"streams": 4, "prefix_len": 5},
+    "parscale-mlp": {"streams": 2, "prefix_len": 3, "prefix_init": "mlp", "prefix_mlp_hidden": 16},
+}
+
+
+def _run(root, tp: int) -> dict:
+    """One torchrun launch at ``tp`` computing every variant; {variant: saved results}."""
+    out = root / f"tp{tp}"
+    out.mkdir()
+    configs = []
+    for name, parscale in VARIANTS.items():
+        cfg = {
+            "model": {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 96, "num_attention_heads": 4,
+                      "num_kv_heads": 2, "vocab_size": 128, "pad_vocab_to_multiple_of": 32, "tie_embeddings": False},
+            "parscale": parscale,
+            "parallel": {"tensor_parallel_size": tp},
+            "train": {"tokens": 1000},
+        }
+        path = out / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        configs.append(str(path))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}", WORKER,
+           str(out), *configs]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {name: torch.load(out / f"{name}.pt", weights_only=True) for name in VARIANTS}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tp")
+    return _run(root, 1), _run(root, 2)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_tp2_equals_tp1(results, variant):
+    one, two = results[0][variant], results[1][variant]
+    torch.testing.assert_close(two["loss"], one["loss"], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(two["logits"], one["logits"], atol=1e-5, rtol=1e-5)
+    assert two["grads"].keys() == one["grads"].keys()
+    for name, grad in one["grads"].items():
+        assert two["grads"][name].shape == grad.shape, name
+        torch.testing.assert_close(two["grads"][name], grad, atol=1e-6, rtol=1e-4, msg=name)
