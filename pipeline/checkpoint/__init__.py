@@ -1,0 +1,1 @@
+"""Checkpoint formats: the portable one (safetensors + JSON config + tokenizer, no pickle)."""
