@@ -150,3 +150,28 @@ def test_cached_logits_equal_full_logits_with_left_padding(streams):
             got.append(model(padded[:, t:t + 1], position_ids=positions[:, t:t + 1], cache=cache,
                              key_valid=valid[:, :t + 1]).logits[0])
     torch.testing.assert_close(torch.cat(got), full, atol=1e-5, rtol=0)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    x = ids()
+    grads = []
+    for recompute in (False, True):
+        model = build(4)
+        model.activation_checkpointing = recompute
+        model.train()
+        model(x[:, :-1], labels=x[:, 1:]).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_bf16_runs_and_tracks_fp32():
+    x = ids()
+    fp32 = build(2)
+    bf16 = build(2).to(torch.bfloat16)
+    loss32 = fp32(x[:, :-1], labels=x[:, 1:]).loss
+    out = bf16(x[:, :-1], labels=x[:, 1:])
+    out.loss.backward()
+    assert out.logits.dtype == torch.bfloat16 and out.stream_weights.dtype == torch.float32
+    assert abs(out.loss.item() - loss32.item()) < 0.05
+    assert all(torch.isfinite(p.grad).all() for p in bf16.parameters() if p.grad is not None)

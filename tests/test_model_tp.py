@@ -1,5 +1,5 @@
-"""Tensor parallelism: the model at TP=2 (two processes under torchrun) gives the same logits, loss
-and (gathered) gradients as at TP=1, dense and ParScale (both prefix parameterisations)."""
+"""Tensor parallelism: the model at TP=2 and TP=4 (processes under torchrun) gives the same logits,
+loss and (gathered) gradients as at TP=1, dense and ParScale (both prefix parameterisations)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def _run(root, tp: int) -> dict:
     configs = []
     for name, parscale in VARIANTS.items():
         cfg = {
-            "model": {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 96, "num_attention_heads": 4,
-                      "num_kv_heads": 2, "vocab_size": 128, "pad_vocab_to_multiple_of": 32, "tie_embeddings": False},
+            "model": {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 96, "num_attention_heads": 8,
+                      "num_kv_heads": 4, "vocab_size": 128, "pad_vocab_to_multiple_of": 32, "tie_embeddings": False},
             "parscale": parscale,
             "parallel": {"tensor_parallel_size": tp},
             "train": {"tokens": 1000},
@@ -50,13 +50,14 @@ def _run(root, tp: int) -> dict:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp")
-    return _run(root, 1), _run(root, 2)
+    return {tp: _run(root, tp) for tp in (1, 2, 4)}
 
 
 @pytest.mark.multiprocess
+@pytest.mark.parametrize("tp", [2, 4])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_tp2_equals_tp1(results, variant):
-    one, two = results[0][variant], results[1][variant]
+def test_tp_equals_tp1(results, variant, tp):
+    one, two = results[1][variant], results[tp][variant]
     torch.testing.assert_close(two["loss"], one["loss"], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(two["logits"], one["logits"], atol=1e-5, rtol=1e-5)
     assert two["grads"].keys() == one["grads"].keys()
