@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +29,6 @@ sys.path.insert(0, str(REPO))
 
 from data_prep import tokenizer as tok  # noqa: E402
 from data_prep.filters import normalize, reject_reason  # noqa: E402
-from data_prep.progress import Reporter  # noqa: E402
 from data_prep.ray_runtime import ray_session  # noqa: E402
 from data_prep.tokenize_units import process_unit  # noqa: E402
 from data_prep.units import plan, stdlib_root  # noqa: E402

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.errors import JobError
-from pipeline.utils.fs import atomic_write_text
+from pipeline.utils.fs import atomic_write_text, read_format_json
 
 from .tokenizer import file_sha256
 
@@ -24,16 +24,8 @@ def write_manifest(out: Path, manifest: dict) -> Path:
 
 
 def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no manifest (run 'parscale prep' for this data first)") from None
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+    return read_format_json(Path(directory) / MANIFEST_NAME, FORMAT, ManifestError,
+                            "run 'parscale prep' for this data first")
 
 
 def verify_tokenizer(directory: str | Path, tokenizer_path: str | Path) -> None:

@@ -14,7 +14,7 @@ and mask attention at document boundaries. Rows shorter than ``row_len`` are pad
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np

@@ -4,7 +4,6 @@ the parameters of built models, ParScale's small overhead."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pipeline.config import load_config
 from pipeline.config.model import ModelConfig, ParScaleConfig

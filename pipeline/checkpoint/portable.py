@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config.model import ModelConfig, ParScaleConfig
 from ..errors import JobError
+from ..utils.fs import read_format_json
 
 FORMAT = "parscale-portable/1"
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"
@@ -55,16 +56,8 @@ def save_portable(model, directory: str | Path, tokenizer: str | Path | None = N
 
 
 def read_config(directory: str | Path) -> dict:
-    path = Path(directory) / CONFIG
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found (is {directory} a portable checkpoint?)") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    return config
+    return read_format_json(Path(directory) / CONFIG, FORMAT, CheckpointError,
+                            f"is {directory} a portable checkpoint?")
 
 
 def load_portable(directory: str | Path, dtype: torch.dtype = torch.float32):

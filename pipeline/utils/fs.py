@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -22,3 +23,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_format_json(path: str | Path, expected_format: str, error: type[Exception], missing_hint: str) -> dict:
+    """A JSON object whose "format" field must equal ``expected_format``; every failure raises
+    ``error`` naming the file (``missing_hint`` says what to do when it does not exist)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: not found ({missing_hint})") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise error(f"{path}: format {found!r}, expected {expected_format!r}")
+    return data
