@@ -34,8 +34,9 @@ def checkpoint(tmp_path_factory):
         saved = {k: v for k, v in model.state_dict().items() if v is not None}  # tied head: no own weight
         loaded = {k: v for k, v in reloaded.state_dict().items() if v is not None}
         assert saved.keys() == loaded.keys()
-        for name, value in saved.items():
-            assert torch.equal(value, loaded[name]), name
+        for name, value in saved.items():  # vocabulary padding rows are not kept (they never get probability)
+            rows = vocab if name == "model.embed_tokens.weight" else None
+            assert torch.equal(value[:rows], loaded[name][:rows]), name
     assert config["parscale"]["streams"] == 2
     return path
 

@@ -172,6 +172,19 @@ def test_bf16_runs_and_tracks_fp32():
     loss32 = fp32(x[:, :-1], labels=x[:, 1:]).loss
     out = bf16(x[:, :-1], labels=x[:, 1:])
     out.loss.backward()
-    assert out.logits.dtype == torch.bfloat16 and out.stream_weights.dtype == torch.float32
+    assert bf16(x).logits.dtype == torch.bfloat16 and out.stream_weights.dtype == torch.float32
     assert abs(out.loss.item() - loss32.item()) < 0.05
     assert all(torch.isfinite(p.grad).all() for p in bf16.parameters() if p.grad is not None)
+
+
+def test_vocabulary_padding_gets_no_probability():
+    cfg = CFG.model_copy(update={"pad_vocab_to_multiple_of": 100})  # 128 -> 200 rows
+    model = ParScaleLM(cfg, ParScaleConfig(), VOCAB)
+    assert model.padded_vocab_size == 200
+    x = ids()
+    logits = model(x).logits
+    assert torch.isinf(logits[..., VOCAB:]).all() and torch.isfinite(logits[..., :VOCAB]).all()
+    loss = model(x[:, :-1], labels=x[:, 1:]).loss
+    with torch.no_grad():  # changing the padding rows changes nothing
+        model.lm_head.weight[VOCAB:] = 100.0
+    torch.testing.assert_close(model(x[:, :-1], labels=x[:, 1:]).loss, loss)

@@ -31,19 +31,28 @@ def save_portable(model, directory: str | Path, tokenizer: str | Path | None = N
     from megatron.core import parallel_state
 
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        raise CheckpointError("save_portable takes a TP=1 model; consolidate TP shards first")
+        raise CheckpointError("save_portable takes a TP=1 model; use save_portable_state with gathered weights")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.named_parameters()}
+    return save_portable_state(state, model.config, model.parscale, model.vocab_size, directory, tokenizer, meta)
+
+
+def save_portable_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, parscale_cfg: ParScaleConfig,
+                        vocab_size: int, directory: str | Path, tokenizer: str | Path | None = None,
+                        meta: dict | None = None) -> Path:
+    """Write full weights (e.g. gathered from a TP/ZeRO run) as a portable checkpoint; the
+    vocabulary rows are trimmed to the real vocabulary (padding depends on the TP it loads at)."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if v is not None}
+    state = {k: (v[:vocab_size] if k in ("model.embed_tokens.weight", "lm_head.weight") else v).contiguous()
+             for k, v in state.items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
-        "model": model.config.model_dump(mode="json"),
-        "parscale": model.parscale.model_dump(mode="json"),
-        "vocab_size": model.vocab_size,
-        "padded_vocab_size": model.padded_vocab_size,
+        "model": model_cfg.model_dump(mode="json"),
+        "parscale": parscale_cfg.model_dump(mode="json"),
+        "vocab_size": vocab_size,
         **(meta or {}),
     }
     (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -60,22 +69,29 @@ def read_config(directory: str | Path) -> dict:
                             f"is {directory} a portable checkpoint?")
 
 
-def load_portable(directory: str | Path, dtype: torch.dtype = torch.float32):
-    """(model, config dict) from a portable checkpoint; needs megatron-core's groups (TP=1) up."""
-    from ..model import ParScaleLM
-
-    config = read_config(directory)
-    model = ParScaleLM(ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"]),
-                       config["vocab_size"], params_dtype=dtype)
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     path = Path(directory) / WEIGHTS
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated ({exc})") from None
+
+
+def load_portable(directory: str | Path, dtype: torch.dtype = torch.float32):
+    """(model, config dict) from a portable checkpoint, at the TP of megatron-core's groups (up)."""
+    from megatron.core import parallel_state as ps
+
+    from ..model import ParScaleLM
+    from .sharding import load_full_state
+
+    config = read_config(directory)
+    model = ParScaleLM(ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"]),
+                       config["vocab_size"], tp_rank=ps.get_tensor_model_parallel_rank(),
+                       tp_size=ps.get_tensor_model_parallel_world_size(), params_dtype=dtype)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match {Path(directory) / CONFIG}: {exc}") from None
+        load_full_state(model, read_weights(directory), f"{Path(directory) / WEIGHTS} (with {CONFIG})")
+    except JobError as exc:
+        raise CheckpointError(f"weights do not match the config: {exc}") from None
     return model.to(dtype), config

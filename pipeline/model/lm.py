@@ -36,7 +36,8 @@ def padded_vocab_size(vocab: int, multiple: int, tp: int) -> int:
 
 @dataclass
 class LMOutput:
-    logits: torch.Tensor  # [B, T, padded vocab / TP]: this rank's vocabulary slice
+    logits: torch.Tensor | None  # [B, T, padded vocab / TP]: this rank's vocabulary slice (None with labels:
+    # megatron's vocab-parallel cross entropy works in place on them)
     loss: torch.Tensor | None = None  # mean over unmasked tokens
     stream_weights: torch.Tensor | None = None  # [B, T, P] aggregation weights (ParScale only)
 
@@ -82,6 +83,7 @@ class ParScaleLM(nn.Module):
             gather_output=False, skip_weight_param_allocation=cfg.tie_embeddings,
         )
         self.rotary = Rotary(cfg.kv_channels, cfg.rope_base)
+        self.lm_head_rank = tp_rank
 
     def _positions_and_mask(self, input_ids, segment_ids, position_ids, cache, key_valid):
         b, t = input_ids.shape
@@ -126,15 +128,29 @@ class ParScaleLM(nn.Module):
             x, weights = aggregate(self.model.aggregate_layer, x, p, self.parscale.eps)
         weight = self.model.embed_tokens.weight if self.config.tie_embeddings else None
         logits, _ = self.lm_head(x, weight=weight)
+        logits = self._mask_vocab_padding(logits)
         loss = None
         if labels is not None:
             per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
+            logits = None
             if loss_mask is None:
                 loss = per_token.mean()
             else:
                 loss_mask = loss_mask.to(per_token.dtype)
                 loss = (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1)
         return LMOutput(logits, loss, weights)
+
+    def _mask_vocab_padding(self, logits: torch.Tensor) -> torch.Tensor:
+        """Padding rows of the vocabulary never get probability: their weights are then irrelevant,
+        so checkpoints can drop them and any TP can pad afresh."""
+        if self.padded_vocab_size == self.vocab_size:
+            return logits
+        local = logits.shape[-1]
+        first = self.lm_head_rank * local
+        if first + local <= self.vocab_size:
+            return logits
+        ids = first + torch.arange(local, device=logits.device)
+        return logits.masked_fill(ids >= self.vocab_size, float("-inf"))
 
     def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Gather the vocabulary slices of every TP rank and drop the padding: [B, T, vocab]."""

@@ -47,7 +47,8 @@ def run(cfg, ctx, out: Path) -> None:
     result.loss.backward()
     group = ps.get_tensor_model_parallel_group()
     grads = {name: full_grad(p, group, ctx.tp_size) for name, p in model.named_parameters()}
-    logits = model.full_logits(result.logits).detach()
+    with torch.no_grad():
+        logits = model.full_logits(model(ids[:, :-1], segment_ids=segments).logits)
     if ctx.rank == 0:
         torch.save({"loss": result.loss.detach(), "logits": logits, "grads": grads}, out)
 

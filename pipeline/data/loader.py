@@ -1,0 +1,88 @@
+"""Micro-batches for one data-parallel rank: global sample order -> this rank's slice -> padded
+input/label tensors with loss mask and document segment ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_prep.manifest import read_manifest
+
+from ..config.job import JobConfig
+from ..config.training import BlendEntry
+from .blend import BlendedOrder
+from .packed import SourceRows, open_sources
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [b, T]
+    labels: torch.Tensor  # [b, T]
+    loss_mask: torch.Tensor  # [b, T] 1 where the label is a real token
+    segment_ids: torch.Tensor | None  # [b, T] document ids, or None without document attention
+
+    def to(self, device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.labels), move(self.loss_mask), move(self.segment_ids))
+
+    @property
+    def tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def collate(rows: list[tuple[np.ndarray, list[int]]], seq_len: int, pad_id: int, documents: bool) -> Batch:
+    width = seq_len + 1
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    segments = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, lengths) in enumerate(rows):
+        n = min(len(row), width)
+        tokens[i, :n] = torch.from_numpy(row[:n].astype(np.int64))
+        ids = np.repeat(np.arange(len(lengths)), lengths)[:n]
+        segments[i, :n] = torch.from_numpy(ids)
+        segments[i, n:] = len(lengths)  # padding: a segment of its own
+        tokens[i, n:] = pad_id
+    valid = torch.arange(width)[None, :] < torch.tensor([min(len(r), width) for r, _ in rows])[:, None]
+    return Batch(
+        input_ids=tokens[:, :-1],
+        labels=tokens[:, 1:].clone(),
+        loss_mask=valid[:, 1:].float(),
+        segment_ids=segments[:, :-1] if documents else None,
+    )
+
+
+class SplitStream:
+    """The rows of one split of the configured datasets, blended in a deterministic global order."""
+
+    def __init__(self, cfg: JobConfig, split: str, total_samples: int, seed: int):
+        entries = cfg.train.datasets or [BlendEntry(path=cfg.data.output_dir, weight=1.0)]
+        self.sources: list[SourceRows] = []
+        weights: list[float] = []
+        tokenizer = None
+        for entry in entries:
+            sha = read_manifest(entry.path)["tokenizer"]["sha256"]
+            tokenizer = tokenizer or sha
+            opened = open_sources(entry.path, split, tokenizer)
+            total_weight = sum(w for _, w in opened) or 1.0
+            for rows, w in opened:
+                self.sources.append(rows)
+                weights.append(entry.weight * w / total_weight)
+        if not self.sources:
+            raise ValueError(f"no {split} rows in {[str(Path(e.path)) for e in entries]}")
+        self.tokenizer_sha256 = tokenizer
+        self.order = BlendedOrder([len(s) for s in self.sources], weights, total_samples, seed)
+
+    def rows(self, start: int, count: int) -> list[tuple[np.ndarray, list[int]]]:
+        out = []
+        for g in range(start, start + count):
+            source, row = self.order[g]
+            out.append(self.sources[source].row(row))
+        return out
+
+
+def micro_batch_start(step: int, micro: int, dp_rank: int, global_batch: int, micro_batch: int, dp: int) -> int:
+    """Global sample index of this rank's ``micro``-th micro-batch of ``step``: every step takes the
+    next ``global_batch`` samples; micro-batch m of the step is split across DP ranks in order."""
+    return step * global_batch + micro * micro_batch * dp + dp_rank * micro_batch

@@ -1,0 +1,38 @@
+"""All rows of one source of a prepared dataset (one split), across its shards, as one indexable
+collection of (tokens, segment lengths)."""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.shards import ShardReader
+
+
+class SourceRows:
+    def __init__(self, name: str, prefixes: list[str]):
+        self.name = name
+        self.readers = [ShardReader(p) for p in prefixes]
+        self.starts = np.cumsum([0] + [len(r) for r in self.readers]).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def row(self, i: int) -> tuple[np.ndarray, list[int]]:
+        shard = bisect.bisect_right(self.starts, i) - 1
+        return self.readers[shard].row(i - self.starts[shard])
+
+
+def open_sources(directory: str | Path, split: str, tokenizer_sha256: str | None = None) -> list[tuple[SourceRows, float]]:
+    """(rows, weight) for every source of a prepared dataset that has rows in ``split``."""
+    from data_prep.manifest import ManifestError, read_manifest, shard_prefixes
+
+    manifest = read_manifest(directory)
+    if tokenizer_sha256 is not None and manifest["tokenizer"]["sha256"] != tokenizer_sha256:
+        raise ManifestError(
+            f"{Path(directory) / 'manifest.json'}: tokenized with tokenizer sha256 "
+            f"{manifest['tokenizer']['sha256'][:16]}..., but the other training data used {tokenizer_sha256[:16]}..."
+        )
+    return [(SourceRows(name, prefixes), weight) for name, weight, prefixes in shard_prefixes(directory, split)]
