@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, load_from_args, require_sections, unavailable
+from .common import add_config_args, load_from_args, require_sections
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..distributed import destroy_distributed
+    from ..training.loop import Trainer
+
     loaded = load_from_args(args)
     require_sections(loaded, "train", "model", "train")
-    raise unavailable("training (DeepSpeed ZeRO + megatron-core TP)", 5)
+    try:
+        Trainer(loaded).run()
+    finally:
+        destroy_distributed()
+    return 0
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a dense (stage 1) or ParScale (stage 2) model",
-        description="Train under a distributed launcher (torchrun, srun, deepspeed): one process per rank, "
-                    "TP x DP from the config's parallel section. Stage 2 is a config with parscale.streams > 1 "
-                    "and train.init_from set.",
+        description="Train on prepared data, one process per rank: run it under a launcher (torchrun, srun, "
+                    "deepspeed) for TP x DP > 1, or plainly for one process. Resumes from the latest checkpoint in "
+                    "checkpoint.dir; SIGTERM/SIGUSR1 save and exit. Stage 2 is a config with parscale.streams > 1 "
+                    "and train.init_from set to a (dense) portable checkpoint.",
     )
     add_config_args(parser)
     parser.set_defaults(func=_run)

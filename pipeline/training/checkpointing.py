@@ -1,0 +1,92 @@
+"""Checkpoints: DeepSpeed's (model, optimizer, ZeRO partitions) plus the trainer's state, in
+``<dir>/step<N>/``. A save is complete only when every rank has written and rank 0 has put a
+``COMPLETE`` marker in it; only then is ``<dir>/latest`` replaced (atomically) to point at it, so a
+crash during a save leaves the previous checkpoint as the latest. The last K complete ones are kept."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import JobError
+from ..utils.fs import atomic_write_text
+
+LATEST, COMPLETE, STATE = "latest", "COMPLETE", "trainer_state.json"
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def complete_tags(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("step*") if (p / COMPLETE).exists())
+
+
+def latest_tag(directory: str | Path) -> str | None:
+    """The tag ``latest`` points at if that checkpoint is complete, else the newest complete one."""
+    directory = Path(directory)
+    pointer = directory / LATEST
+    if pointer.exists():
+        tag = pointer.read_text().strip()
+        if (directory / tag / COMPLETE).exists():
+            return tag
+    tags = complete_tags(directory)
+    return tags[-1] if tags else None
+
+
+def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, resolved_config: str) -> Path:
+    """Collective: every rank calls it."""
+    directory = Path(directory)
+    tag = tag_for(step)
+    engine.save_checkpoint(str(directory), tag=tag, client_state={"trainer": {**state, "rng": rng_state()}},
+                           save_latest=False)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        folder = directory / tag
+        atomic_write_text(folder / STATE, json.dumps(state, indent=2))
+        atomic_write_text(folder / "config.resolved.yaml", resolved_config)
+        atomic_write_text(folder / COMPLETE, "")
+        atomic_write_text(directory / LATEST, tag)
+        for old in complete_tags(directory)[:-keep_last]:
+            shutil.rmtree(directory / old, ignore_errors=True)
+    dist.barrier()
+    return directory / tag
+
+
+def load(engine, directory: str | Path, tag: str) -> dict:
+    """Collective: restore the engine at ``tag``; returns the trainer state saved with it."""
+    path, client = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False)
+    if path is None:
+        raise JobError(f"{Path(directory) / tag}: DeepSpeed could not load this checkpoint")
+    state = client["trainer"]
+    restore_rng(state.pop("rng"))
+    return state
+
+
+def check_compatible(saved: dict, expected: dict, where: Path) -> None:
+    """Refuse a checkpoint whose model, ParScale or parallel layout differs from the config's."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in expected.items() if saved.get(k) != v]
+    if diffs:
+        hint = ""
+        if any(k.startswith("parscale.streams") for k in expected if saved.get(k) != expected[k]):
+            hint = "; to add ParScale streams to a dense checkpoint start a new run with train.init_from (portable)"
+        elif any(k == "parallel.tensor_parallel_size" for k in expected if saved.get(k) != expected[k]):
+            hint = "; reshard the checkpoint to the new TP size first"
+        raise JobError(f"{where}: does not match the config ({'; '.join(diffs)}){hint}")

@@ -1,0 +1,54 @@
+"""Where training metrics go: a console line per interval (rank 0), a JSONL file, and wandb
+(offline unless the config says online)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..config.job import JobConfig
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class MetricsSink:
+    def __init__(self, cfg: JobConfig, enabled: bool):
+        self.enabled = enabled
+        self.path = Path(cfg.run.output_dir) / cfg.logging.metrics_file
+        self.wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if cfg.logging.wandb_mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.run.name, mode=cfg.logging.wandb_mode,
+                                    dir=str(Path(cfg.run.output_dir)), config=cfg.model_dump(mode="json"),
+                                    resume="allow", id=_run_id(cfg))
+
+    def log(self, record: dict, console: str | None = None) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                           step=record.get("step"))
+        if console:
+            print(console, flush=True)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _run_id(cfg: JobConfig) -> str:
+    import hashlib
+
+    return hashlib.sha1(f"{cfg.run.name}:{Path(cfg.run.output_dir).resolve()}".encode()).hexdigest()[:12]
