@@ -69,6 +69,14 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
     return directory / tag
 
 
+def read_state(folder: Path) -> dict:
+    """The trainer state a complete checkpoint folder carries (readable without loading it)."""
+    try:
+        return json.loads((folder / STATE).read_text())
+    except (OSError, ValueError) as exc:
+        raise JobError(f"{folder / STATE}: unreadable ({exc})") from None
+
+
 def load(engine, directory: str | Path, tag: str) -> dict:
     """Collective: restore the engine at ``tag``; returns the trainer state saved with it."""
     path, client = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,

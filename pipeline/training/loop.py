@@ -106,8 +106,8 @@ class Trainer:
         tag = ckpt.latest_tag(self.ckpt_dir)
         if tag is None:
             return None
+        ckpt.check_compatible(ckpt.read_state(self.ckpt_dir / tag)["identity"], self._identity(), self.ckpt_dir / tag)
         saved = ckpt.load(self.engine, self.ckpt_dir, tag)
-        ckpt.check_compatible(saved["identity"], self._identity(), self.ckpt_dir / tag)
         self.step, self.skipped = saved["step"], saved["skipped"]
         if self.ctx.is_main:
             print(f"resumed from {self.ckpt_dir / tag} at step {self.step}", flush=True)
