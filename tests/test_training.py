@@ -163,7 +163,7 @@ def test_sigterm_saves_and_the_rerun_resumes(tmp_path, data):
     stopped_at = int(tag.removeprefix("step"))
     config.write_text(config.read_text().replace(f"tokens: {400 * 8 * 32}", f"tokens: {(stopped_at + 2) * 8 * 32}"))
     rerun = train(config)
-    assert rerun.returncode == 0 and f"resumed from" in rerun.stdout and f"at step {stopped_at}" in rerun.stdout
+    assert rerun.returncode == 0 and "resumed from" in rerun.stdout and f"at step {stopped_at}" in rerun.stdout
 
 
 def test_nonfinite_steps_are_skipped_then_k_in_a_row_stop_with_a_checkpoint(tmp_path, data):
