@@ -207,3 +207,18 @@ def test_latest_skips_an_incomplete_save(tmp_path):
     (tmp_path / "latest").write_text("step00000008")  # crashed after the pointer? never: but be safe
     assert latest_tag(tmp_path) == "step00000004"
     assert latest_tag(tmp_path / "nothing") is None
+
+
+def test_eval_command_matches_the_trainers_final_evaluation(tmp_path, data):
+    import json
+
+    from conftest import run_cli
+
+    config = job_config(tmp_path, data, "evaluated", train={"tokens": 4 * 8 * 32})
+    assert train(config).returncode == 0
+    final = [r for r in metrics(tmp_path / "evaluated") if "val_loss" in r][-1]
+    proc = run_cli("eval", str(config))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["val_loss"] == pytest.approx(final["val_loss"], rel=1e-5)
+    assert result["val_ppl"] > 1 and result["tokens"] > 0

@@ -1,23 +1,67 @@
-"""``parscale eval``: validation loss and perplexity of a checkpoint on the held-out split."""
+"""``parscale eval``: validation loss and perplexity of a portable checkpoint on the held-out split
+of the prepared data named in the config."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
 
-from .common import add_config_args, load_from_args, require_sections, unavailable
+from .common import add_config_args, load_from_args
+
+
+def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -> dict:
+    """Mean per-token loss over the validation rows (``eval.max_batches`` micro-batches)."""
+    import torch
+
+    from data_prep.manifest import read_manifest
+
+    from ..checkpoint.portable import load_portable
+    from ..data.loader import SplitStream, collate
+    from ..distributed import single_process
+
+    cfg = loaded.config
+    data_dir = cfg.train.datasets[0].path if cfg.train and cfg.train.datasets else cfg.data.output_dir
+    manifest = read_manifest(data_dir)
+    micro = cfg.parallel.micro_batch_size
+    batches = max_batches or cfg.eval.max_batches
+    try:
+        stream = SplitStream(cfg, "val", batches * micro, cfg.run.seed + 1)
+    except ValueError:
+        raise loaded.error("data.val_fraction", f"{data_dir} has no validation rows to evaluate on") from None
+    total, tokens = 0.0, 0
+    with single_process(seed=cfg.run.seed):
+        model, meta = load_portable(checkpoint)
+        model.eval()
+        with torch.no_grad():
+            for b in range(batches):
+                batch = collate(stream.rows(b * micro, micro), manifest["seq_len"], max(manifest["tokenizer"]["pad_id"], 0),
+                                model.config.document_attention)
+                out = model(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
+                            segment_ids=batch.segment_ids)
+                total += out.loss.item() * batch.tokens
+                tokens += batch.tokens
+    loss = total / max(tokens, 1)
+    return {"checkpoint": str(checkpoint), "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "tokens": tokens,
+            "streams": meta["parscale"]["streams"], "tokens_seen": meta.get("tokens_seen")}
 
 
 def _run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
-    require_sections(loaded, "eval", "model")
-    raise unavailable("evaluation", 5)
+    checkpoint = args.checkpoint or str(Path(loaded.config.run.output_dir) / "portable")
+    result = evaluate_portable(loaded, checkpoint, args.max_batches)
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval", help="validation loss / perplexity of a checkpoint",
-        description="Evaluate a checkpoint on the held-out split of the prepared data named in the config.",
+        description="Evaluate a portable checkpoint on the held-out split of the prepared data named in the config "
+                    "(data.output_dir or train.datasets); prints JSON.",
     )
     add_config_args(parser)
-    parser.add_argument("--checkpoint", help="checkpoint directory (default: the latest in checkpoint.dir)")
+    parser.add_argument("--checkpoint", help="portable checkpoint folder (default: <run.output_dir>/portable)")
+    parser.add_argument("--max-batches", type=int, help="micro-batches to evaluate (default: eval.max_batches)")
     parser.set_defaults(func=_run)
