@@ -209,13 +209,15 @@ def test_latest_skips_an_incomplete_save(tmp_path):
     assert latest_tag(tmp_path / "nothing") is None
 
 
-def test_eval_command_matches_the_trainers_final_evaluation(tmp_path, data):
+def test_eval_command_matches_the_trainers_final_evaluation_and_wandb_logs_offline(tmp_path, data):
     import json
 
     from conftest import run_cli
 
-    config = job_config(tmp_path, data, "evaluated", train={"tokens": 4 * 8 * 32})
+    config = job_config(tmp_path, data, "evaluated", train={"tokens": 4 * 8 * 32}, logging={"wandb_mode": "offline"})
     assert train(config).returncode == 0
+    assert list((tmp_path / "evaluated" / "wandb").glob("offline-run-*"))
+    assert (tmp_path / "evaluated" / "config.resolved.yaml").exists()
     final = [r for r in metrics(tmp_path / "evaluated") if "val_loss" in r][-1]
     proc = run_cli("eval", str(config))
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,94 @@
+"""Trainer building blocks without processes: blended data order, DP slicing, collation, the WSD
+schedule, optimizer groups and the frozen-backbone switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config.job import JobConfig
+from pipeline.config.training import ScheduleConfig
+from pipeline.data.blend import BlendedOrder
+from pipeline.data.loader import collate, micro_batch_start
+from pipeline.training.optim import apply_trainable, param_groups
+from pipeline.training.schedule import WSD
+
+
+def test_blend_follows_weights_covers_every_row_once_per_pass_and_is_deterministic():
+    order = BlendedOrder([10, 30], [0.25, 0.75], 4000, seed=3)
+    picks = [order[g] for g in range(4000)]
+    share = sum(1 for s, _ in picks if s == 0) / 4000
+    assert share == pytest.approx(0.25, abs=0.002)
+    first_pass = [r for s, r in picks if s == 0][:10]
+    assert sorted(first_pass) == list(range(10))  # every row once per pass
+    second_pass = [r for s, r in picks if s == 0][10:20]
+    assert sorted(second_pass) == list(range(10)) and second_pass != first_pass  # reshuffled
+    again = BlendedOrder([10, 30], [0.25, 0.75], 4000, seed=3)
+    assert [again[g] for g in range(0, 4000, 7)] == picks[::7]
+    other = BlendedOrder([10, 30], [0.25, 0.75], 4000, seed=4)
+    assert [other[g] for g in range(100)] != picks[:100]
+
+
+def test_data_parallel_slices_partition_each_global_batch():
+    gb, micro, dp = 16, 2, 4
+    gas = gb // (micro * dp)
+    seen = sorted(micro_batch_start(5, m, r, gb, micro, dp) + i for m in range(gas) for r in range(dp)
+                  for i in range(micro))
+    assert seen == list(range(5 * gb, 6 * gb))
+
+
+def test_collate_pads_masks_and_marks_documents():
+    rows = [(np.array([5, 6, 7, 3, 8, 9]), [4, 2]), (np.array([4, 4, 3]), [3])]
+    b = collate(rows, seq_len=5, pad_id=0, documents=True)
+    assert b.input_ids.tolist() == [[5, 6, 7, 3, 8], [4, 4, 3, 0, 0]]
+    assert b.labels.tolist() == [[6, 7, 3, 8, 9], [4, 3, 0, 0, 0]]
+    assert b.loss_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert b.segment_ids.tolist() == [[0, 0, 0, 0, 1], [0, 0, 0, 1, 1]]
+    assert collate(rows, 5, 0, documents=False).segment_ids is None
+
+
+def test_wsd_schedule_shapes():
+    stage1 = WSD.build(ScheduleConfig(warmup_tokens=400, decay_fraction=0.0), 1e-3, 100, 100)
+    assert stage1.warmup_steps == 4 and stage1(0) == pytest.approx(2.5e-4) and stage1(3) == pytest.approx(1e-3)
+    assert stage1(50) == stage1(99) == pytest.approx(1e-3)
+    anneal = WSD.build(ScheduleConfig(warmup_tokens=100, decay_fraction=1.0, min_lr_ratio=0.1), 1e-3, 100, 100)
+    lrs = [anneal(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    linear = WSD.build(ScheduleConfig(decay_fraction=0.2, decay_style="linear", min_lr_ratio=0.0), 1.0, 10, 1)
+    assert [round(linear(s), 3) for s in range(10)] == [1.0] * 8 + [0.5, 0.0]
+
+
+def _model():
+    from pipeline.config.model import ModelConfig, ParScaleConfig
+    from pipeline.model import ParScaleLM
+
+    cfg = ModelConfig(num_layers=1, hidden_size=16, ffn_hidden_size=32, num_attention_heads=2, num_kv_heads=2,
+                      vocab_size=32, pad_vocab_to_multiple_of=8)
+    return ParScaleLM(cfg, ParScaleConfig(streams=2, prefix_len=2), 32)
+
+
+def _job(**sections) -> JobConfig:
+    base = {"model": {"num_layers": 1, "hidden_size": 16, "ffn_hidden_size": 32, "num_attention_heads": 2,
+                      "num_kv_heads": 2}, "train": {"tokens": 100}, "parscale": {"streams": 2, "prefix_len": 2}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    return JobConfig.model_validate(base)
+
+
+def test_weight_decay_groups_and_frozen_backbone():
+    from pipeline.distributed import single_process
+
+    with single_process():
+        model = _model()
+        groups = param_groups(model, _job(optimizer={"no_decay": ["norm", "bias", "prefix"]}))
+        decayed = {id(p) for p in groups[0]["params"]}
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert groups[1]["weight_decay"] == 0.0
+        assert all("norm" in names[i] or names[i].endswith("bias") or ".prefix." in names[i]
+                   for i in {id(p) for p in groups[1]["params"]})
+        assert any("aggregate_layer.0.weight" in names[i] for i in decayed)
+        trainable = apply_trainable(model, _job(parscale={"trainable": "parscale_only"}))
+        live = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert live and all(".prefix." in n or "aggregate_layer" in n for n in live)
+        assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
