@@ -18,11 +18,11 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
     from data_prep.manifest import read_manifest
 
     from ..checkpoint.portable import load_portable
-    from ..data.loader import SplitStream, collate
+    from ..data.loader import SplitStream, collate, dataset_entries
     from ..distributed import single_process
 
     cfg = loaded.config
-    data_dir = cfg.train.datasets[0].path if cfg.train and cfg.train.datasets else cfg.data.output_dir
+    data_dir = dataset_entries(cfg)[0].path
     manifest = read_manifest(data_dir)
     micro = cfg.parallel.micro_batch_size
     batches = max_batches or cfg.eval.max_batches

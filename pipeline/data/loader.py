@@ -53,11 +53,18 @@ def collate(rows: list[tuple[np.ndarray, list[int]]], seq_len: int, pad_id: int,
     )
 
 
+def dataset_entries(cfg: JobConfig) -> list[BlendEntry]:
+    """The prepared datasets a job trains on: ``train.datasets``, or ``data.output_dir`` alone."""
+    if cfg.train is not None and cfg.train.datasets:
+        return list(cfg.train.datasets)
+    return [BlendEntry(path=cfg.data.output_dir, weight=1.0)]
+
+
 class SplitStream:
     """The rows of one split of the configured datasets, blended in a deterministic global order."""
 
     def __init__(self, cfg: JobConfig, split: str, total_samples: int, seed: int):
-        entries = cfg.train.datasets or [BlendEntry(path=cfg.data.output_dir, weight=1.0)]
+        entries = dataset_entries(cfg)
         self.sources: list[SourceRows] = []
         weights: list[float] = []
         tokenizer = None

@@ -28,7 +28,7 @@ class Trainer:
     def __init__(self, loaded: LoadedConfig):
         from data_prep.manifest import read_manifest
 
-        from ..data.loader import SplitStream
+        from ..data.loader import SplitStream, dataset_entries
         from ..distributed import init_distributed
         from ..model import ParScaleLM
 
@@ -38,7 +38,7 @@ class Trainer:
                 raise loaded.error(section, "required by 'train' but missing")
         self.loaded, self.resolved = loaded, dump_resolved(loaded)
         self.ctx = init_distributed(loaded)
-        data_dir = (cfg.train.datasets[0].path if cfg.train.datasets else cfg.data.output_dir)
+        data_dir = dataset_entries(cfg)[0].path  # tokenizer and seq_len (the others must match)
         manifest = read_manifest(data_dir)
         self.data_dir = Path(data_dir)
         self.seq_len = manifest["seq_len"]
