@@ -13,6 +13,7 @@ from data_prep.manifest import read_manifest
 
 from ..config.job import JobConfig
 from ..config.training import BlendEntry
+from ..errors import JobError
 from .blend import BlendedOrder
 from .packed import SourceRows, open_sources
 
@@ -68,9 +69,14 @@ class SplitStream:
         self.sources: list[SourceRows] = []
         weights: list[float] = []
         tokenizer = None
+        seq_len = None
         for entry in entries:
-            sha = read_manifest(entry.path)["tokenizer"]["sha256"]
+            manifest = read_manifest(entry.path)
+            sha = manifest["tokenizer"]["sha256"]
             tokenizer = tokenizer or sha
+            seq_len = seq_len or manifest["seq_len"]
+            if manifest["seq_len"] != seq_len:
+                raise JobError(f"{entry.path}: packed to seq_len {manifest['seq_len']}, the first dataset to {seq_len}")
             opened = open_sources(entry.path, split, tokenizer)
             total_weight = sum(w for _, w in opened) or 1.0
             for rows, w in opened:
