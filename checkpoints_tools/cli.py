@@ -1,20 +1,65 @@
-"""``parscale convert``: checkpoint conversion (consolidate, dense to ParScale, reshard, HF)."""
+"""``parscale convert``: checkpoint tools. Each tool is a sub-command with its own --help."""
 
 from __future__ import annotations
 
-import argparse
+import json
+import sys
 
-from pipeline.commands.common import unavailable
+
+def _inspect(args) -> int:
+    from .inspect_ckpt import print_inspect
+
+    print_inspect(args.checkpoint)
+    return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    raise unavailable("checkpoint conversion", 6)
+def _verify(args) -> int:
+    from .inspect_ckpt import verify
+
+    problems = verify(args.checkpoint)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{args.checkpoint}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def _to_parscale(args) -> int:
+    from pipeline.config.model import ParScaleConfig
+
+    from .to_parscale import convert
+
+    parscale = ParScaleConfig(streams=args.streams, prefix_len=args.prefix_len, eps=args.eps,
+                              prefix_init=args.prefix_init)
+    print(json.dumps(convert(args.source, args.target, parscale, seed=args.seed,
+                             allow_more_streams=args.allow_more_streams, verify=not args.no_verify), indent=2))
+    return 0
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert", help="convert checkpoints (consolidate, to-parscale, reshard, HF import/export)",
-        description="Checkpoint tools: consolidate ZeRO/TP shards into a portable safetensors checkpoint, "
-                    "add ParScale streams to a dense model, reshard TP, import/export Hugging Face layouts.",
+        "convert", help="checkpoint tools: inspect, verify, to-parscale",
+        description="Checkpoint tools on portable checkpoints (model.safetensors + config.json + tokenizer.model, "
+                    "the folder every training run exports). Consolidating DeepSpeed shards, TP resharding and "
+                    "Hugging Face import/export come with issue 6's remaining tools.",
     )
-    parser.set_defaults(func=_run)
+    tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    p = tools.add_parser("inspect", help="shapes, parameter counts, P, dtype, tokens seen, config (JSON)")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=_inspect)
+    p = tools.add_parser("verify", help="checksums and shapes against the config; exit 1 on a mismatch")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=_verify)
+    p = tools.add_parser("to-parscale", help="dense -> ParScale: add per-layer prefixes and the aggregator",
+                         description="Convert a dense portable checkpoint to ParScale with P streams (the backbone is "
+                                     "copied bit for bit and verified); a ParScale one to a larger P only with "
+                                     "--allow-more-streams.")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.add_argument("--streams", type=int, required=True, help="P")
+    p.add_argument("--prefix-len", type=int, default=48)
+    p.add_argument("--eps", type=float, default=0.1, help="aggregation smoothing")
+    p.add_argument("--prefix-init", choices=["normal", "mlp"], default="normal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-more-streams", action="store_true", help="accept a ParScale source (P -> larger P)")
+    p.add_argument("--no-verify", action="store_true", help="skip the backbone logits check")
+    p.set_defaults(func=_to_parscale)

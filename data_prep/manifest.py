@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.errors import JobError
 from pipeline.utils.fs import atomic_write_text, read_format_json
 
-from .tokenizer import file_sha256
+from pipeline.utils.fs import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "parscale-prep/1"

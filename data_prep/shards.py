@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .packing import Row
-from .tokenizer import file_sha256
+from pipeline.utils.fs import file_sha256
 
 
 def shard_entry_ok(root: Path, entry: dict) -> bool:

@@ -4,7 +4,6 @@ shards and its SHA-256 goes into the manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 import shutil
@@ -16,6 +15,7 @@ import numpy as np
 import sentencepiece as spm
 
 from pipeline.config.data import TokenizerConfig
+from pipeline.utils.fs import file_sha256
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ALWAYS_WHOLE = ["\n", "\t"]  # never split, never byte-fallback: code is full of them
@@ -35,14 +35,6 @@ class TokenizerInfo:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def token_dtype(vocab_size: int, requested: str) -> np.dtype:

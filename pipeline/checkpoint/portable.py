@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config.model import ModelConfig, ParScaleConfig
 from ..errors import JobError
-from ..utils.fs import read_format_json
+from ..utils.fs import file_sha256, read_format_json
 
 FORMAT = "parscale-portable/1"
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"
@@ -55,9 +55,10 @@ def save_portable_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, 
         "vocab_size": vocab_size,
         **(meta or {}),
     }
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if tokenizer is not None:
         shutil.copyfile(tokenizer, tmp / TOKENIZER)
+    config["sha256"] = {name: file_sha256(tmp / name) for name in (WEIGHTS, TOKENIZER) if (tmp / name).exists()}
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

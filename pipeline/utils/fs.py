@@ -39,3 +39,13 @@ def read_format_json(path: str | Path, expected_format: str, error: type[Excepti
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise error(f"{path}: format {found!r}, expected {expected_format!r}")
     return data
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

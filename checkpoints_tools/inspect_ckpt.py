@@ -1,0 +1,116 @@
+"""``parscale convert inspect``: what a portable checkpoint holds, and ``verify``: checksums and
+shapes, non-zero exit on any mismatch. Tensors are read from the safetensors header only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from pipeline.checkpoint.portable import CONFIG, TOKENIZER, WEIGHTS, CheckpointError, read_config
+from pipeline.config.model import ModelConfig, ParScaleConfig
+from pipeline.model.counting import parameter_counts
+from pipeline.utils.fs import file_sha256
+
+
+def tensor_shapes(directory: Path) -> dict[str, tuple[list[int], str]]:
+    path = directory / WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: (handle.get_slice(k).get_shape(), handle.get_slice(k).get_dtype()) for k in handle.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except Exception as exc:  # safetensors raises its own error types for a corrupt header
+        raise CheckpointError(f"{path}: corrupt or truncated ({exc})") from None
+
+
+def inspect(directory: str | Path) -> dict:
+    directory = Path(directory)
+    config = read_config(directory)
+    model, ps = ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"])
+    shapes = tensor_shapes(directory)
+    counts = parameter_counts(model, ps, config["vocab_size"])
+    return {
+        "path": str(directory),
+        "streams": ps.streams, "prefix_len": ps.prefix_len if ps.streams > 1 else 0, "tp": 1,
+        "dtype": sorted({dtype for _, dtype in shapes.values()}),
+        "parameters": {"total": counts.total, "non_embedding": counts.non_embedding,
+                       "parscale_extra": counts.parscale, "parscale_extra_pct": 100 * counts.parscale_fraction,
+                       "in_file": sum(_numel(s) for s, _ in shapes.values())},
+        "tokens_seen": config.get("tokens_seen"), "step": config.get("step"),
+        "model": config["model"], "parscale": config["parscale"], "vocab_size": config["vocab_size"],
+    }
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def verify(directory: str | Path) -> list[str]:
+    """Every problem found (empty = the checkpoint is consistent)."""
+    directory = Path(directory)
+    problems = []
+    config = read_config(directory)
+    for name, expected in config.get("sha256", {}).items():
+        path = directory / name
+        if not path.exists():
+            problems.append(f"{path}: missing")
+        elif file_sha256(path) != expected:
+            problems.append(f"{path}: sha256 differs from {directory / CONFIG}")
+    if "sha256" not in config:
+        problems.append(f"{directory / CONFIG}: no checksums recorded")
+    if not (directory / TOKENIZER).exists():
+        problems.append(f"{directory / TOKENIZER}: missing")
+    try:
+        shapes = tensor_shapes(directory)
+    except CheckpointError as exc:
+        return problems + [str(exc)]
+    expected = expected_shapes(config)
+    for name in sorted(expected.keys() | shapes.keys()):
+        if name not in shapes:
+            problems.append(f"{directory / WEIGHTS}: missing {name}")
+        elif name not in expected:
+            problems.append(f"{directory / WEIGHTS}: unexpected {name}")
+        elif list(shapes[name][0]) != list(expected[name]):
+            problems.append(f"{directory / WEIGHTS}: {name} has shape {shapes[name][0]}, config implies {expected[name]}")
+    return problems
+
+
+def expected_shapes(config: dict) -> dict[str, list[int]]:
+    """Shapes a TP=1 model of this config has (vocab rows unpadded, as portable files store them)."""
+    m, ps = ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"])
+    h, d, v = m.hidden_size, m.kv_channels, config["vocab_size"]
+    q, kv = m.num_attention_heads * d, m.num_kv_heads * d
+    shapes = {"model.embed_tokens.weight": [v, h], "model.norm.weight": [h]}
+    if not m.tie_embeddings:
+        shapes["lm_head.weight"] = [v, h]
+    for i in range(m.num_layers):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h],
+                   p + "self_attn.q_proj.weight": [q, h], p + "self_attn.k_proj.weight": [kv, h],
+                   p + "self_attn.v_proj.weight": [kv, h], p + "self_attn.o_proj.weight": [h, q],
+                   p + "mlp.gate_proj.weight": [m.ffn_hidden_size, h], p + "mlp.up_proj.weight": [m.ffn_hidden_size, h],
+                   p + "mlp.down_proj.weight": [h, m.ffn_hidden_size]}
+        if m.qkv_bias:
+            shapes |= {p + "self_attn.q_proj.bias": [q], p + "self_attn.k_proj.bias": [kv], p + "self_attn.v_proj.bias": [kv]}
+        if ps.streams > 1:
+            if ps.prefix_init == "normal":
+                for kind in ("k", "v"):
+                    shapes[p + f"self_attn.prefix.prefix_{kind}"] = [ps.streams, m.num_kv_heads, ps.prefix_len, d]
+            else:
+                r = ps.prefix_mlp_hidden
+                shapes |= {p + "self_attn.prefix.seed": [ps.streams, ps.prefix_len, r],
+                           p + "self_attn.prefix.mlp.0.weight": [r, r], p + "self_attn.prefix.mlp.0.bias": [r],
+                           p + "self_attn.prefix.mlp.2.weight": [2 * kv, r], p + "self_attn.prefix.mlp.2.bias": [2 * kv]}
+    if ps.streams > 1:
+        shapes |= {"model.aggregate_layer.0.weight": [h, ps.streams * h], "model.aggregate_layer.0.bias": [h],
+                   "model.aggregate_layer.2.weight": [ps.streams, h], "model.aggregate_layer.2.bias": [ps.streams]}
+    return shapes
+
+
+def print_inspect(directory: str) -> None:
+    print(json.dumps(inspect(directory), indent=2))

@@ -1,0 +1,77 @@
+"""``parscale convert to-parscale``: a dense portable checkpoint -> a ParScale one (P streams).
+
+The backbone is copied bit for bit; each layer gains fresh prefixes and the model a fresh
+aggregator (``--prefix-init``, ``--seed``). Going from a ParScale checkpoint with P streams to a
+larger P only with ``--allow-more-streams``: the first P streams keep their prefixes, the new ones
+and the aggregator (its input width changes) start fresh. Verification: the converted backbone,
+run as a dense model, reproduces the source's logits on a fixed input (ParScale's prefixes change
+the output by design, so that is what can be equal), tolerance printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.checkpoint.portable import TOKENIZER, CheckpointError, read_config, read_weights, save_portable_state
+from pipeline.config.model import ModelConfig, ParScaleConfig
+
+
+def _backbone(state: dict) -> dict:
+    return {k: v for k, v in state.items() if ".prefix." not in k and "aggregate_layer" not in k}
+
+
+def _dense_logits(model_cfg: ModelConfig, vocab: int, state: dict, ids: torch.Tensor) -> torch.Tensor:
+    from pipeline.checkpoint.sharding import load_full_state
+    from pipeline.model import ParScaleLM
+
+    model = ParScaleLM(model_cfg, ParScaleConfig(), vocab).eval()
+    load_full_state(model, _backbone(state), "backbone")
+    with torch.no_grad():
+        return model.full_logits(model(ids).logits)
+
+
+def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, seed: int = 0,
+            allow_more_streams: bool = False, verify: bool = True) -> dict:
+    from pipeline.checkpoint.sharding import load_full_state
+    from pipeline.distributed import single_process
+    from pipeline.model import ParScaleLM
+
+    source, target = Path(source), Path(target)
+    config = read_config(source)
+    old = ParScaleConfig.model_validate(config["parscale"])
+    if old.streams > 1 and not allow_more_streams:
+        raise CheckpointError(f"{source}: already ParScale with P={old.streams}; pass --allow-more-streams to go to "
+                              f"P={parscale.streams}")
+    if old.streams > 1 and parscale.streams <= old.streams:
+        raise CheckpointError(f"{source}: has P={old.streams}; --streams must be larger, got {parscale.streams}")
+    if parscale.streams < 2:
+        raise CheckpointError("--streams must be at least 2 (P=1 is the dense model itself)")
+    model_cfg = ModelConfig.model_validate(config["model"])
+    state = read_weights(source)
+    carried = _backbone(state)
+    if old.streams > 1 and old.prefix_init == parscale.prefix_init == "normal" and old.prefix_len == parscale.prefix_len:
+        carried |= {k: v for k, v in state.items() if ".prefix." in k}  # the first P streams, widened below
+    with single_process(seed=seed):
+        torch.manual_seed(seed)
+        model = ParScaleLM(model_cfg, parscale, config["vocab_size"])
+        fresh = dict(model.named_parameters())
+        for name, value in list(carried.items()):
+            if ".prefix." in name:  # widen [P_old, ...] to [P_new, ...] with the fresh streams appended
+                carried[name] = torch.cat([value, fresh[name].detach()[value.shape[0]:]])
+        new = load_full_state(model, carried, str(source), allow_new_parscale=True)
+        out_state = {k: v.detach().clone() for k, v in model.named_parameters()}
+        result = {"source": str(source), "target": str(target), "streams": parscale.streams, "new_tensors": len(new)}
+        if verify:
+            ids = torch.randint(0, config["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(0))
+            before = _dense_logits(model_cfg, config["vocab_size"], state, ids)
+            after = _dense_logits(model_cfg, config["vocab_size"], out_state, ids)
+            diff = (before - after).abs().max().item()
+            if diff > 0:
+                raise CheckpointError(f"verification failed: the backbone's logits differ by {diff:.3e}")
+            result["verified"] = f"backbone logits identical (max |diff| {diff:.1e}, tolerance 0)"
+    tokenizer = source / TOKENIZER
+    meta = {k: config[k] for k in ("step", "tokens_seen") if k in config} | {"converted_from": str(source)}
+    save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target,
+                        tokenizer if tokenizer.exists() else None, meta)
+    return result

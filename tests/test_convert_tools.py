@@ -1,0 +1,78 @@
+"""``parscale convert``: inspect, verify (checksums, shapes) and dense -> ParScale conversion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_prep import tokenizer as tok
+from pipeline.checkpoint.portable import save_portable
+from pipeline.config.data import TokenizerConfig
+from pipeline.config.model import ModelConfig, ParScaleConfig
+from pipeline.distributed import single_process
+from pipeline.model import ParScaleLM
+
+from conftest import run_cli
+from prep_corpus import text_doc
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dense")
+    model_file = tok.train(TokenizerConfig(vocab_size=300), [text_doc(i) for i in range(100)], 0, root / "t.model")
+    vocab = tok.load(model_file).get_piece_size()
+    cfg = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_kv_heads=2,
+                      vocab_size=vocab, pad_vocab_to_multiple_of=8, tie_embeddings=False)
+    with single_process():
+        torch.manual_seed(0)
+        return save_portable(ParScaleLM(cfg, ParScaleConfig(), vocab), root / "dense", tokenizer=model_file,
+                             meta={"tokens_seen": 1234})
+
+
+def test_inspect_reports_counts_and_config(dense):
+    proc = run_cli("convert", "inspect", str(dense))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["streams"] == 1 and info["tokens_seen"] == 1234 and info["dtype"] == ["F32"]
+    assert info["parameters"]["in_file"] == info["parameters"]["total"] and info["parameters"]["parscale_extra"] == 0
+
+
+def test_verify_passes_then_catches_corruption(dense, tmp_path):
+    import shutil
+
+    assert run_cli("convert", "verify", str(dense)).returncode == 0
+    broken = tmp_path / "broken"
+    shutil.copytree(dense, broken)
+    data = bytearray((broken / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (broken / "model.safetensors").write_bytes(bytes(data))
+    (broken / "tokenizer.model").unlink()
+    proc = run_cli("convert", "verify", str(broken))
+    assert proc.returncode == 1
+    assert "model.safetensors: sha256 differs" in proc.stderr and "tokenizer.model: missing" in proc.stderr
+
+
+def test_dense_to_parscale_keeps_the_backbone_and_adds_streams(dense, tmp_path):
+    target = tmp_path / "p4"
+    proc = run_cli("convert", "to-parscale", str(dense), str(target), "--streams", "4", "--prefix-len", "6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["new_tensors"] == 2 * 2 + 4 and "identical" in result["verified"]
+    assert run_cli("convert", "verify", str(target)).returncode == 0
+    before, after = load_file(str(dense / "model.safetensors")), load_file(str(target / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert after["model.layers.0.self_attn.prefix.prefix_k"].shape == (4, 2, 6, 8)
+    info = json.loads(run_cli("convert", "inspect", str(target)).stdout)
+    assert info["streams"] == 4 and 0 < info["parameters"]["parscale_extra_pct"]
+
+    refused = run_cli("convert", "to-parscale", str(target), str(tmp_path / "p6"), "--streams", "6", "--prefix-len", "6")
+    assert refused.returncode == 2 and "already ParScale with P=4; pass --allow-more-streams" in refused.stderr
+    more = run_cli("convert", "to-parscale", str(target), str(tmp_path / "p6"), "--streams", "6", "--prefix-len", "6",
+                   "--allow-more-streams")
+    assert more.returncode == 0, more.stderr[-2000:]
+    p6 = load_file(str(tmp_path / "p6" / "model.safetensors"))
+    key = "model.layers.1.self_attn.prefix.prefix_v"
+    assert p6[key].shape[0] == 6 and torch.equal(p6[key][:4], after[key])
