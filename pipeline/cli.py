@@ -10,13 +10,11 @@ from checkpoints_tools import cli as convert_cli
 from data_prep import cli as prep_cli
 
 from .commands import config_cmd, eval_cmd, generate_cmd, run_cmd, train_cmd
-from .commands.common import CommandUnavailable
 from .errors import JobError
 
 SUBCOMMANDS = [prep_cli, train_cmd, convert_cli, eval_cmd, generate_cmd, run_cmd, config_cmd]
 
 EXIT_USER_ERROR = 2  # invalid config or input
-EXIT_UNAVAILABLE = 3
 
 
 def _version() -> str:
@@ -47,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:  # ConfigError included: the message names the file, line and key
         print(f"parscale {args.command}: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except CommandUnavailable as exc:
-        print(f"parscale {args.command}: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_run_executes_what_exists_and_skips_finished_stages(tmp_path):
             "--set", "tokenizer.vocab_size=400", "--set", "tokenizer.sample_docs=50"]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "distributed bootstrap check" in proc.stdout and "not built yet" in proc.stdout
+    assert "distributed bootstrap check" in proc.stdout and "not chained into run yet" in proc.stdout
     topo = yaml.safe_load((tmp_path / "topology.json").read_text())
     assert topo["ok"] and topo["tp_size"] == 2
     manifest = yaml.safe_load((tmp_path / "data" / "manifest.json").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_args, load_from_args, require_sections
+from .common import add_config_args, load_from_args
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -12,7 +12,6 @@ def _run(args: argparse.Namespace) -> int:
     from ..training.loop import Trainer
 
     loaded = load_from_args(args)
-    require_sections(loaded, "train", "model", "train")
     try:
         Trainer(loaded).run()
     finally:

@@ -35,6 +35,12 @@ class LoadedConfig:
         """file:line (or the override) that set a dotted key, or its nearest parent."""
         return _lookup_origin(self.origin, _split_key(key) if isinstance(key, str) else key, self.files[0])
 
+    def require(self, command: str, *sections: str) -> None:
+        """Refuse a config that lacks a section ``command`` needs, naming the key."""
+        for section in sections:
+            if getattr(self.config, section) is None:
+                raise self.error(section, f"required by '{command}' but missing")
+
     def error(self, key: str, message: str) -> ConfigError:
         """A ConfigError about one key, found after loading (e.g. against the world size)."""
         return ConfigError(self.files[0], [Problem(self.where(key), key, message)])

@@ -33,9 +33,7 @@ class Trainer:
         from ..model import ParScaleLM
 
         cfg = self.cfg = loaded.config
-        for section in ("model", "train"):
-            if getattr(cfg, section) is None:
-                raise loaded.error(section, "required by 'train' but missing")
+        loaded.require("train", "model", "train")
         self.loaded, self.resolved = loaded, dump_resolved(loaded)
         self.ctx = init_distributed(loaded)
         data_dir = dataset_entries(cfg)[0].path  # tokenizer and seq_len (the others must match)
