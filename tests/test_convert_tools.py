@@ -8,27 +8,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data_prep import tokenizer as tok
 from pipeline.checkpoint.portable import save_portable
-from pipeline.config.data import TokenizerConfig
-from pipeline.config.model import ModelConfig, ParScaleConfig
+from pipeline.config.model import ParScaleConfig
 from pipeline.distributed import single_process
-from pipeline.model import ParScaleLM
 
+from checkpoint_helpers import tiny_model, tiny_tokenizer
 from conftest import run_cli
-from prep_corpus import text_doc
 
 
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
     root = tmp_path_factory.mktemp("dense")
-    model_file = tok.train(TokenizerConfig(vocab_size=300), [text_doc(i) for i in range(100)], 0, root / "t.model")
-    vocab = tok.load(model_file).get_piece_size()
-    cfg = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_kv_heads=2,
-                      vocab_size=vocab, pad_vocab_to_multiple_of=8, tie_embeddings=False)
+    model_file, vocab = tiny_tokenizer(root)
     with single_process():
-        torch.manual_seed(0)
-        return save_portable(ParScaleLM(cfg, ParScaleConfig(), vocab), root / "dense", tokenizer=model_file,
+        return save_portable(tiny_model(vocab, ParScaleConfig(), tie=False), root / "dense", tokenizer=model_file,
                              meta={"tokens_seen": 1234})
 
 
