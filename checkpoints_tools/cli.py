@@ -35,12 +35,26 @@ def _to_parscale(args) -> int:
     return 0
 
 
+def _export_hf(args) -> int:
+    from .hf import export_hf
+
+    print(f"wrote {export_hf(args.source, args.target)}")
+    return 0
+
+
+def _import_hf(args) -> int:
+    from .hf import import_hf
+
+    print(f"wrote {import_hf(args.source, args.target)}")
+    return 0
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert", help="checkpoint tools: inspect, verify, to-parscale",
+        "convert", help="checkpoint tools: inspect, verify, to-parscale, export-hf, import-hf",
         description="Checkpoint tools on portable checkpoints (model.safetensors + config.json + tokenizer.model, "
-                    "the folder every training run exports). Consolidating DeepSpeed shards, TP resharding and "
-                    "Hugging Face import/export come with issue 6's remaining tools.",
+                    "the folder every training run exports), and Hugging Face qwen2 / qwen2_parscale folders. "
+                    "Consolidating arbitrary DeepSpeed checkpoints and resharding them are still to come (issue 6).",
     )
     tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
     p = tools.add_parser("inspect", help="shapes, parameter counts, P, dtype, tokens seen, config (JSON)")
@@ -63,3 +77,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-more-streams", action="store_true", help="accept a ParScale source (P -> larger P)")
     p.add_argument("--no-verify", action="store_true", help="skip the backbone logits check")
     p.set_defaults(func=_to_parscale)
+    p = tools.add_parser("export-hf", help="portable -> Hugging Face folder (qwen2, or the official qwen2_parscale)")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.set_defaults(func=_export_hf)
+    p = tools.add_parser("import-hf", help="Hugging Face qwen2 / qwen2_parscale folder -> portable")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.set_defaults(func=_import_hf)

@@ -69,3 +69,45 @@ def test_dense_to_parscale_keeps_the_backbone_and_adds_streams(dense, tmp_path):
     p6 = load_file(str(tmp_path / "p6" / "model.safetensors"))
     key = "model.layers.1.self_attn.prefix.prefix_v"
     assert p6[key].shape[0] == 6 and torch.equal(p6[key][:4], after[key])
+
+
+def _our_logits(path, ids):
+    from pipeline.checkpoint.portable import load_portable
+
+    with single_process():
+        model, _ = load_portable(path)
+        with torch.no_grad():
+            return model.full_logits(model.eval()(ids).logits)
+
+
+def test_export_to_hf_qwen2_loads_in_transformers_and_imports_back_identically(dense, tmp_path):
+    from transformers import Qwen2ForCausalLM
+
+    from checkpoints_tools.hf import export_hf, import_hf
+
+    hf_dir = export_hf(dense, tmp_path / "hf")
+    assert (hf_dir / "tokenizer.model").exists()
+    hf = Qwen2ForCausalLM.from_pretrained(str(hf_dir)).eval()
+    ids = torch.randint(0, hf.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = hf(ids).logits
+    torch.testing.assert_close(_our_logits(dense, ids), expected, atol=1e-5, rtol=0)
+    back = import_hf(hf_dir, tmp_path / "back")
+    a, b = load_file(str(dense / "model.safetensors")), load_file(str(back / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_official_parscale_layout_round_trip(dense, tmp_path):
+    from checkpoints_tools.hf import export_hf, import_hf
+    from checkpoints_tools.to_parscale import convert
+
+    convert(dense, tmp_path / "p4", ParScaleConfig(streams=4, prefix_len=5, eps=0.1))
+    hf_dir = export_hf(tmp_path / "p4", tmp_path / "hf")
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["model_type"] == "qwen2_parscale"
+    assert (config["parscale_n"], config["parscale_n_tokens"], config["parscale_attn_smooth"]) == (4, 5, 0.1)
+    names = load_file(str(hf_dir / "model.safetensors")).keys()
+    assert "model.layers.0.self_attn.prefix_k" in names and "model.aggregate_layer.2.weight" in names
+    back = import_hf(hf_dir, tmp_path / "back")
+    ids = torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(_our_logits(back, ids), _our_logits(tmp_path / "p4", ids), atol=0, rtol=0)
