@@ -75,9 +75,10 @@ def _prep(loaded, console, dry_run: bool) -> str:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "run", help="run the whole pipeline (prep -> stage 1 -> convert -> stage 2 -> eval -> report)",
-        description="Run every stage of the pipeline from one config on this machine, launching the "
-                    "distributed stages under torchrun with TP x DP processes.",
+        "run", help="run the pipeline from one config (today: prep + distributed check; training chained by issue 7)",
+        description="Run the pipeline's stages from one config on this machine, launching the distributed ones "
+                    "under torchrun with TP x DP processes. Today it prepares the data (skipped when already done) "
+                    "and runs the distributed bootstrap check; it lists the stages not chained yet.",
     )
     add_config_args(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the launch commands instead of running them")
