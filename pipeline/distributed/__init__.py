@@ -5,7 +5,9 @@ from .runtime import quiet_known_warnings
 
 quiet_known_warnings()  # before megatron-core is imported below
 
-from .bootstrap import ParallelContext, destroy_distributed, init_distributed, single_process  # noqa: E402
+from .bootstrap import (  # noqa: E402
+    ParallelContext, destroy_distributed, init_distributed, local_group, single_process,
+)
 from .mpu import MegatronMPU  # noqa: E402
 
-__all__ = ["MegatronMPU", "ParallelContext", "destroy_distributed", "init_distributed", "single_process"]
+__all__ = ["MegatronMPU", "ParallelContext", "destroy_distributed", "init_distributed", "local_group", "single_process"]

@@ -118,20 +118,25 @@ def _context(rank, world_size, local_rank, tp, backend, device, threads) -> Para
 
 
 @contextlib.contextmanager
-def single_process(seed: int = 1234) -> Iterator[ParallelContext]:
-    """A world of one (gloo, or NCCL on a GPU) for tools and tests that run megatron-core layers in one
-    process; the env:// variables it sets are removed again on exit."""
+def local_group(rank: int = 0, world_size: int = 1, tp: int = 1, port: int | None = None,
+                seed: int = 1234) -> Iterator[ParallelContext]:
+    """Rank ``rank`` of a world of processes on this machine (gloo, or NCCL on GPUs), for tools and
+    tests that run megatron-core layers outside a launcher: every rank passes the same ``port``.
+    The env:// variables it sets are removed again on exit."""
     saved = {k: os.environ.get(k) for k in runtime.LAUNCHER_VARS}
     for key in runtime.LAUNCHER_VARS:
         os.environ.pop(key, None)
+    if world_size > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                          LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     runtime.ensure_launcher_env()
     runtime.set_cache_defaults()
     runtime.quiet_known_warnings()
     backend = _pick_backend("auto")
     try:
-        device = _start_groups(1, backend, 0, 1, 0, timeout_minutes=5)
+        device = _start_groups(tp, backend, rank, world_size, rank, timeout_minutes=5)
         seed_everything(seed)
-        yield _context(0, 1, 0, 1, backend, device, torch.get_num_threads())
+        yield _context(rank, world_size, rank, tp, backend, device, torch.get_num_threads())
     finally:
         destroy_distributed()
         for key, value in saved.items():
@@ -139,6 +144,11 @@ def single_process(seed: int = 1234) -> Iterator[ParallelContext]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def single_process(seed: int = 1234) -> contextlib.AbstractContextManager[ParallelContext]:
+    """A world of one, for tools and tests that run megatron-core layers in one process."""
+    return local_group(seed=seed)
 
 
 def destroy_distributed() -> None:

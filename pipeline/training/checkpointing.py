@@ -25,12 +25,16 @@ def tag_for(step: int) -> str:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Plain tensors and Python values only, so the files load with ``torch.load(weights_only=True)``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
+            "python": random.getstate()}
 
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
 
 

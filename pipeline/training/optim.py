@@ -3,6 +3,8 @@ mode of stage 2 (only prefixes and aggregator train and hold optimizer state).""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from ..config.job import JobConfig
@@ -12,7 +14,7 @@ def parscale_parameter(name: str) -> bool:
     return ".prefix." in name or "aggregate_layer" in name
 
 
-def _group_of(name: str, param: torch.nn.Parameter) -> str | None:
+def _group_of(name: str, param: torch.Tensor) -> str | None:
     if ".prefix." in name:
         return "prefix"
     if "aggregate_layer" in name:
@@ -26,25 +28,33 @@ def _group_of(name: str, param: torch.nn.Parameter) -> str | None:
     return None
 
 
+def is_trainable(name: str, cfg: JobConfig) -> bool:
+    return parscale_parameter(name) or cfg.parscale.trainable != "parscale_only"
+
+
 def apply_trainable(model: torch.nn.Module, cfg: JobConfig) -> int:
     """Freeze the backbone for ``trainable: parscale_only``; returns the trainable parameter count."""
-    frozen = cfg.parscale.trainable == "parscale_only"
     for name, param in model.named_parameters():
-        param.requires_grad_(parscale_parameter(name) or not frozen)
+        param.requires_grad_(is_trainable(name, cfg))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def param_groups(model: torch.nn.Module, cfg: JobConfig) -> list[dict]:
+def group_names(named: Iterable[tuple[str, torch.Tensor]], cfg: JobConfig) -> list[tuple[list[str], float]]:
+    """The optimizer's parameter groups as (names, weight decay), in the optimizer's order; also how
+    checkpoint readers map a ZeRO-0 optimizer's per-group tensors back to names."""
     no_decay = set(cfg.optimizer.no_decay)
     decay, plain = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (plain if _group_of(name, param) in no_decay else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.optimizer.weight_decay}]
-    if plain:
-        groups.append({"params": plain, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+    for name, param in named:
+        if is_trainable(name, cfg):
+            (plain if _group_of(name, param) in no_decay else decay).append(name)
+    groups = [(decay, cfg.optimizer.weight_decay), (plain, 0.0)]
+    return [g for g in groups if g[0]]
+
+
+def param_groups(model: torch.nn.Module, cfg: JobConfig) -> list[dict]:
+    params = dict(model.named_parameters())
+    return [{"params": [params[n] for n in names], "weight_decay": decay}
+            for names, decay in group_names(params.items(), cfg)]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
