@@ -35,26 +35,43 @@ def _to_parscale(args) -> int:
     return 0
 
 
+def _consolidate(args) -> int:
+    from .consolidate import consolidate
+
+    print(json.dumps(consolidate(args.source, args.target, args.tokenizer, verify=not args.no_verify), indent=2))
+    return 0
+
+
+def _reshard(args) -> int:
+    from .reshard import reshard
+
+    print(json.dumps(reshard(args.source, args.target, args.tp, verify=not args.no_verify), indent=2))
+    return 0
+
+
 def _export_hf(args) -> int:
     from .hf import export_hf
 
-    print(f"wrote {export_hf(args.source, args.target)}")
+    print(json.dumps(export_hf(args.source, args.target, args.layout, verify=not args.no_verify), indent=2))
     return 0
 
 
 def _import_hf(args) -> int:
     from .hf import import_hf
 
-    print(f"wrote {import_hf(args.source, args.target)}")
+    print(json.dumps(import_hf(args.source, args.target, verify=not args.no_verify), indent=2))
     return 0
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert", help="checkpoint tools: inspect, verify, to-parscale, export-hf, import-hf",
-        description="Checkpoint tools on portable checkpoints (model.safetensors + config.json + tokenizer.model, "
-                    "the folder every training run exports), and Hugging Face qwen2 / qwen2_parscale folders. "
-                    "Consolidating arbitrary DeepSpeed checkpoints and resharding them are still to come (issue 6).",
+        "convert", help="checkpoint tools: consolidate, reshard, to-parscale, export-hf, import-hf, inspect, verify",
+        description="Checkpoint tools. Trainer checkpoints (<run>/checkpoints/stepN: DeepSpeed ZeRO files) are "
+                    "consolidated to portable ones (model.safetensors + config.json + tokenizer.model, the folder "
+                    "every run also exports at its end) or resharded to another TP; portable ones convert to "
+                    "ParScale and to/from Hugging Face folders (qwen2, llama, the official qwen2_parscale). Each "
+                    "converter checks the result's logits against the source's unless --no-verify; nothing is "
+                    "unpickled except DeepSpeed's plain data classes, with torch.load(weights_only=True).",
     )
     tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
     p = tools.add_parser("inspect", help="shapes, parameter counts, P, dtype, tokens seen, config (JSON)")
@@ -63,6 +80,22 @@ def add_parser(subparsers) -> None:
     p = tools.add_parser("verify", help="checksums and shapes against the config; exit 1 on a mismatch")
     p.add_argument("checkpoint")
     p.set_defaults(func=_verify)
+    p = tools.add_parser("consolidate", help="trainer checkpoint (any ZeRO stage, TP, DP) -> portable (fp32)",
+                         description="Merge a DeepSpeed ZeRO checkpoint (stages 0-3, any TP and DP, fp32 or bf16: "
+                                     "the fp32 masters) into a portable checkpoint.")
+    p.add_argument("source", help="a stepN folder, a checkpoints folder (its latest) or a run folder")
+    p.add_argument("target", help="the portable checkpoint folder to write")
+    p.add_argument("--tokenizer", help="tokenizer.model to ship (default: the run's prepared data)")
+    p.add_argument("--no-verify", action="store_true", help="skip the logits check (source at its TP vs result)")
+    p.set_defaults(func=_consolidate)
+    p = tools.add_parser("reshard", help="trainer checkpoint at TP=a -> TP=b (resumable by parscale train)",
+                         description="Split and merge every layer along its partition dimension for a new TP "
+                                     "size; writes TARGET/stepN and TARGET/latest. Adam moments restart.")
+    p.add_argument("source", help="a stepN folder, a checkpoints folder (its latest) or a run folder")
+    p.add_argument("target", help="a checkpoints folder (e.g. <new run>/checkpoints)")
+    p.add_argument("--tp", type=int, required=True, help="the new tensor-parallel size")
+    p.add_argument("--no-verify", action="store_true", help="skip the logits check (TP=a vs TP=b)")
+    p.set_defaults(func=_reshard)
     p = tools.add_parser("to-parscale", help="dense -> ParScale: add per-layer prefixes and the aggregator",
                          description="Convert a dense portable checkpoint to ParScale with P streams (the backbone is "
                                      "copied bit for bit and verified); a ParScale one to a larger P only with "
@@ -77,11 +110,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-more-streams", action="store_true", help="accept a ParScale source (P -> larger P)")
     p.add_argument("--no-verify", action="store_true", help="skip the backbone logits check")
     p.set_defaults(func=_to_parscale)
-    p = tools.add_parser("export-hf", help="portable -> Hugging Face folder (qwen2, or the official qwen2_parscale)")
+    p = tools.add_parser("export-hf", help="portable -> Hugging Face folder (qwen2, llama, official qwen2_parscale)")
     p.add_argument("source")
     p.add_argument("target")
+    p.add_argument("--layout", choices=["auto", "qwen2", "llama", "qwen2_parscale"], default="auto",
+                   help="auto: qwen2_parscale for P > 1, else qwen2 with QKV biases, else llama")
+    p.add_argument("--no-verify", action="store_true", help="skip the check (transformers' logits vs ours)")
     p.set_defaults(func=_export_hf)
-    p = tools.add_parser("import-hf", help="Hugging Face qwen2 / qwen2_parscale folder -> portable")
+    p = tools.add_parser("import-hf", help="Hugging Face qwen2 / llama / qwen2_parscale folder -> portable")
     p.add_argument("source")
     p.add_argument("target")
+    p.add_argument("--no-verify", action="store_true", help="skip the check (transformers' logits vs ours)")
     p.set_defaults(func=_import_hf)

@@ -1,14 +1,19 @@
 """Hugging Face layouts <-> portable checkpoints.
 
-- ``qwen2``: a dense ``Qwen2ForCausalLM`` folder (config.json + model.safetensors). Our parameter
-  names are Qwen2's, so weights map one to one.
+- ``qwen2``: a dense ``Qwen2ForCausalLM`` folder. Parameter names are ours; Qwen2 always has QKV
+  biases, so a bias-free model exports zeros (exactly the same function).
+- ``llama``: a dense ``LlamaForCausalLM`` folder. Same names; its ``attention_bias`` puts a bias
+  on o_proj too, so a model with QKV biases exports a zero o_proj bias, and an import refuses a
+  non-zero one (our attention has none), as it refuses ``mlp_bias``.
 - ``qwen2_parscale``: the layout of the released ParScale checkpoints (``model_type``
-  ``qwen2_parscale``; config fields ``parscale_n``, ``parscale_n_tokens``, ``parscale_attn_smooth``;
-  per-layer ``self_attn.prefix_k``/``prefix_v``; ``model.aggregate_layer.{0,2}`` on the same
-  feature-major input order). Their modeling code is loaded with ``trust_remote_code`` and is not
-  part of this project; the layout is written so it loads it.
+  ``qwen2_parscale``; ``parscale_n``, ``parscale_n_tokens``, ``parscale_attn_smooth``; per-layer
+  ``self_attn.prefix_k``/``prefix_v``; ``model.aggregate_layer.{0,2}`` on the same feature-major
+  input order). Their modeling code needs ``trust_remote_code`` and is not run here.
 
-Tokenizer files found next to the weights go along as they are."""
+Verification at run time: for qwen2/llama, ``transformers`` loads the Hugging Face side and its
+logits are compared with ours (tolerance printed); for qwen2_parscale the written tensors are read
+back and compared exactly. Tokenizer files next to the weights go along as they are. Only
+safetensors weights are read (pickled ``.bin`` files are refused)."""
 
 from __future__ import annotations
 
@@ -21,9 +26,15 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.checkpoint.portable import CheckpointError, read_config, read_weights, save_portable_state
 from pipeline.config.model import ModelConfig, ParScaleConfig
+from pipeline.utils.fs import staged_dir
+
+from . import logits_check
+from .inspect_ckpt import expected_shapes
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "generation_config.json")
+LAYOUTS = ("qwen2", "llama", "qwen2_parscale")
+_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen2_parscale": "Qwen2ParScaleForCausalLM"}
 
 
 def _rename(name: str, to_hf: bool) -> str:
@@ -31,78 +42,170 @@ def _rename(name: str, to_hf: bool) -> str:
     return name.replace(ours, theirs) if to_hf else name.replace(theirs, ours)
 
 
-def hf_config(model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
+def _layer_prefixes(model: ModelConfig) -> list[str]:
+    return [f"model.layers.{i}.self_attn." for i in range(model.num_layers)]
+
+
+def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
     config = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": vocab,
+        "architectures": [_ARCH[layout]], "model_type": layout, "vocab_size": vocab,
         "hidden_size": model.hidden_size, "intermediate_size": model.ffn_hidden_size,
         "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_attention_heads,
         "num_key_value_heads": model.num_kv_heads, "head_dim": model.kv_channels,
         "max_position_embeddings": model.max_seq_len, "rms_norm_eps": model.norm_eps, "rope_theta": model.rope_base,
         "rope_parameters": {"rope_type": "default", "rope_theta": model.rope_base},
         "tie_word_embeddings": model.tie_embeddings, "hidden_act": "silu", "torch_dtype": "float32",
-        "use_sliding_window": False, "attention_dropout": 0.0, "initializer_range": model.init_std,
+        "attention_dropout": 0.0, "initializer_range": model.init_std,
     }
-    if ps.streams > 1:
+    if layout == "llama":
+        return config | {"attention_bias": model.qkv_bias, "mlp_bias": False}
+    config["use_sliding_window"] = False
+    if layout == "qwen2_parscale":
         if ps.prefix_init != "normal":
             raise CheckpointError("the official ParScale layout holds prefix_k/prefix_v: convert an 'mlp' prefix first")
-        config |= {"architectures": ["Qwen2ParScaleForCausalLM"], "model_type": "qwen2_parscale",
-                   "parscale_n": ps.streams, "parscale_n_tokens": ps.prefix_len, "parscale_attn_smooth": ps.eps}
+        config |= {"parscale_n": ps.streams, "parscale_n_tokens": ps.prefix_len, "parscale_attn_smooth": ps.eps}
     return config
 
 
-def export_hf(source: str | Path, target: str | Path) -> Path:
+def _pick_layout(layout: str, model: ModelConfig, ps: ParScaleConfig) -> str:
+    if layout == "auto":
+        return "qwen2_parscale" if ps.streams > 1 else ("qwen2" if model.qkv_bias else "llama")
+    if (layout == "qwen2_parscale") != (ps.streams > 1):
+        raise CheckpointError(f"layout {layout} is for {'ParScale' if layout == 'qwen2_parscale' else 'dense'} models; "
+                              f"this one has P={ps.streams}")
+    return layout
+
+
+def _hf_state(layout: str, model: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {_rename(k, True): v for k, v in state.items()}
+    for p in _layer_prefixes(model):
+        if layout != "llama" and not model.qkv_bias:
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                out[p + f"{proj}.bias"] = torch.zeros(state[p + f"{proj}.weight"].shape[0])
+        if layout == "llama" and model.qkv_bias:
+            out[p + "o_proj.bias"] = torch.zeros(model.hidden_size)
+    return out
+
+
+def _transformers_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return hf(ids).logits
+
+
+def _compare_with_transformers(hf_dir: Path, ours: logits_check.FullWeights, what: str) -> str:
+    ids = logits_check.fixed_input(ours.vocab)
+    theirs, mine = _transformers_logits(hf_dir, ids), logits_check.logits(ours, ids)
+    diff = (theirs - mine).abs().max().item()
+    tolerance = 1e-4 * max(1.0, theirs.abs().max().item())
+    message = f"{what}: transformers vs ours, logits on a fixed [2, 16] input: max |diff| {diff:.2e} (tolerance {tolerance:.1e})"
+    if diff > tolerance:
+        raise CheckpointError(f"verification failed: {message}")
+    return message
+
+
+def _copy_tensors_check(written: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> str:
+    if written.keys() != expected.keys() or any(not torch.equal(written[k], expected[k]) for k in expected):
+        raise CheckpointError(f"verification failed: {what}: the written tensors differ from the source's")
+    return f"{what}: every tensor read back equal to the source's (exact; the official modeling code is not run)"
+
+
+def export_hf(source: str | Path, target: str | Path, layout: str = "auto", verify: bool = True) -> dict:
     source, target = Path(source), Path(target)
     meta = read_config(source)
     model, ps = ModelConfig.model_validate(meta["model"]), ParScaleConfig.model_validate(meta["parscale"])
-    if not model.qkv_bias:
-        raise CheckpointError(f"{source}: Qwen2 layouts have QKV biases; this model has none")
-    state = {_rename(k, True): v for k, v in read_weights(source).items()}
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(hf_config(model, ps, meta["vocab_size"]), indent=2) + "\n")
-    for name in TOKENIZER_FILES:
-        if (source / name).exists():
-            shutil.copyfile(source / name, tmp / name)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+    layout = _pick_layout(layout, model, ps)
+    weights = read_weights(source)
+    state = _hf_state(layout, model, weights)
+    result = {"source": str(source), "target": str(target), "layout": layout}
+    with staged_dir(target) as out:
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        (out / "config.json").write_text(json.dumps(hf_config(layout, model, ps, meta["vocab_size"]), indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copyfile(source / name, out / name)
+        if not verify:
+            result["verified"] = "skipped (--no-verify)"
+        elif layout == "qwen2_parscale":
+            result["verified"] = _copy_tensors_check(load_file(str(out / "model.safetensors")), state, "exported")
+        else:
+            ours = logits_check.FullWeights(weights, model, ps, meta["vocab_size"])
+            result["verified"] = _compare_with_transformers(out, ours, "exported")
+    return result
 
 
-def import_hf(source: str | Path, target: str | Path) -> Path:
-    source, target = Path(source), Path(target)
+def _read_hf(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         config = json.loads((source / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{source / 'config.json'}: unreadable ({exc})") from None
-    kind = config.get("model_type")
-    if kind not in ("qwen2", "qwen2_parscale"):
-        raise CheckpointError(f"{source / 'config.json'}: model_type {kind!r}; import-hf reads qwen2 and qwen2_parscale")
-    rope = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
-    model = ModelConfig(
-        num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
-        ffn_hidden_size=config["intermediate_size"], num_attention_heads=config["num_attention_heads"],
-        num_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
-        head_dim=config.get("head_dim"), vocab_size=config["vocab_size"],
-        max_seq_len=config.get("max_position_embeddings", 4096), rope_base=rope, qkv_bias=True,
-        tie_embeddings=config.get("tie_word_embeddings", False), norm_eps=config.get("rms_norm_eps", 1e-6),
-    )
-    ps = ParScaleConfig(streams=config.get("parscale_n", 1), prefix_len=config.get("parscale_n_tokens", 48),
-                        eps=config.get("parscale_attn_smooth", 0.1))
+    if config.get("model_type") not in LAYOUTS:
+        raise CheckpointError(f"{source / 'config.json'}: model_type {config.get('model_type')!r}; import-hf reads "
+                              f"{', '.join(LAYOUTS)}")
     files = sorted(source.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{source}: no *.safetensors weights (pickled .bin files are not read)")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state |= {_rename(k, False): v for k, v in load_file(str(f)).items()}
+        try:
+            state |= load_file(str(f))
+        except Exception as exc:  # safetensors' own error types
+            raise CheckpointError(f"{f}: corrupt or truncated ({exc})") from None
+    return config, state
+
+
+def _our_configs(config: dict, source: Path) -> tuple[ModelConfig, ParScaleConfig]:
+    kind = config["model_type"]
+    if kind == "llama" and config.get("mlp_bias"):
+        raise CheckpointError(f"{source / 'config.json'}: mlp_bias is true; this model family has no MLP biases")
+    rope = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    try:
+        model = ModelConfig(
+            num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
+            ffn_hidden_size=config["intermediate_size"], num_attention_heads=config["num_attention_heads"],
+            num_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+            head_dim=config.get("head_dim"), vocab_size=config["vocab_size"],
+            max_seq_len=config.get("max_position_embeddings", 4096), rope_base=rope,
+            qkv_bias=kind != "llama" or bool(config.get("attention_bias")),
+            tie_embeddings=config.get("tie_word_embeddings", False), norm_eps=config.get("rms_norm_eps", 1e-6),
+        )
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{source / 'config.json'}: {exc}") from None
+    ps = ParScaleConfig(streams=config.get("parscale_n", 1), prefix_len=config.get("parscale_n_tokens", 48),
+                        eps=config.get("parscale_attn_smooth", 0.1))
+    return model, ps
+
+
+def import_hf(source: str | Path, target: str | Path, verify: bool = True) -> dict:
+    source, target = Path(source), Path(target)
+    config, hf_state = _read_hf(source)
+    model, ps = _our_configs(config, source)
+    state = {_rename(k, False): v.float() for k, v in hf_state.items()}
+    for p in _layer_prefixes(model):
+        bias = state.pop(p + "o_proj.bias", None)
+        if bias is not None and bias.abs().max() > 0:
+            raise CheckpointError(f"{source}: {p}o_proj.bias is non-zero; this model family has no o_proj bias")
     if model.tie_embeddings:
         state.pop("lm_head.weight", None)
+    expected = expected_shapes({"model": model.model_dump(), "parscale": ps.model_dump(), "vocab_size": config["vocab_size"]})
+    if state.keys() != expected.keys():
+        raise CheckpointError(f"{source}: tensors do not match its config.json (missing "
+                              f"{sorted(expected.keys() - state.keys())[:4]}, unexpected {sorted(state.keys() - expected.keys())[:4]})")
     tokenizer = source / "tokenizer.model"
-    out = save_portable_state(state, model, ps, config["vocab_size"], target,
-                              tokenizer if tokenizer.exists() else None, {"imported_from": str(source)})
-    for name in TOKENIZER_FILES[1:]:
-        if (source / name).exists():
-            shutil.copyfile(source / name, out / name)
-    return out
+    result = {"source": str(source), "target": str(target), "layout": config["model_type"]}
+    with staged_dir(target) as out:
+        save_portable_state(state, model, ps, config["vocab_size"], out, tokenizer if tokenizer.exists() else None,
+                            {"imported_from": str(source)})
+        for name in TOKENIZER_FILES[1:]:
+            if (source / name).exists():
+                shutil.copyfile(source / name, out / name)
+        if not verify:
+            result["verified"] = "skipped (--no-verify)"
+        elif config["model_type"] == "qwen2_parscale":
+            result["verified"] = _copy_tensors_check(read_weights(out), state, "imported")
+        else:
+            ours = logits_check.FullWeights(read_weights(out), model, ps, config["vocab_size"])
+            result["verified"] = _compare_with_transformers(source, ours, "imported")
+    return result

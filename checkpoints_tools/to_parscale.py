@@ -16,19 +16,11 @@ import torch
 from pipeline.checkpoint.portable import TOKENIZER, CheckpointError, read_config, read_weights, save_portable_state
 from pipeline.config.model import ModelConfig, ParScaleConfig
 
+from . import logits_check
+
 
 def _backbone(state: dict) -> dict:
     return {k: v for k, v in state.items() if ".prefix." not in k and "aggregate_layer" not in k}
-
-
-def _dense_logits(model_cfg: ModelConfig, vocab: int, state: dict, ids: torch.Tensor) -> torch.Tensor:
-    from pipeline.checkpoint.sharding import load_full_state
-    from pipeline.model import ParScaleLM
-
-    model = ParScaleLM(model_cfg, ParScaleConfig(), vocab).eval()
-    load_full_state(model, _backbone(state), "backbone")
-    with torch.no_grad():
-        return model.full_logits(model(ids).logits)
 
 
 def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, seed: int = 0,
@@ -61,15 +53,12 @@ def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, se
                 carried[name] = torch.cat([value, fresh[name].detach()[value.shape[0]:]])
         new = load_full_state(model, carried, str(source), allow_new_parscale=True)
         out_state = {k: v.detach().clone() for k, v in model.named_parameters()}
-        result = {"source": str(source), "target": str(target), "streams": parscale.streams, "new_tensors": len(new)}
-        if verify:
-            ids = torch.randint(0, config["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(0))
-            before = _dense_logits(model_cfg, config["vocab_size"], state, ids)
-            after = _dense_logits(model_cfg, config["vocab_size"], out_state, ids)
-            diff = (before - after).abs().max().item()
-            if diff > 0:
-                raise CheckpointError(f"verification failed: the backbone's logits differ by {diff:.3e}")
-            result["verified"] = f"backbone logits identical (max |diff| {diff:.1e}, tolerance 0)"
+    result = {"source": str(source), "target": str(target), "streams": parscale.streams, "new_tensors": len(new)}
+    if verify:
+        vocab, dense = config["vocab_size"], ParScaleConfig()
+        result["verified"] = logits_check.check(
+            logits_check.FullWeights(_backbone(state), model_cfg, dense, vocab),
+            logits_check.FullWeights(_backbone(out_state), model_cfg, dense, vocab), "backbone run as a dense model")
     tokenizer = source / TOKENIZER
     meta = {k: config[k] for k in ("step", "tokens_seen") if k in config} | {"converted_from": str(source)}
     save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target,

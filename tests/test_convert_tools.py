@@ -53,19 +53,22 @@ def test_dense_to_parscale_keeps_the_backbone_and_adds_streams(dense, tmp_path):
     proc = run_cli("convert", "to-parscale", str(dense), str(target), "--streams", "4", "--prefix-len", "6")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    assert result["new_tensors"] == 2 * 2 + 4 and "identical" in result["verified"]
-    assert run_cli("convert", "verify", str(target)).returncode == 0
+    assert result["new_tensors"] == 2 * 2 + 4 and "max |diff| 0.00e+00 (tolerance 0.0e+00)" in result["verified"]
+    from checkpoints_tools.inspect_ckpt import inspect, verify
+    from checkpoints_tools.to_parscale import convert
+    from pipeline.checkpoint.portable import CheckpointError
+
+    assert verify(target) == []
     before, after = load_file(str(dense / "model.safetensors")), load_file(str(target / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert after["model.layers.0.self_attn.prefix.prefix_k"].shape == (4, 2, 6, 8)
-    info = json.loads(run_cli("convert", "inspect", str(target)).stdout)
+    info = inspect(target)
     assert info["streams"] == 4 and 0 < info["parameters"]["parscale_extra_pct"]
 
-    refused = run_cli("convert", "to-parscale", str(target), str(tmp_path / "p6"), "--streams", "6", "--prefix-len", "6")
-    assert refused.returncode == 2 and "already ParScale with P=4; pass --allow-more-streams" in refused.stderr
-    more = run_cli("convert", "to-parscale", str(target), str(tmp_path / "p6"), "--streams", "6", "--prefix-len", "6",
-                   "--allow-more-streams")
-    assert more.returncode == 0, more.stderr[-2000:]
+    p6 = ParScaleConfig(streams=6, prefix_len=6)
+    with pytest.raises(CheckpointError, match="already ParScale with P=4; pass --allow-more-streams"):
+        convert(target, tmp_path / "p6", p6)
+    assert "tolerance 0.0" in convert(target, tmp_path / "p6", p6, allow_more_streams=True)["verified"]
     p6 = load_file(str(tmp_path / "p6" / "model.safetensors"))
     key = "model.layers.1.self_attn.prefix.prefix_v"
     assert p6[key].shape[0] == 6 and torch.equal(p6[key][:4], after[key])
@@ -80,21 +83,67 @@ def _our_logits(path, ids):
             return model.full_logits(model.eval()(ids).logits)
 
 
-def test_export_to_hf_qwen2_loads_in_transformers_and_imports_back_identically(dense, tmp_path):
-    from transformers import Qwen2ForCausalLM
+def _hf_logits(directory, ids):
+    from transformers import AutoModelForCausalLM
 
-    from checkpoints_tools.hf import export_hf, import_hf
-
-    hf_dir = export_hf(dense, tmp_path / "hf")
-    assert (hf_dir / "tokenizer.model").exists()
-    hf = Qwen2ForCausalLM.from_pretrained(str(hf_dir)).eval()
-    ids = torch.randint(0, hf.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        expected = hf(ids).logits
-    torch.testing.assert_close(_our_logits(dense, ids), expected, atol=1e-5, rtol=0)
-    back = import_hf(hf_dir, tmp_path / "back")
-    a, b = load_file(str(dense / "model.safetensors")), load_file(str(back / "model.safetensors"))
+        return AutoModelForCausalLM.from_pretrained(str(directory)).eval()(ids).logits
+
+
+def test_export_to_hf_qwen2_loads_in_transformers_and_imports_back_identically(dense, tmp_path):
+    proc = run_cli("convert", "export-hf", str(dense), str(tmp_path / "hf"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["layout"] == "qwen2" and "transformers vs ours" in result["verified"]
+    assert (tmp_path / "hf" / "tokenizer.model").exists()
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(_our_logits(dense, ids), _hf_logits(tmp_path / "hf", ids), atol=1e-5, rtol=0)
+    back = run_cli("convert", "import-hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+    assert back.returncode == 0 and "transformers vs ours" in json.loads(back.stdout)["verified"]
+    a, b = load_file(str(dense / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _save_hf(model, directory):
+    model.save_pretrained(str(directory), safe_serialization=True)
+    return directory
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hf_to_ours_to_hf_keeps_transformers_logits(kind, tmp_path):
+    """A model made by transformers -> import-hf -> export-hf: transformers' logits unchanged."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    if kind == "llama":
+        source = LlamaForCausalLM(LlamaConfig(**shape, attention_bias=False, rope_theta=5e5))
+    else:
+        source = Qwen2ForCausalLM(Qwen2Config(**shape))
+        with torch.no_grad():  # non-zero biases, so the check sees them
+            for layer in source.model.layers:
+                layer.self_attn.q_proj.bias.normal_()
+    hf_dir = _save_hf(source.eval(), tmp_path / "src")
+    imported = run_cli("convert", "import-hf", str(hf_dir), str(tmp_path / "ours"))
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    exported = run_cli("convert", "export-hf", str(tmp_path / "ours"), str(tmp_path / "out"), "--layout", kind)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == kind
+    ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(1))
+    expected = _hf_logits(hf_dir, ids)
+    torch.testing.assert_close(_hf_logits(tmp_path / "out", ids), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_our_logits(tmp_path / "ours", ids), expected, atol=1e-5, rtol=0)
+
+
+def test_llama_export_of_a_qkv_bias_model_adds_a_zero_o_proj_bias(dense, tmp_path):
+    proc = run_cli("convert", "export-hf", str(dense), str(tmp_path / "llama"), "--layout", "llama")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((tmp_path / "llama" / "config.json").read_text())
+    state = load_file(str(tmp_path / "llama" / "model.safetensors"))
+    assert config["attention_bias"] is True and not state["model.layers.0.self_attn.o_proj.bias"].any()
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(_hf_logits(tmp_path / "llama", ids), _our_logits(dense, ids), atol=1e-5, rtol=0)
 
 
 def test_official_parscale_layout_round_trip(dense, tmp_path):
@@ -102,12 +151,57 @@ def test_official_parscale_layout_round_trip(dense, tmp_path):
     from checkpoints_tools.to_parscale import convert
 
     convert(dense, tmp_path / "p4", ParScaleConfig(streams=4, prefix_len=5, eps=0.1))
-    hf_dir = export_hf(tmp_path / "p4", tmp_path / "hf")
+    result = export_hf(tmp_path / "p4", tmp_path / "hf")
+    assert result["layout"] == "qwen2_parscale" and "exact" in result["verified"]
+    hf_dir = tmp_path / "hf"
     config = json.loads((hf_dir / "config.json").read_text())
     assert config["model_type"] == "qwen2_parscale"
     assert (config["parscale_n"], config["parscale_n_tokens"], config["parscale_attn_smooth"]) == (4, 5, 0.1)
     names = load_file(str(hf_dir / "model.safetensors")).keys()
     assert "model.layers.0.self_attn.prefix_k" in names and "model.aggregate_layer.2.weight" in names
-    back = import_hf(hf_dir, tmp_path / "back")
+    import_hf(hf_dir, tmp_path / "back")
     ids = torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(_our_logits(back, ids), _our_logits(tmp_path / "p4", ids), atol=0, rtol=0)
+    torch.testing.assert_close(_our_logits(tmp_path / "back", ids), _our_logits(tmp_path / "p4", ids), atol=0, rtol=0)
+
+
+def _no_output(target):
+    return not target.exists() and not list(target.parent.glob(f".{target.name}*"))
+
+
+def test_bad_hf_inputs_are_refused_and_leave_nothing(dense, tmp_path):
+    import shutil
+
+    hf = tmp_path / "hf"
+    assert run_cli("convert", "export-hf", str(dense), str(hf)).returncode == 0
+    cases = {}
+    cases["missing"] = (tmp_path / "nope", "config.json: unreadable")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(hf, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cases["truncated"] = (truncated, "corrupt or truncated")
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(hf, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    (mismatched / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 3}))
+    cases["mismatched"] = (mismatched, "tensors do not match its config.json")
+    biased = tmp_path / "biased"
+    shutil.copytree(hf, biased)
+    state = load_file(str(biased / "model.safetensors"))
+    from safetensors.torch import save_file
+
+    save_file(state | {"model.layers.0.self_attn.o_proj.bias": torch.ones(32)}, str(biased / "model.safetensors"))
+    (biased / "config.json").write_text(json.dumps(config | {"model_type": "llama", "attention_bias": True}))
+    cases["o_proj bias"] = (biased, "o_proj.bias is non-zero")
+    from checkpoints_tools.hf import import_hf
+    from pipeline.checkpoint.portable import CheckpointError
+
+    for name, (source, message) in cases.items():
+        target = tmp_path / f"out-{name.replace(' ', '_')}"
+        if name == "missing":  # through the CLI once: exit 2, the message on stderr
+            proc = run_cli("convert", "import-hf", str(source), str(target))
+            assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
+        else:
+            with pytest.raises(CheckpointError, match=message):
+                import_hf(source, target)
+        assert _no_output(target), name

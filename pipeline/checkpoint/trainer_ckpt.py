@@ -24,10 +24,10 @@ import yaml
 
 from ..config.job import JobConfig
 from ..config.model import ModelConfig, ParScaleConfig
+from ..training.checkpointing import COMPLETE, LATEST, RESHARDED, STATE  # noqa: F401 (re-exported)
 from .portable import CheckpointError
 
-COMPLETE, LATEST, STATE, CONFIG = "COMPLETE", "latest", "trainer_state.json", "config.resolved.yaml"
-RESHARDED = "resharded.json"
+CONFIG = "config.resolved.yaml"
 
 
 def safe_load(path: Path) -> dict:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from ..errors import JobError
 from ..utils.fs import atomic_write_text
 
-LATEST, COMPLETE, STATE = "latest", "COMPLETE", "trainer_state.json"
+LATEST, COMPLETE, STATE, RESHARDED = "latest", "COMPLETE", "trainer_state.json", "resharded.json"
 
 
 def tag_for(step: int) -> str:
@@ -92,13 +92,19 @@ def load(engine, directory: str | Path, tag: str) -> dict:
     return state
 
 
-def check_compatible(saved: dict, expected: dict, where: Path) -> None:
+def is_resharded(folder: Path) -> bool:
+    """Written by ``parscale convert reshard`` (per-TP-rank safetensors, no DeepSpeed files)."""
+    return (folder / RESHARDED).exists()
+
+
+def check_compatible(saved: dict, expected: dict, where: Path, ignore: tuple[str, ...] = ()) -> None:
     """Refuse a checkpoint whose model, ParScale or parallel layout differs from the config's."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in expected.items() if saved.get(k) != v]
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in expected.items()
+             if saved.get(k) != v and k not in ignore]
     if diffs:
         hint = ""
         if any(k.startswith("parscale.streams") for k in expected if saved.get(k) != expected[k]):
             hint = "; to add ParScale streams to a dense checkpoint start a new run with train.init_from (portable)"
         elif any(k == "parallel.tensor_parallel_size" for k in expected if saved.get(k) != expected[k]):
-            hint = "; reshard the checkpoint to the new TP size first"
+            hint = f"; reshard it first: parscale convert reshard {where} NEW_RUN/checkpoints --tp {expected['parallel.tensor_parallel_size']}"
         raise JobError(f"{where}: does not match the config ({'; '.join(diffs)}){hint}")

@@ -60,7 +60,11 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         model = ParScaleLM(cfg.model, cfg.parscale, self.vocab, tp_rank=self.ctx.tp_rank, tp_size=self.ctx.tp_size,
                            activation_checkpointing=par.activation_checkpointing)
-        if cfg.train.init_from:
+        self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.run.output_dir) / "checkpoints")
+        resume_tag = self._resume_tag() if cfg.checkpoint.resume else None
+        if resume_tag and ckpt.is_resharded(self.ckpt_dir / resume_tag):
+            self._load_resharded(model, self.ckpt_dir / resume_tag)
+        elif cfg.train.init_from and not resume_tag:
             self._init_from(model, cfg.train.init_from)
         self.trainable = apply_trainable(model, cfg)
         self.engine = build_engine(model.to(self.ctx.device), cfg, self.dp)
@@ -69,8 +73,7 @@ class Trainer:
 
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.parscale, model.padded_vocab_size, self.seq_len)
         self.step, self.skipped, self.nonfinite_in_a_row = 0, 0, 0
-        self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.run.output_dir) / "checkpoints")
-        self.resumed_from = self._resume() if cfg.checkpoint.resume else None
+        self.resumed_from = self._resume(resume_tag) if resume_tag else None
         self.sink = MetricsSink(cfg, enabled=self.ctx.is_main)
         self._stop_requested = False
         for sig in STOP_SIGNALS:
@@ -100,15 +103,37 @@ class Trainer:
         if self.ctx.is_main:
             print(f"initialised from {source}" + (f" (+{len(new)} new ParScale tensors)" if new else ""), flush=True)
 
-    def _resume(self) -> str | None:
+    def _resume_tag(self) -> str | None:
+        """The checkpoint to resume from, checked against the config before anything loads."""
         tag = ckpt.latest_tag(self.ckpt_dir)
-        if tag is None:
-            return None
-        ckpt.check_compatible(ckpt.read_state(self.ckpt_dir / tag)["identity"], self._identity(), self.ckpt_dir / tag)
-        saved = ckpt.load(self.engine, self.ckpt_dir, tag)
+        if tag is not None:
+            folder = self.ckpt_dir / tag
+            ckpt.check_compatible(ckpt.read_state(folder)["identity"], self._identity(), folder,
+                                  ignore=("parallel.zero_stage",) if ckpt.is_resharded(folder) else ())
+        return tag
+
+    def _load_resharded(self, model, folder: Path) -> None:
+        """Weights of this TP rank from a ``convert reshard`` output (before the engine is built)."""
+        from ..checkpoint.trainer_ckpt import TrainerCheckpoint
+
+        state = TrainerCheckpoint(folder).rank_state(self.ctx.tp_rank)
+        params = dict(model.named_parameters())
+        if state.keys() != params.keys():
+            raise JobError(f"{folder}: its tensors do not match this model ({sorted(state.keys() ^ params.keys())[:4]})")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state[name])
+
+    def _resume(self, tag: str) -> str:
+        folder = self.ckpt_dir / tag
+        if ckpt.is_resharded(folder):
+            saved = ckpt.read_state(folder)
+            note = " (resharded: weights, step and data position restored; Adam moments start afresh)"
+        else:
+            saved, note = ckpt.load(self.engine, self.ckpt_dir, tag), ""
         self.step, self.skipped = saved["step"], saved["skipped"]
         if self.ctx.is_main:
-            print(f"resumed from {self.ckpt_dir / tag} at step {self.step}", flush=True)
+            print(f"resumed from {folder} at step {self.step}{note}", flush=True)
         return tag
 
     def _request_stop(self, signum, frame) -> None:
