@@ -1,5 +1,6 @@
-"""``parscale convert inspect``: what a portable checkpoint holds, and ``verify``: checksums and
-shapes, non-zero exit on any mismatch. Tensors are read from the safetensors header only."""
+"""``parscale convert inspect``: what a checkpoint holds, and ``verify``: checksums and shapes,
+non-zero exit on any mismatch. Portable checkpoints are read from the safetensors header only;
+trainer checkpoints (DeepSpeed ZeRO files, or ``reshard`` output) are read rank by rank."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from pipeline.checkpoint.portable import CONFIG, TOKENIZER, WEIGHTS, CheckpointError, read_config
+from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.model.counting import parameter_counts
 from pipeline.utils.fs import file_sha256
@@ -25,19 +27,38 @@ def tensor_shapes(directory: Path) -> dict[str, tuple[list[int], str]]:
         raise CheckpointError(f"{path}: corrupt or truncated ({exc})") from None
 
 
+def _portable(directory: Path) -> bool:
+    return (directory / CONFIG).exists() or not directory.exists()
+
+
+def _counts(model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
+    counts = parameter_counts(model, ps, vocab)
+    return {"total": counts.total, "non_embedding": counts.non_embedding, "parscale_extra": counts.parscale,
+            "parscale_extra_pct": 100 * counts.parscale_fraction}
+
+
+def _trainer_config(ck: TrainerCheckpoint) -> dict:
+    return {"model": ck.model.model_dump(mode="json"), "parscale": ck.parscale.model_dump(mode="json"),
+            "vocab_size": ck.vocab}
+
+
 def inspect(directory: str | Path) -> dict:
     directory = Path(directory)
+    if not _portable(directory):
+        ck = TrainerCheckpoint(directory)
+        files = sorted(f for f in ck.folder.iterdir() if f.suffix in (".pt", ".safetensors"))
+        return ck.describe() | {
+            "streams": ck.parscale.streams, "prefix_len": ck.parscale.prefix_len if ck.parscale.streams > 1 else 0,
+            "parameters": _counts(ck.model, ck.parscale, ck.vocab), "files": {f.name: f.stat().st_size for f in files},
+        } | _trainer_config(ck)
     config = read_config(directory)
     model, ps = ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"])
     shapes = tensor_shapes(directory)
-    counts = parameter_counts(model, ps, config["vocab_size"])
     return {
         "path": str(directory),
         "streams": ps.streams, "prefix_len": ps.prefix_len if ps.streams > 1 else 0, "tp": 1,
         "dtype": sorted({dtype for _, dtype in shapes.values()}),
-        "parameters": {"total": counts.total, "non_embedding": counts.non_embedding,
-                       "parscale_extra": counts.parscale, "parscale_extra_pct": 100 * counts.parscale_fraction,
-                       "in_file": sum(_numel(s) for s, _ in shapes.values())},
+        "parameters": _counts(model, ps, config["vocab_size"]) | {"in_file": sum(_numel(s) for s, _ in shapes.values())},
         "tokens_seen": config.get("tokens_seen"), "step": config.get("step"),
         "model": config["model"], "parscale": config["parscale"], "vocab_size": config["vocab_size"],
     }
@@ -53,6 +74,8 @@ def _numel(shape: list[int]) -> int:
 def verify(directory: str | Path) -> list[str]:
     """Every problem found (empty = the checkpoint is consistent)."""
     directory = Path(directory)
+    if not _portable(directory):
+        return _verify_trainer(TrainerCheckpoint(directory))
     problems = []
     config = read_config(directory)
     for name, expected in config.get("sha256", {}).items():
@@ -77,6 +100,23 @@ def verify(directory: str | Path) -> list[str]:
             problems.append(f"{directory / WEIGHTS}: unexpected {name}")
         elif list(shapes[name][0]) != list(expected[name]):
             problems.append(f"{directory / WEIGHTS}: {name} has shape {shapes[name][0]}, config implies {expected[name]}")
+    return problems
+
+
+def _verify_trainer(ck: TrainerCheckpoint) -> list[str]:
+    """Every TP rank's tensors load (ZeRO partitions complete, nothing truncated) and, merged, have
+    the shapes the checkpoint's config implies."""
+    from pipeline.checkpoint import tp_layout
+
+    try:
+        full, _ = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
+    except CheckpointError as exc:
+        return [str(exc)]
+    expected = expected_shapes(_trainer_config(ck))
+    problems = [f"{ck.folder}: missing {n}" for n in sorted(expected.keys() - full.keys())]
+    problems += [f"{ck.folder}: unexpected {n}" for n in sorted(full.keys() - expected.keys())]
+    problems += [f"{ck.folder}: {n} merges to {list(full[n].shape)}, its config implies {expected[n]}"
+                 for n in sorted(expected.keys() & full.keys()) if list(full[n].shape) != list(expected[n])]
     return problems
 
 

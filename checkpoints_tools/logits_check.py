@@ -71,7 +71,9 @@ def logits(source, ids: torch.Tensor) -> torch.Tensor:
         return _rank_logits(source, 0, None, ids)
     import torch.multiprocessing as mp
 
-    from pipeline.distributed.runtime import free_port
+    from pipeline.distributed.runtime import free_port, select_deepspeed_accelerator
+
+    select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # inherited by the workers
 
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "logits.pt")

@@ -33,6 +33,9 @@ CONFIG = "config.resolved.yaml"
 def safe_load(path: Path) -> dict:
     """``torch.load(weights_only=True)`` with DeepSpeed's plain data classes allowed; nothing else
     in the file can run code."""
+    from ..distributed.runtime import select_deepspeed_accelerator
+
+    select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # before DeepSpeed's import
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
