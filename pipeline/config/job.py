@@ -7,6 +7,7 @@ from pydantic import Field
 from .base import StrictModel
 from .data import DataConfig, PackingConfig, TokenizerConfig
 from .model import ModelConfig, ParScaleConfig
+from .stages import Stage2Config
 from .training import (
     CheckpointConfig,
     EvalConfig,
@@ -38,6 +39,7 @@ class JobConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    stage2: Stage2Config | None = Field(None, description="Required by run: how stage 2 continues this job.")
 
 
 def cross_section_problems(cfg: JobConfig) -> list[tuple[str, str]]:

@@ -1,0 +1,1 @@
+"""The main job (``parscale run``): every stage from one config, and its report."""

@@ -1,0 +1,100 @@
+"""The main job's report: ``report/report.md`` with ``report/loss.png`` (training and validation
+loss of both stages on one token axis, and the stage-2 comparison of ParScale against the dense
+control at equal stage-2 tokens), built from each stage's ``metrics.jsonl`` and ``eval.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..utils.fs import atomic_write_text
+
+LABELS = {"stage1": "stage 1 (dense)", "stage2": "stage 2 (ParScale)", "dense": "stage 2 dense control"}
+
+
+def read_metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(tokens, train loss) and (tokens, val loss) points of one training run."""
+    train, val, per_step = [], [], None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record and "tokens_seen" in record:
+            train.append((record["tokens_seen"], record["loss"]))
+            per_step = record["tokens_seen"] / record["step"]
+        elif "val_loss" in record and per_step:
+            val.append((int(record["step"] * per_step), record["val_loss"]))
+    return train, val
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, (train, val) in curves.items():
+        shift = 0 if key == "stage1" else offset
+        xs, ys = [t + shift for t, _ in train], [v for _, v in train]
+        line, = whole.plot(xs, _smooth(ys, 10), label=f"{LABELS[key]} train", linewidth=1.2)
+        whole.plot([t + shift for t, _ in val], [v for _, v in val], "o", color=line.get_color(),
+                   label=f"{LABELS[key]} val", markersize=4)
+        if key != "stage1":
+            zoom.plot([t for t, _ in train], _smooth(ys, 10), color=line.get_color(), label=f"{LABELS[key]} train")
+            zoom.plot([t for t, _ in val], [v for _, v in val], "o-", color=line.get_color(), label=f"{LABELS[key]} val")
+    whole.axvline(offset, color="grey", linestyle=":", linewidth=1)
+    whole.set(xlabel="tokens", ylabel="loss", title="both stages (train: moving average of 10 steps)")
+    zoom.set(xlabel="stage-2 tokens", ylabel="loss", title="stage 2: ParScale vs dense at equal tokens")
+    for ax in (whole, zoom):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(job) -> Path:
+    from ..model.counting import parameter_counts
+
+    layout, out = job.layout, job.layout.report
+    runs = {key: Path(loaded.config.run.output_dir) for key, loaded in job.configs.items()}
+    curves = {key: read_metrics(path) for key, path in runs.items()}
+    stage1_tokens = curves["stage1"][0][-1][0] if curves["stage1"][0] else 0
+    plot(curves, stage1_tokens, out / "loss.png")
+    evals = json.loads(layout.eval.read_text())
+    cfg = job.cfg
+    lines = [f"# {cfg.run.name}: dense -> ParScale P={layout.streams}", "",
+             f"Config: `{job.path}`" + (f" with `--set {' '.join(job.overrides)}`" if job.overrides else ""), "",
+             "| run | P | parameters (ParScale extra) | tokens | last train loss | val loss | val ppl |",
+             "|---|---|---|---|---|---|---|"]
+    for key, result in evals.items():
+        ps = job.configs[key].config.parscale
+        counts = parameter_counts(cfg.model, ps, job.configs[key].config.model.vocab_size or _vocab(runs[key]))
+        train = curves[key][0]
+        lines.append(f"| {LABELS[key]} | {ps.streams} | {counts.total:,} ({100 * counts.parscale_fraction:.1f}%) | "
+                     f"{result['tokens_seen']:,} | {train[-1][1]:.4f} | {result['val_loss']:.4f} | {result['val_ppl']:.2f} |")
+    if "dense" in evals:
+        gain = evals["dense"]["val_loss"] - evals["stage2"]["val_loss"]
+        lines += ["", f"At equal stage-2 tokens ({job.stage2.tokens:,}), ParScale P={layout.streams} ends "
+                      f"{'below' if gain > 0 else 'above'} the dense control by {abs(gain):.4f} nats of validation "
+                      "loss (same validation batches for every run). At this scale one run's difference is "
+                      "within seed noise; the scaling experiment (issue 8) is the place for claims."]
+    lines += ["", "![training and validation loss](loss.png)", "", "## Stages", "", "| stage | status | wall time (s) |",
+              "|---|---|---|"]
+    lines += [f"| {name} | {t['status']} | {t['seconds']:.1f} |" for name, t in job.timings.items()]
+    lines += ["", "Outputs: " + ", ".join(f"`{p}`" for p in (layout.stage1, layout.consolidated, layout.init,
+                                                                layout.stage2, layout.dense, layout.eval)), ""]
+    return atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def _vocab(run_dir: Path) -> int:
+    return json.loads((run_dir / "portable" / "config.json").read_text())["vocab_size"]

@@ -1,0 +1,198 @@
+"""The main job: data prep -> stage 1 (dense) -> consolidate -> dense-to-ParScale -> stage 2
+(ParScale, and a dense control at equal tokens) -> evaluation -> report, from one config.
+
+Every stage writes under ``run.output_dir`` and is skipped when its output is already there and
+complete, so a rerun continues where the last one stopped (a training stage cut short resumes from
+its own checkpoints). Training stages run under torchrun with TP x DP processes; each stage's exact
+config is written as ``<stage>/config.resolved.yaml``."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import LoadedConfig, load_config, write_resolved
+from ..errors import JobError
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    streams: int
+
+    @property
+    def stage1(self) -> Path:
+        return self.root / "stage1"
+
+    @property
+    def consolidated(self) -> Path:
+        return self.root / "convert" / "stage1-fp32"
+
+    @property
+    def init(self) -> Path:
+        return self.root / "convert" / f"stage2-init-p{self.streams}"
+
+    @property
+    def stage2(self) -> Path:
+        return self.root / f"stage2-p{self.streams}"
+
+    @property
+    def dense(self) -> Path:
+        return self.root / "stage2-dense"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def _portable_meta(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class MainJob:
+    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False):
+        loaded.require("run", "model", "train", "stage2")
+        self.loaded, self.cfg = loaded, loaded.config
+        self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
+        self.stage2 = self.cfg.stage2
+        self.layout = Layout(Path(self.cfg.run.output_dir), self.stage2.parscale.streams)
+        self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
+        self.configs = {"stage1": self._derive([f"run.output_dir={self.layout.stage1}"])}
+        self.configs["stage2"] = self._derive(self._stage2_sets(self.layout.stage2, self.stage2.parscale.model_dump(),
+                                                                self.layout.init))
+        if self.stage2.dense_baseline:
+            self.configs["dense"] = self._derive(self._stage2_sets(self.layout.dense, {"streams": 1},
+                                                                   self.layout.consolidated))
+        self.timings: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ configs
+
+    def _stage2_sets(self, out: Path, parscale: dict, init: Path) -> list[str]:
+        sets = [f"run.output_dir={out}", f"parscale={json.dumps(parscale)}", f"train.tokens={self.stage2.tokens}",
+                f"train.init_from={init}", f"schedule={json.dumps(self.stage2.schedule.model_dump(mode='json'))}"]
+        return sets + ([f"optimizer.lr={self.stage2.lr}"] if self.stage2.lr else [])
+
+    def _derive(self, sets: list[str]) -> LoadedConfig:
+        return load_config(self.path, self.overrides + sets)
+
+    # ------------------------------------------------------------------ stages
+
+    def stages(self) -> list[tuple[str, object, object]]:
+        """(name, is_done, run) for each stage, in order."""
+        stages = [("data prep", self._prep_done, self._prep),
+                  ("stage 1: dense", lambda: self._trained("stage1"), lambda: self._train("stage1")),
+                  ("consolidate stage 1", self._consolidated, self._consolidate),
+                  (f"dense -> ParScale P={self.layout.streams}", self._converted, self._convert),
+                  (f"stage 2: ParScale P={self.layout.streams}", lambda: self._trained("stage2"),
+                   lambda: self._train("stage2"))]
+        if "dense" in self.configs:
+            stages.append(("stage 2: dense control", lambda: self._trained("dense"), lambda: self._train("dense")))
+        stages += [("evaluation", self._evaluated, self._evaluate), ("report", lambda: False, self._report)]
+        return stages
+
+    def run(self, console) -> Path:
+        for name, done, action in self.stages():
+            if done():
+                console.print(f"[green]skip[/] {name}: output already there")
+                self.timings[name] = {"status": "skipped (done)", "seconds": 0.0}
+                continue
+            console.rule(f"{name}")
+            start = time.perf_counter()
+            action()
+            self.timings[name] = {"status": "dry run" if self.dry_run else "ran",
+                                  "seconds": time.perf_counter() - start}
+        return self.layout.report / "report.md"
+
+    def _prep_done(self) -> bool:
+        from data_prep.job import is_complete
+
+        return is_complete(self.cfg)
+
+    def _prep(self) -> None:
+        from data_prep.job import prepare
+
+        if not self.dry_run:
+            prepare(self.loaded)
+
+    def _final(self, key: str) -> dict | None:
+        return _portable_meta(Path(self.configs[key].config.run.output_dir) / "portable")
+
+    def _trained(self, key: str) -> bool:
+        meta = self._final(key)
+        return meta is not None and meta.get("tokens_seen", 0) >= self.configs[key].config.train.tokens
+
+    def _train(self, key: str) -> None:
+        from ..distributed.launcher import TorchrunLaunch
+
+        loaded = self.configs[key]
+        out = Path(loaded.config.run.output_dir)
+        resolved = out / "job.yaml" if self.dry_run else write_resolved(loaded, out, "job.yaml")
+        launch = TorchrunLaunch(module="pipeline.cli", args=["train", str(resolved)], nproc_per_node=self.nproc)
+        rc = launch.run(dry_run=self.dry_run)
+        if rc:
+            raise JobError(f"{key} training failed (exit {rc}); rerun the same command to resume from its last checkpoint")
+
+    def _consolidated(self) -> bool:
+        meta, final = _portable_meta(self.layout.consolidated), self._final("stage1")
+        return meta is not None and final is not None and meta.get("step") == final.get("step")
+
+    def _consolidate(self) -> None:
+        from checkpoints_tools.consolidate import consolidate
+
+        if self.dry_run:
+            print(f"parscale convert consolidate {self.layout.stage1} {self.layout.consolidated}")
+            return
+        result = consolidate(self.layout.stage1, self.layout.consolidated)
+        print(result["verified"])
+
+    def _converted(self) -> bool:
+        meta, source = _portable_meta(self.layout.init), _portable_meta(self.layout.consolidated)
+        return (meta is not None and source is not None and meta.get("step") == source.get("step")
+                and meta["parscale"] == self.stage2.parscale.model_dump(mode="json"))
+
+    def _convert(self) -> None:
+        from checkpoints_tools.to_parscale import convert
+
+        if self.dry_run:
+            print(f"parscale convert to-parscale {self.layout.consolidated} {self.layout.init} "
+                  f"--streams {self.layout.streams}")
+            return
+        result = convert(self.layout.consolidated, self.layout.init, self.stage2.parscale, seed=self.cfg.run.seed)
+        print(result["verified"])
+
+    def _finals(self) -> dict[str, Path]:
+        return {key: Path(loaded.config.run.output_dir) / "portable" for key, loaded in self.configs.items()}
+
+    def _evaluated(self) -> bool:
+        try:
+            saved = json.loads(self.layout.eval.read_text())
+        except (OSError, ValueError):
+            return False
+        finals = {k: (_portable_meta(p) or {}).get("tokens_seen") for k, p in self._finals().items()}
+        return {k: v.get("tokens_seen") for k, v in saved.items()} == finals
+
+    def _evaluate(self) -> None:
+        from ..commands.eval_cmd import evaluate_portable
+        from ..utils.fs import atomic_write_text
+
+        if self.dry_run:
+            return
+        results = {key: evaluate_portable(self.configs[key], str(path)) for key, path in self._finals().items()}
+        atomic_write_text(self.layout.eval, json.dumps(results, indent=2))
+        for key, result in results.items():
+            print(f"{key}: val loss {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f}) on {result['tokens']} tokens")
+
+    def _report(self) -> None:
+        from .report import write_report
+
+        if not self.dry_run:
+            write_report(self)
