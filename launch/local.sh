@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# Launch a pipeline module on this node under torchrun, one process per rank, with the CPU threads
-# split between ranks. DRY_RUN=1 prints the command and environment instead of running them.
+# Train (or evaluate) on this machine: torchrun with as many processes as the config asks for
+# (parallel.tensor_parallel_size x parallel.data_parallel_size), the CPUs shared between them.
 #
-#   launch/local.sh NPROC MODULE [ARGS...]
-#   launch/local.sh 2 pipeline.distributed.healthcheck configs/demo.yaml --out runs/healthcheck
+#   launch/local.sh CONFIG [--set KEY=VALUE ...]
+#   DRY_RUN=1 launch/local.sh configs/stage1_dense.yaml      print the command, run nothing
+#
+# Environment: COMMAND (train, or eval), NPROC (process count instead of the config's),
+# OMP_NUM_THREADS (threads per process), PYTHON (default .venv/bin/python), DRY_RUN=1.
 set -euo pipefail
-if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+PARSCALE_ROOT=${PARSCALE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+# shellcheck source=launch/lib.sh
+. "$PARSCALE_ROOT/launch/lib.sh"
+help_or_usage "${BASH_SOURCE[0]}" "$@"
+
+nproc=${NPROC:-$(procs_per_node 1 "$@")}
+cmd=(env "OMP_NUM_THREADS=$(threads_per_proc "$nproc")"
+  "$PYTHON" -m torch.distributed.run --standalone "--nproc_per_node=$nproc"
+  -m pipeline.cli "${COMMAND:-train}" "$@")
+if is_dry_run; then
+  quote "${cmd[@]}"
   exit 0
 fi
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python=${PYTHON:-$here/.venv/bin/python}
-nproc=$1 module=$2
-shift 2
-cpus=$(nproc)
-threads=${OMP_NUM_THREADS:-$(( cpus / nproc > 0 ? cpus / nproc : 1 ))}
-cmd=("$python" -m torch.distributed.run --standalone "--nproc_per_node=$nproc" -m "$module" "$@")
-if [ "${DRY_RUN:-0}" = "1" ]; then
-  echo "OMP_NUM_THREADS=$threads ${cmd[*]}"
-  exit 0
-fi
-OMP_NUM_THREADS=$threads exec "${cmd[@]}"
+exec "${cmd[@]}"

@@ -47,6 +47,15 @@ def test_nested_override_takes_effect_in_saved_resolved_config(tmp_path):
     assert saved["model"]["num_layers"] == 4  # the rest still comes from the file
 
 
+def test_config_get_prints_resolved_values_one_per_line():
+    proc = run_cli("config", str(CONFIGS / "demo.yaml"), "--set", "model.hidden_size=256", "--get", "model.hidden_size",
+                   "--get", "checkpoint.stop_file", "--get", "data.sources[0].type")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["256", "null", "stdlib"]
+    missing = run_cli("config", str(CONFIGS / "demo.yaml"), "--get", "model.hiden_size")
+    assert missing.returncode == 2 and "--get model.hiden_size: no such key" in missing.stderr
+
+
 def test_config_schema_is_json(tmp_path):
     import json
 

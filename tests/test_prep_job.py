@@ -310,7 +310,10 @@ def test_existing_tokenizer_is_adopted(mixed_job, tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_runs_on_an_existing_ray_cluster_with_the_same_outputs(tmp_path):
+def test_slurm_prep_script_runs_on_its_ray_cluster_with_the_same_outputs(tmp_path):
+    """launch/slurm/prep.sbatch for real on one node (srun stand-in): Ray head started, prep attached
+    to it by data.ray_address, the same shards as a local run, and the cluster stopped at the end."""
+    from launch_helpers import LAUNCH, clean_env, fake_slurm
     from pipeline.distributed.runtime import free_port
 
     write_jsonl(tmp_path / "a.jsonl", [text_doc(i) for i in range(200)])
@@ -320,24 +323,21 @@ def test_runs_on_an_existing_ray_cluster_with_the_same_outputs(tmp_path):
 
     port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # unix socket paths must stay under 107 bytes
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    log = open(tmp_path / "head.log", "w+")
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                             f"--temp-dir={ray_tmp}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    bin_dir = fake_slurm(tmp_path / "bin")
+    env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+                    SLURM_JOB_NODELIST="127.0.0.1", SLURM_JOB_ID="9", RAY_PORT=str(port), RAY_TEMP_DIR=ray_tmp,
+                    CPUS_PER_NODE="2")
+    remote = tmp_path / "remote"
+    config = _config(tmp_path, remote, src)
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline and "Ray runtime started" not in (tmp_path / "head.log").read_text():
-            assert head.poll() is None, (tmp_path / "head.log").read_text()
-            time.sleep(0.5)
-        remote = tmp_path / "remote"
-        config = _config(tmp_path, remote, src, data={"ray_address": f"127.0.0.1:{port}"})
-        proc = subprocess.run([str(Path(sys.executable).parent / "parscale"), "prep", str(config)], cwd=REPO,
-                              capture_output=True, text=True, timeout=300, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = subprocess.run([str(LAUNCH / "slurm/prep.sbatch"), str(config)], cwd=REPO, capture_output=True,
+                              text=True, timeout=400, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "1 node(s) alive" in proc.stdout and "stopping the Ray cluster" in proc.stdout
+        left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+        assert not left, f"Ray processes left running: {left}"
     finally:
-        head.terminate()
-        head.wait(timeout=60)
-        log.close()
+        subprocess.run(["pkill", "-f", ray_tmp])
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert yaml.safe_load((remote / "config.resolved.yaml").read_text())["data"]["ray_address"] == f"127.0.0.1:{port}"
     _assert_same_tree(local, remote, same_config=False)

@@ -17,10 +17,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise SystemExit("parscale config: give a CONFIG file or --schema")
     loaded = load_from_args(args)
+    if args.get:
+        return _print_values(loaded, args.get)
     if args.out:
         print(f"wrote {write_resolved(loaded, args.out)}")
     else:
         print(dump_resolved(loaded), end="")
+    return 0
+
+
+def _print_values(loaded, keys: list[str]) -> int:
+    """One resolved value per line: strings as they are, null for None, the rest as JSON."""
+    from ..config.loader import value_at
+    from ..errors import JobError
+
+    data = loaded.config.model_dump(mode="json")
+    for key in keys:
+        try:
+            value = value_at(data, key)
+        except (KeyError, ValueError):
+            raise JobError(f"--get {key}: no such key in the resolved config") from None
+        print(value if isinstance(value, str) else json.dumps(value))
     return 0
 
 
@@ -32,5 +49,8 @@ def add_parser(subparsers) -> None:
     )
     add_config_args(parser, required=False)
     parser.add_argument("--out", metavar="DIR", help="write config.resolved.yaml into DIR instead of printing")
+    parser.add_argument("--get", action="append", default=[], metavar="KEY",
+                        help="print only this resolved value (dotted key, repeatable; one line each); "
+                             "the launch scripts read the process count this way")
     parser.add_argument("--schema", action="store_true", help="print the config JSON schema and exit")
     parser.set_defaults(func=_run)

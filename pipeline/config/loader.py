@@ -165,6 +165,17 @@ def _split_key(key: str) -> Path_:
     return tuple(parts)
 
 
+def value_at(data: Any, key: str) -> Any:
+    """The value at a dotted key ('parallel.tensor_parallel_size', 'data.sources[0].path') of plain data."""
+    node = data
+    for part in _split_key(key):
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            raise KeyError(key) from None
+    return node
+
+
 def parse_override(text: str, source: str = "<command line>") -> tuple[Path_, Any]:
     """'model.hidden_size=512' -> (('model', 'hidden_size'), 512). The value is read as YAML."""
     where = f"--set {text}"

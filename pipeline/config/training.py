@@ -90,6 +90,9 @@ class CheckpointConfig(StrictModel):
     interval_steps: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)
     resume: bool = Field(True, description="Resume from the latest checkpoint in dir, if any.")
+    stop_file: str | None = Field(
+        None, description="A file whose appearance makes training save a checkpoint and stop at the next step "
+                          "(removed once acted on). The SLURM launcher sets it for its pre-timeout signal.")
 
 
 class EvalConfig(StrictModel):

@@ -41,7 +41,8 @@ def cpu_threads_per_rank() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    # torchrun says LOCAL_WORLD_SIZE, DeepSpeed's launcher LOCAL_SIZE
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or "1")
     return max(1, cpus // max(1, local_world))
 
 

@@ -256,6 +256,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _stop_agreed(self) -> bool:
+        """A signal or the stop file seen by any rank stops every rank at the same step."""
+        stop_file = self.cfg.checkpoint.stop_file
+        if stop_file and not self._stop_requested and Path(stop_file).exists():
+            self._stop_requested = True
+            print(f"rank {self.ctx.rank}: {stop_file} appeared: saving and stopping", flush=True)
         flag = torch.tensor([1.0 if self._stop_requested else 0.0])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return flag.item() > 0
@@ -293,6 +298,8 @@ class Trainer:
                 self.save()
                 saved_at = self.step
             if stop:
+                if cfg.checkpoint.stop_file:
+                    Path(cfg.checkpoint.stop_file).unlink(missing_ok=True)  # a resumed run must not stop at once
                 if self.ctx.is_main:
                     print(f"stop requested: saved step {self.step} in {self.ckpt_dir}; rerun to resume", flush=True)
                 self.sink.close()
