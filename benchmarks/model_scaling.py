@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config.model import ModelConfig, ParScaleConfig  # noqa: E402
 from pipeline.distributed import single_process  # noqa: E402
 from pipeline.model import ParScaleLM  # noqa: E402
-from pipeline.model.cache import KVCache  # noqa: E402
 from pipeline.model.counting import parameter_counts  # noqa: E402
+from pipeline.scaling.inference_cost import compare  # noqa: E402
+from pipeline.scaling.law import PAPER_K  # noqa: E402
 
-K = 0.39  # the paper's fitted k (Stack-V2 Python)
+K = PAPER_K  # the paper's fitted k (Stack-V2 Python)
 VOCAB = 8192
 
 
@@ -39,18 +39,6 @@ def model_config(hidden: int, layers: int) -> ModelConfig:
     ffn = int(round(hidden * 2.75 / 64)) * 64
     return ModelConfig(num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn, num_attention_heads=heads,
                        num_kv_heads=kv, vocab_size=VOCAB, max_seq_len=4096)
-
-
-def dense_equivalent(base: ModelConfig, streams: int) -> ModelConfig:
-    """The dense model (same depth, head size 64; width and FFN varied) whose non-embedding size is
-    closest to N(k ln P + 1)."""
-    target = parameter_counts(base, ParScaleConfig(), VOCAB).non_embedding * (K * math.log(streams) + 1)
-    options = []
-    for hidden in range(base.hidden_size, 4 * base.hidden_size + 1, 64):
-        for ffn in range(2 * hidden, 4 * hidden + 1, 32):
-            cfg = model_config(hidden, base.num_layers).model_copy(update={"ffn_hidden_size": ffn})
-            options.append(cfg)
-    return min(options, key=lambda c: abs(parameter_counts(c, ParScaleConfig(), VOCAB).non_embedding - target))
 
 
 def build(cfg: ModelConfig, streams: int) -> ParScaleLM:
@@ -70,26 +58,6 @@ def train_throughput(cfg: ModelConfig, streams: int, batch: int, seq: int, steps
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     return batch * seq / (sum(times[1:]) / steps)
-
-
-def decode_cost(cfg: ModelConfig, streams: int, prompt: int, new: int, repeats: int = 5) -> tuple[float, int]:
-    """(fastest seconds per generated token over ``repeats`` runs, bytes of weights + KV cache) at
-    batch 1. The minimum: on a shared 2-core CPU, noise only ever adds time."""
-    model = build(cfg, streams).eval()
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    runs = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # the first run warms up
-            cache = KVCache(model, 1, prompt + new, torch.float32, "cpu")
-            valid = torch.ones(1, prompt + new, dtype=torch.bool)
-            model(torch.randint(0, VOCAB, (1, prompt)), cache=cache, key_valid=valid[:, :prompt])
-            token = torch.randint(0, VOCAB, (1, 1))
-            start = time.perf_counter()
-            for i in range(new):
-                token = model(token, cache=cache, key_valid=valid[:, : prompt + i + 1]).logits[:, -1:].argmax(-1)
-            runs.append((time.perf_counter() - start) / new)
-    kv = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
-    return min(runs[1:]), weights + kv
 
 
 def main() -> None:
@@ -116,20 +84,16 @@ def main() -> None:
             print(f"  P={p}          {tps:8.0f} tok/s   throughput ratio to dense {tps / dense_tps:.3f} "
                   f"(step-time ratio {dense_tps / tps:.2f}x)")
 
-        print(f"\ndecoding at batch 1: prompt {args.prompt}, {args.new} new tokens")
-        lat1, mem1 = decode_cost(base, 1, args.prompt, args.new)
-        print(f"  P=1 base: {lat1 * 1e3:.2f} ms/token, {mem1 / 2**20:.1f} MiB")
-        header = "  P   ParScale ms/tok  MiB    | dense-equiv params  ms/tok  MiB    | mem incr ratio  latency incr ratio"
-        print(header)
-        for p in range(2, 9):
-            lat, mem = decode_cost(base, p, args.prompt, args.new)
-            eq = dense_equivalent(base, p)
-            lat_eq, mem_eq = decode_cost(eq, 1, args.prompt, args.new)
-            n_eq = parameter_counts(eq, ParScaleConfig(), VOCAB).non_embedding
-            mem_ratio = (mem_eq - mem1) / max(mem - mem1, 1)
-            lat_ratio = (lat_eq - lat1) / (lat - lat1) if lat > lat1 else float("inf")
-            print(f"  {p}   {lat * 1e3:10.2f}  {mem / 2**20:8.1f}   | {n_eq / 1e6:7.1f}M ({eq.hidden_size}/{eq.ffn_hidden_size})"
-                  f"  {lat_eq * 1e3:7.2f}  {mem_eq / 2**20:7.1f}  | {mem_ratio:8.1f}x  {lat_ratio:10.2f}x")
+    print(f"\ndecoding at batch 1: prompt {args.prompt}, {args.new} new tokens; dense equivalent of P streams: "
+          f"N x ({K} ln P + 1)")
+    rows = compare(base, ParScaleConfig(prefix_len=48), VOCAB, list(range(1, 9)), K, [1], args.prompt, args.new)
+    b = rows[0].base
+    print(f"  P=1 base: {b.seconds_per_token * 1e3:.2f} ms/token, {b.bytes / 2**20:.1f} MiB")
+    print("  P   ParScale ms/tok  MiB    | dense-equiv params  ms/tok  MiB    | mem incr ratio  latency incr ratio")
+    for r in rows:
+        print(f"  {r.streams}   {r.parscale.seconds_per_token * 1e3:10.2f}  {r.parscale.bytes / 2**20:8.1f}   | "
+              f"{r.dense_params / 1e6:7.1f}M ({r.dense_shape})  {r.dense.seconds_per_token * 1e3:7.2f}  "
+              f"{r.dense.bytes / 2**20:7.1f}  | {r.memory_ratio:8.1f}x  {r.latency_ratio:10.2f}x")
     print("\nratios > 1: parameter scaling costs that many times more extra memory / latency than ParScale "
           "for the same predicted loss. Paper (1.6B, GPU, batch 1): 22x memory, 6x latency.")
 

@@ -39,14 +39,16 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     report = job / "report" / "report.md"
     assert f"report: {report}" in proc.stdout.replace("\n", "")
     text = report.read_text()
-    assert "stage 2 (ParScale)" in text and "stage 2 dense control" in text and "![training and validation loss](loss.png)" in text
+    assert "stage 2 (ParScale P=2)" in text and "stage 2 dense control" in text and "![training and validation loss](loss.png)" in text
     assert (job / "report" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evals = json.loads((job / "eval.json").read_text())
-    assert set(evals) == {"stage1", "stage2", "dense"}
-    assert evals["stage2"]["streams"] == 2 and evals["dense"]["streams"] == 1
-    assert evals["stage1"]["tokens_seen"] == 6 * 8 * 32 and evals["stage2"]["tokens_seen"] == 3 * 8 * 32
+    assert set(evals) == {"stage1", "stage2-p2", "dense"}
+    assert evals["stage2-p2"]["streams"] == 2 and evals["dense"]["streams"] == 1
+    assert evals["stage1"]["tokens_seen"] == 6 * 8 * 32 and evals["stage2-p2"]["tokens_seen"] == 3 * 8 * 32
     for stage in ("stage1", "stage2-p2", "stage2-dense"):
         assert (job / stage / "portable" / "config.json").exists() and (job / stage / "job.yaml").exists()
+    stage2 = yaml.safe_load((job / "stage2-p2" / "job.yaml").read_text())
+    assert stage2["train"]["skip_tokens"] == 6 * 8 * 32  # stage 2 reads on after stage 1's data
     init = json.loads((job / "convert" / "stage2-init-p2" / "config.json").read_text())
     assert init["parscale"]["streams"] == 2 and "stage1-fp32" in init["converted_from"]
 

@@ -8,9 +8,21 @@ import time
 from .common import add_config_args, load_from_args
 
 
+def stage_table(title: str, timings: dict[str, dict]):
+    """A rich table of stage name, status and seconds."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    for name, timing in timings.items():
+        table.add_row(name, timing["status"], f"{timing['seconds']:.1f}")
+    return table
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from ..job.stages import MainJob
 
@@ -20,13 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     console.print(f"[bold]parscale run[/] {job.cfg.run.name}: {job.nproc} process(es) per training stage, "
                   f"outputs under {job.layout.root}")
     report = job.run(console)
-    table = Table(title=f"{job.cfg.run.name}: stages")
-    table.add_column("stage")
-    table.add_column("status")
-    table.add_column("seconds", justify="right")
-    for name, timing in job.timings.items():
-        table.add_row(name, timing["status"], f"{timing['seconds']:.1f}")
-    console.print(table)
+    console.print(stage_table(f"{job.cfg.run.name}: stages", job.timings))
     if args.dry_run:
         console.print("dry run: nothing was trained or written")
     else:

@@ -7,6 +7,7 @@ from pydantic import Field
 from .base import StrictModel
 from .data import DataConfig, PackingConfig, TokenizerConfig
 from .model import ModelConfig, ParScaleConfig
+from .scaling import ScalingConfig
 from .stages import Stage2Config
 from .training import (
     CheckpointConfig,
@@ -40,6 +41,7 @@ class JobConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     stage2: Stage2Config | None = Field(None, description="Required by run: how stage 2 continues this job.")
+    scaling: ScalingConfig | None = Field(None, description="Required by scaling: model sizes and stream counts.")
 
 
 def cross_section_problems(cfg: JobConfig) -> list[tuple[str, str]]:

@@ -82,6 +82,8 @@ class TrainConfig(StrictModel):
         default_factory=list, description="Prepared datasets and weights; empty = data.output_dir."
     )
     init_from: str | None = Field(None, description="Checkpoint to start from (ours, portable or HF).")
+    skip_tokens: Count = Field(0, ge=0, description="Start this far into the data order (whole sequences): "
+                                                    "stage 2 continues after the tokens stage 1 trained on.")
     max_nonfinite_in_a_row: int = Field(5, ge=1, description="Skipped steps in a row before stopping.")
 
 

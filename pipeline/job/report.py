@@ -8,8 +8,14 @@ import json
 from pathlib import Path
 
 from ..utils.fs import atomic_write_text
+from .stages import stage2_key
 
-LABELS = {"stage1": "stage 1 (dense)", "stage2": "stage 2 (ParScale)", "dense": "stage 2 dense control"}
+LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control"}
+
+
+def label(key: str) -> str:
+    """'stage2-p4' -> 'stage 2 (ParScale P=4)'."""
+    return LABELS.get(key) or f"stage 2 (ParScale P={key.rpartition('-p')[2]})"
 
 
 def read_metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
@@ -43,12 +49,12 @@ def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
     for key, (train, val) in curves.items():
         shift = 0 if key == "stage1" else offset
         xs, ys = [t + shift for t, _ in train], [v for _, v in train]
-        line, = whole.plot(xs, _smooth(ys, 10), label=f"{LABELS[key]} train", linewidth=1.2)
+        line, = whole.plot(xs, _smooth(ys, 10), label=f"{label(key)} train", linewidth=1.2)
         whole.plot([t + shift for t, _ in val], [v for _, v in val], "o", color=line.get_color(),
-                   label=f"{LABELS[key]} val", markersize=4)
+                   label=f"{label(key)} val", markersize=4)
         if key != "stage1":
-            zoom.plot([t for t, _ in train], _smooth(ys, 10), color=line.get_color(), label=f"{LABELS[key]} train")
-            zoom.plot([t for t, _ in val], [v for _, v in val], "o-", color=line.get_color(), label=f"{LABELS[key]} val")
+            zoom.plot([t for t, _ in train], _smooth(ys, 10), color=line.get_color(), label=f"{label(key)} train")
+            zoom.plot([t for t, _ in val], [v for _, v in val], "o-", color=line.get_color(), label=f"{label(key)} val")
     whole.axvline(offset, color="grey", linestyle=":", linewidth=1)
     whole.set(xlabel="tokens", ylabel="loss", title="both stages (train: moving average of 10 steps)")
     zoom.set(xlabel="stage-2 tokens", ylabel="loss", title="stage 2: ParScale vs dense at equal tokens")
@@ -72,7 +78,8 @@ def write_report(job) -> Path:
     plot(curves, stage1_tokens, out / "loss.png")
     evals = json.loads(layout.eval.read_text())
     cfg = job.cfg
-    lines = [f"# {cfg.run.name}: dense -> ParScale P={layout.streams}", "",
+    streams = ", ".join(f"P={p}" for p in job.streams)
+    lines = [f"# {cfg.run.name}: dense -> ParScale {streams}", "",
              f"Config: `{job.path}`" + (f" with `--set {' '.join(job.overrides)}`" if job.overrides else ""), "",
              "| run | P | parameters (ParScale extra) | tokens | last train loss | val loss | val ppl |",
              "|---|---|---|---|---|---|---|"]
@@ -80,19 +87,23 @@ def write_report(job) -> Path:
         ps = job.configs[key].config.parscale
         counts = parameter_counts(cfg.model, ps, job.configs[key].config.model.vocab_size or _vocab(runs[key]))
         train = curves[key][0]
-        lines.append(f"| {LABELS[key]} | {ps.streams} | {counts.total:,} ({100 * counts.parscale_fraction:.1f}%) | "
+        lines.append(f"| {label(key)} | {ps.streams} | {counts.total:,} ({100 * counts.parscale_fraction:.1f}%) | "
                      f"{result['tokens_seen']:,} | {train[-1][1]:.4f} | {result['val_loss']:.4f} | {result['val_ppl']:.2f} |")
     if "dense" in evals:
-        gain = evals["dense"]["val_loss"] - evals["stage2"]["val_loss"]
-        lines += ["", f"At equal stage-2 tokens ({job.stage2.tokens:,}), ParScale P={layout.streams} ends "
-                      f"{'below' if gain > 0 else 'above'} the dense control by {abs(gain):.4f} nats of validation "
-                      "loss (same validation batches for every run). At this scale one run's difference is "
-                      "within seed noise; the scaling experiment (issue 8) is the place for claims."]
+        lines.append("")
+        for p in job.streams:
+            gain = evals["dense"]["val_loss"] - evals[stage2_key(p)]["val_loss"]
+            lines.append(f"At equal stage-2 tokens ({job.stage2.tokens:,}), ParScale P={p} ends "
+                         f"{'below' if gain > 0 else 'above'} the dense control by {abs(gain):.4f} nats of validation "
+                         "loss (same validation batches for every run).")
+        lines += ["", "One run's difference at this scale is within seed noise; `parscale scaling` (several sizes, "
+                      "P = 1, 2, 4, 8, a fitted scaling law) is the place for claims."]
     lines += ["", "![training and validation loss](loss.png)", "", "## Stages", "", "| stage | status | wall time (s) |",
               "|---|---|---|"]
     lines += [f"| {name} | {t['status']} | {t['seconds']:.1f} |" for name, t in job.timings.items()]
-    lines += ["", "Outputs: " + ", ".join(f"`{p}`" for p in (layout.stage1, layout.consolidated, layout.init,
-                                                                layout.stage2, layout.dense, layout.eval)), ""]
+    outputs = [layout.stage1, layout.consolidated, *(layout.init(p) for p in job.streams),
+               *(layout.stage2(p) for p in job.streams), layout.dense, layout.eval]
+    lines += ["", "Outputs: " + ", ".join(f"`{p}`" for p in outputs), ""]
     return atomic_write_text(out / "report.md", "\n".join(lines))
 
 

@@ -9,6 +9,7 @@ config is written as ``<stage>/config.resolved.yaml``."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from ..errors import JobError
 @dataclass(frozen=True)
 class Layout:
     root: Path
-    streams: int
 
     @property
     def stage1(self) -> Path:
@@ -30,13 +30,11 @@ class Layout:
     def consolidated(self) -> Path:
         return self.root / "convert" / "stage1-fp32"
 
-    @property
-    def init(self) -> Path:
-        return self.root / "convert" / f"stage2-init-p{self.streams}"
+    def init(self, streams: int) -> Path:
+        return self.root / "convert" / f"stage2-init-p{streams}"
 
-    @property
-    def stage2(self) -> Path:
-        return self.root / f"stage2-p{self.streams}"
+    def stage2(self, streams: int) -> Path:
+        return self.root / f"stage2-p{streams}"
 
     @property
     def dense(self) -> Path:
@@ -58,26 +56,45 @@ def _portable_meta(directory: Path) -> dict | None:
         return None
 
 
+def stage2_key(streams: int) -> str:
+    return f"stage2-p{streams}"
+
+
 class MainJob:
-    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False):
+    """``streams``: the stage-2 stream counts to train (default: ``stage2.parscale.streams``); each
+    gets its own conversion and run. ``report``: whether the job writes its own report."""
+
+    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False,
+                 streams: list[int] | None = None, report: bool = True):
         loaded.require("run", "model", "train", "stage2")
         self.loaded, self.cfg = loaded, loaded.config
-        self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
+        self.path, self.overrides, self.dry_run, self.with_report = config_path, list(overrides), dry_run, report
         self.stage2 = self.cfg.stage2
-        self.layout = Layout(Path(self.cfg.run.output_dir), self.stage2.parscale.streams)
+        self.streams = streams or [self.stage2.parscale.streams]
+        self.layout = Layout(Path(self.cfg.run.output_dir))
         self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
         self.configs = {"stage1": self._derive([f"run.output_dir={self.layout.stage1}"])}
-        self.configs["stage2"] = self._derive(self._stage2_sets(self.layout.stage2, self.stage2.parscale.model_dump(),
-                                                                self.layout.init))
+        for p in self.streams:
+            self.configs[stage2_key(p)] = self._derive(self._stage2_sets(
+                self.layout.stage2(p), self.parscale(p).model_dump(mode="json"), self.layout.init(p)))
         if self.stage2.dense_baseline:
             self.configs["dense"] = self._derive(self._stage2_sets(self.layout.dense, {"streams": 1},
                                                                    self.layout.consolidated))
         self.timings: dict[str, dict] = {}
 
+    def parscale(self, streams: int):
+        return self.stage2.parscale.model_copy(update={"streams": streams})
+
     # ------------------------------------------------------------------ configs
+
+    def _stage1_tokens(self) -> int:
+        """Tokens stage 1 trains on (whole steps), where stage 2's data begins."""
+        per_step = self.cfg.parallel.global_batch_size * self.cfg.packing.seq_len
+        return math.ceil(self.cfg.train.tokens / per_step) * per_step
 
     def _stage2_sets(self, out: Path, parscale: dict, init: Path) -> list[str]:
         sets = [f"run.output_dir={out}", f"parscale={json.dumps(parscale)}", f"train.tokens={self.stage2.tokens}",
+                f"train.skip_tokens={self._stage1_tokens()}",
                 f"train.init_from={init}", f"schedule={json.dumps(self.stage2.schedule.model_dump(mode='json'))}"]
         return sets + ([f"optimizer.lr={self.stage2.lr}"] if self.stage2.lr else [])
 
@@ -90,13 +107,16 @@ class MainJob:
         """(name, is_done, run) for each stage, in order."""
         stages = [("data prep", self._prep_done, self._prep),
                   ("stage 1: dense", lambda: self._trained("stage1"), lambda: self._train("stage1")),
-                  ("consolidate stage 1", self._consolidated, self._consolidate),
-                  (f"dense -> ParScale P={self.layout.streams}", self._converted, self._convert),
-                  (f"stage 2: ParScale P={self.layout.streams}", lambda: self._trained("stage2"),
-                   lambda: self._train("stage2"))]
+                  ("consolidate stage 1", self._consolidated, self._consolidate)]
+        for p in self.streams:
+            key = stage2_key(p)
+            stages += [(f"dense -> ParScale P={p}", lambda p=p: self._converted(p), lambda p=p: self._convert(p)),
+                       (f"stage 2: ParScale P={p}", lambda key=key: self._trained(key), lambda key=key: self._train(key))]
         if "dense" in self.configs:
             stages.append(("stage 2: dense control", lambda: self._trained("dense"), lambda: self._train("dense")))
-        stages += [("evaluation", self._evaluated, self._evaluate), ("report", lambda: False, self._report)]
+        stages.append(("evaluation", self._evaluated, self._evaluate))
+        if self.with_report:
+            stages.append(("report", lambda: False, self._report))
         return stages
 
     def run(self, console) -> Path:
@@ -154,19 +174,20 @@ class MainJob:
         result = consolidate(self.layout.stage1, self.layout.consolidated)
         print(result["verified"])
 
-    def _converted(self) -> bool:
-        meta, source = _portable_meta(self.layout.init), _portable_meta(self.layout.consolidated)
+    def _converted(self, streams: int) -> bool:
+        meta, source = _portable_meta(self.layout.init(streams)), _portable_meta(self.layout.consolidated)
         return (meta is not None and source is not None and meta.get("step") == source.get("step")
-                and meta["parscale"] == self.stage2.parscale.model_dump(mode="json"))
+                and meta["parscale"] == self.parscale(streams).model_dump(mode="json"))
 
-    def _convert(self) -> None:
+    def _convert(self, streams: int) -> None:
         from checkpoints_tools.to_parscale import convert
 
         if self.dry_run:
-            print(f"parscale convert to-parscale {self.layout.consolidated} {self.layout.init} "
-                  f"--streams {self.layout.streams}")
+            print(f"parscale convert to-parscale {self.layout.consolidated} {self.layout.init(streams)} "
+                  f"--streams {streams}")
             return
-        result = convert(self.layout.consolidated, self.layout.init, self.stage2.parscale, seed=self.cfg.run.seed)
+        result = convert(self.layout.consolidated, self.layout.init(streams), self.parscale(streams),
+                         seed=self.cfg.run.seed)
         print(result["verified"])
 
     def _finals(self) -> dict[str, Path]:

@@ -50,7 +50,9 @@ class Trainer:
         self.dp, self.gas = self.ctx.dp_size, par.grad_accum_steps(self.ctx.dp_size)
         self.tokens_per_step = par.global_batch_size * self.seq_len
         self.total_steps = max(1, math.ceil(cfg.train.tokens / self.tokens_per_step))
-        self.train_data = SplitStream(cfg, "train", self.total_steps * par.global_batch_size, cfg.run.seed)
+        self.skip_rows = cfg.train.skip_tokens // self.seq_len
+        self.train_data = SplitStream(cfg, "train", self.skip_rows + self.total_steps * par.global_batch_size,
+                                      cfg.run.seed)
         try:
             samples = cfg.eval.max_batches * par.micro_batch_size * self.dp
             self.val_data = SplitStream(cfg, "val", samples, cfg.run.seed + 1)
@@ -170,8 +172,8 @@ class Trainer:
         guard = par.zero_stage == 0 and par.precision == "fp32"  # ZeRO >= 1 and bf16 skip non-finite steps themselves
         guarded_skip = False
         for micro in range(self.gas):
-            start = micro_batch_start(self.step, micro, self.ctx.dp_rank, par.global_batch_size,
-                                      par.micro_batch_size, self.dp)
+            start = self.skip_rows + micro_batch_start(self.step, micro, self.ctx.dp_rank, par.global_batch_size,
+                                                       par.micro_batch_size, self.dp)
             batch = self._batch(self.train_data, start, par.micro_batch_size)
             out = self._forward(batch)
             self.engine.backward(out.loss)

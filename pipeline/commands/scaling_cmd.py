@@ -1,0 +1,47 @@
+"""``parscale scaling``: the parallel scaling experiment (several sizes x P = 1, 2, 4, 8, the fitted
+law, inference cost) from one config, on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .common import add_config_args, load_from_args
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..scaling.experiment import ScalingExperiment
+    from .run_cmd import stage_table
+
+    console = Console()
+    start = time.perf_counter()
+    exp = ScalingExperiment(load_from_args(args), args.config, args.overrides, dry_run=args.dry_run)
+    sizes = ", ".join(exp.jobs)
+    console.print(f"[bold]parscale scaling[/] {exp.cfg.run.name}: sizes {sizes} x P = {exp.streams}, outputs under "
+                  f"{exp.root}")
+    report = exp.run(console)
+    for name, job in exp.jobs.items():
+        console.print(stage_table(f"size {name}: stages", job.timings))
+    if args.dry_run:
+        console.print("dry run: nothing was trained or written")
+    else:
+        console.print(f"[bold]report:[/] {report}  (plot: {report.parent / 'scaling.png'}); "
+                      f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "scaling", help="the scaling experiment: sizes x P = 1, 2, 4, 8, fitted law, inference cost, report",
+        description="For each size in the config's 'scaling' section: data prep (shared), stage 1 dense, "
+                    "consolidate, dense-to-ParScale and stage 2 at every P > 1 plus the dense model continued for "
+                    "the same tokens (P = 1), evaluation on the same batches. Then fit L = E + (A / (N (k ln P + "
+                    "1)))^alpha (Huber on log L), measure decoding memory and latency against dense models of equal "
+                    "predicted loss, and write report/scaling.md with plots under run.output_dir. Finished stages "
+                    "are skipped on a rerun.",
+    )
+    add_config_args(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print each stage's launch command instead of running it")
+    parser.set_defaults(func=_run)

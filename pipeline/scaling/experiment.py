@@ -1,0 +1,97 @@
+"""``parscale scaling``: for each model size, the main job (prep, stage 1 dense, consolidate, then
+stage 2 at every P > 1 and the dense model continued for the same tokens as P = 1, evaluation on
+the same validation batches), then the scaling-law fit, the inference-cost comparison and a report.
+Each size lives in ``run.output_dir/<size>/`` and skips what it already finished."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from ..config import LoadedConfig, load_config
+from ..job.stages import MainJob, stage2_key
+from .law import PAPER_K, LawFit, Point, fit_law
+
+
+class ScalingExperiment:
+    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False):
+        loaded.require("scaling", "run", "model", "train", "stage2", "scaling")
+        self.loaded, self.cfg = loaded, loaded.config
+        self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
+        self.root = Path(self.cfg.run.output_dir)
+        self.report_dir = self.root / "report"
+        self.streams = self.cfg.scaling.streams
+        self.jobs: dict[str, MainJob] = {}
+        for size in self.cfg.scaling.sizes:
+            sets = [*self.overrides, f"run.output_dir={self.root / size.name}", f"run.name={self.cfg.run.name}-{size.name}",
+                    "stage2.dense_baseline=true", *(f"model.{k}={v}" for k, v in size.model_overrides().items())]
+            self.jobs[size.name] = MainJob(load_config(config_path, sets), config_path, sets, dry_run,
+                                           streams=[p for p in self.streams if p > 1], report=False)
+
+    def run(self, console) -> Path:
+        for name, job in self.jobs.items():
+            console.rule(f"[bold]size {name}[/]: {_shape(job)}")
+            job.run(console)
+        report = self.report_dir / "scaling.md"
+        if self.dry_run:
+            return report
+        console.rule("scaling law fit, inference cost, report")
+        from .report import write_report
+
+        return write_report(self, console)
+
+    # ------------------------------------------------------------------ results
+
+    def results(self) -> list[dict]:
+        """One row per (size, P): N, val loss; P=1 is the dense model continued for the same tokens."""
+        from ..model.counting import parameter_counts
+
+        rows = []
+        for name, job in self.jobs.items():
+            evals = json.loads(job.layout.eval.read_text())
+            n = parameter_counts(job.cfg.model, job.parscale(1), 1).non_embedding
+            for p in self.streams:
+                result = evals["dense" if p == 1 else stage2_key(p)]
+                rows.append({"size": name, "params": n, "streams": p, "val_loss": result["val_loss"],
+                             "tokens_seen": result["tokens_seen"], "stage1_val_loss": evals["stage1"]["val_loss"]})
+        return rows
+
+    def fits(self, rows: list[dict]) -> dict[str, LawFit]:
+        points = [Point(r["params"], r["streams"], r["val_loss"]) for r in rows]
+        delta = self.cfg.scaling.huber_delta
+        return {"free": fit_law(points, delta), "paper_k": fit_law(points, delta, fixed_k=PAPER_K)}
+
+    def inference(self, k_values: list[float]) -> list[dict]:
+        """Decode cost of the largest size at each P against its dense equivalent, per k."""
+        from .inference_cost import compare
+
+        job = max(self.jobs.values(), key=lambda j: j.cfg.model.hidden_size * j.cfg.model.num_layers)
+        vocab = json.loads((job.layout.stage1 / "portable" / "config.json").read_text())["vocab_size"]
+        inf = self.cfg.scaling.inference
+        rows = []
+        for k in k_values:
+            for c in compare(job.cfg.model, job.stage2.parscale, vocab, self.streams, k, inf.batch_sizes,
+                             inf.prompt_len, inf.new_tokens, inf.repeats):
+                rows.append(c.as_dict())
+        return rows
+
+
+def _shape(job: MainJob) -> str:
+    m = job.cfg.model
+    return f"{m.num_layers} layers x {m.hidden_size} hidden, FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads"
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({cpu})"
+    return f"{device}, {torch.get_num_threads()} torch threads, fp32, torch {torch.__version__}"
