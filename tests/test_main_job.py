@@ -57,6 +57,11 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     assert again.stdout.count("skip") >= 7 and "torch.distributed.run" not in again.stdout
     assert report.exists()
 
+    finished = (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes()
+    changed = run_cli("run", str(config), "--set", "stage2.parscale.prefix_len=3", timeout=600)
+    assert changed.returncode == 2 and f"{job / 'stage2-p2'} holds a run of another model" in changed.stderr
+    assert (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes() == finished
+
 
 def test_dry_run_prints_each_stage_and_writes_nothing(tmp_path):
     config = _job(tmp_path)

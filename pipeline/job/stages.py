@@ -148,7 +148,14 @@ class MainJob:
 
     def _trained(self, key: str) -> bool:
         meta = self._final(key)
-        return meta is not None and meta.get("tokens_seen", 0) >= self.configs[key].config.train.tokens
+        cfg = self.configs[key].config
+        if meta is not None and (meta.get("model"), meta.get("parscale")) != (
+                cfg.model.model_dump(mode="json") | {"vocab_size": meta["model"].get("vocab_size")},
+                cfg.parscale.model_dump(mode="json")):
+            out = cfg.run.output_dir
+            raise JobError(f"{out} holds a run of another model or ParScale setting than this config asks for; "
+                           f"move or delete {out}, or set another run.output_dir (nothing was changed)")
+        return meta is not None and meta.get("tokens_seen", 0) >= cfg.train.tokens
 
     def _train(self, key: str) -> None:
         from ..distributed.launcher import TorchrunLaunch

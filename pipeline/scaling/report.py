@@ -158,7 +158,7 @@ def write_report(exp, console) -> Path:
              "", *_fit_table(fits), "", "![loss vs N and P with the fitted law](scaling.png)", "",
              "## Inference cost: P streams vs the dense model of equal predicted loss", "",
              f"Decoding {cfg.scaling.inference.new_tokens} tokens after a {cfg.scaling.inference.prompt_len}-token prompt "
-             "with the largest size; memory = weights + KV cache (exact bytes); ratios = the dense model's increase "
+             f"with the largest size (N = {max(r['params'] for r in rows):,} non-embedding parameters); memory = weights + KV cache (exact bytes); ratios = the dense model's increase "
              "over P=1 divided by ParScale's (> 1: ParScale cheaper), the paper's measure. Dense equivalents use "
              f"N (k ln P + 1) with the paper's k and, where it is usable, ours. Measured on: {hardware()}. "
              f"Paper: {PAPER['memory']:.0f}x less memory increase, {PAPER['latency']:.0f}x less latency increase "
