@@ -58,8 +58,9 @@ def test_stream_weights_are_smoothed_distributions_and_streams_differ(init):
     # the streams' final hidden states differ (they only differ through their prefixes)
     hidden = {}
     model.model.norm.register_forward_hook(lambda m, i, o: hidden.setdefault("h", o))
-    model(ids())
-    per_stream = hidden["h"].view(p, 2, 24, -1)
+    per_stream = model(ids(), return_stream_states=True).stream_states
+    assert per_stream.shape == (p, 2, 24, CFG.hidden_size) and out.stream_states is None
+    torch.testing.assert_close(per_stream, hidden["h"].view(p, 2, 24, -1), rtol=0, atol=0)
     for a in range(p):
         for b in range(a + 1, p):
             assert (per_stream[a] - per_stream[b]).abs().max() > 1e-4

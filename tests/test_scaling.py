@@ -109,6 +109,8 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     assert sorted((r["size"], r["streams"]) for r in results["rows"]) == [(s, p) for s in "abc" for p in (1, 2, 4)]
     assert len({r["params"] for r in results["rows"]}) == 3
     assert all(r["tokens_seen"] == 2 * 4 * 32 for r in results["rows"])
+    assert all((r["stream_spread"] is None) == (r["streams"] == 1) for r in results["rows"])
+    assert all(r["stream_spread"] > 0 for r in results["rows"] if r["streams"] > 1)
     free = results["fits"]["free"]
     assert free["k"] >= 0 and math.isfinite(free["E"]) and results["fits"]["paper_k"]["k"] == PAPER_K
     assert {(r["batch"], r["streams"]) for r in results["inference"] if r["k"] == PAPER_K} == {

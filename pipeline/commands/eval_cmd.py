@@ -31,6 +31,7 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
     except ValueError:
         raise loaded.error("data.val_fraction", f"{data_dir} has no validation rows to evaluate on") from None
     total, tokens = 0.0, 0
+    spread = torch.zeros(2, dtype=torch.float64)  # streams' squared deviation from their mean, and its norm
     with single_process(seed=cfg.run.seed):
         model, meta = load_portable(checkpoint)
         model.eval()
@@ -39,12 +40,17 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
                 batch = collate(stream.rows(b * micro, micro), manifest["seq_len"], max(manifest["tokenizer"]["pad_id"], 0),
                                 model.config.document_attention)
                 out = model(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
-                            segment_ids=batch.segment_ids)
+                            segment_ids=batch.segment_ids, return_stream_states=model.streams > 1)
                 total += out.loss.item() * batch.tokens
                 tokens += batch.tokens
+                if out.stream_states is not None:
+                    mean = out.stream_states.mean(0, keepdim=True)
+                    spread += torch.stack([(out.stream_states - mean).pow(2).sum(), mean.pow(2).sum() * model.streams])
     loss = total / max(tokens, 1)
     return {"checkpoint": str(checkpoint), "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "tokens": tokens,
-            "streams": meta["parscale"]["streams"], "tokens_seen": meta.get("tokens_seen")}
+            "streams": meta["parscale"]["streams"], "tokens_seen": meta.get("tokens_seen"),
+            # RMS distance of a stream's final states from the streams' mean, relative to the mean (0: identical)
+            "stream_spread": math.sqrt(spread[0] / spread[1]) if spread[1] > 0 else None}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ class LMOutput:
     # megatron's vocab-parallel cross entropy works in place on them)
     loss: torch.Tensor | None = None  # mean over unmasked tokens
     stream_weights: torch.Tensor | None = None  # [B, T, P] aggregation weights (ParScale only)
+    stream_states: torch.Tensor | None = None  # [P, B, T, H] final-norm states before the merge (on request)
 
 
 def _normal(std: float):
@@ -104,9 +105,11 @@ class ParScaleLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache=None, key_valid: torch.Tensor | None = None) -> LMOutput:
+                position_ids: torch.Tensor | None = None, cache=None, key_valid: torch.Tensor | None = None,
+                return_stream_states: bool = False) -> LMOutput:
         """``input_ids`` [B, T]; ``labels`` [B, T] already shifted; ``segment_ids`` [B, T] document ids
-        in a packed row; ``cache``/``key_valid`` [B, cached + T] for incremental decoding."""
+        in a packed row; ``cache``/``key_valid`` [B, cached + T] for incremental decoding;
+        ``return_stream_states``: also return each stream's final states (diagnostics)."""
         b, t = input_ids.shape
         positions, mask = self._positions_and_mask(input_ids, segment_ids, position_ids, cache, key_valid)
         x = self.model.embed_tokens(input_ids)
@@ -124,6 +127,7 @@ class ParScaleLM(nn.Module):
             cache.advance(t)
         x = self.model.norm(x)
         weights = None
+        states = x.view(p, b, *x.shape[1:]).detach() if return_stream_states else None
         if p > 1:
             x, weights = aggregate(self.model.aggregate_layer, x, p, self.parscale.eps)
         weight = self.model.embed_tokens.weight if self.config.tie_embeddings else None
@@ -138,7 +142,7 @@ class ParScaleLM(nn.Module):
             else:
                 loss_mask = loss_mask.to(per_token.dtype)
                 loss = (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1)
-        return LMOutput(logits, loss, weights)
+        return LMOutput(logits, loss, weights, states)
 
     def _mask_vocab_padding(self, logits: torch.Tensor) -> torch.Tensor:
         """Padding rows of the vocabulary never get probability: their weights are then irrelevant,

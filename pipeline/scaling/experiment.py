@@ -54,7 +54,8 @@ class ScalingExperiment:
             for p in self.streams:
                 result = evals["dense" if p == 1 else stage2_key(p)]
                 rows.append({"size": name, "params": n, "streams": p, "val_loss": result["val_loss"],
-                             "tokens_seen": result["tokens_seen"], "stage1_val_loss": evals["stage1"]["val_loss"]})
+                             "tokens_seen": result["tokens_seen"], "stage1_val_loss": evals["stage1"]["val_loss"],
+                             "stream_spread": result.get("stream_spread")})
         return rows
 
     def fits(self, rows: list[dict]) -> dict[str, LawFit]:

@@ -12,6 +12,7 @@ from ..utils.fs import atomic_write_text
 from .inference_cost import PAPER
 from .law import PAPER_K, LawFit
 
+NOISE = 0.1  # latency increases under 10% of the P=1 latency are within this CPU's run-to-run noise
 K_MIN_FOR_COST = 0.01  # below it the "dense equivalent" is the model itself and the ratios mean nothing
 
 
@@ -64,6 +65,15 @@ def _loss_table(exp, rows: list[dict]) -> list[str]:
     return lines
 
 
+def _spread_table(exp, rows: list[dict]) -> list[str]:
+    streams = [p for p in exp.streams if p > 1]
+    lines = ["| size | " + " | ".join(f"P={p}" for p in streams) + " |", "|" + "---|" * (1 + len(streams))]
+    for name in exp.jobs:
+        mine = {r["streams"]: r.get("stream_spread") for r in rows if r["size"] == name}
+        lines.append(f"| {name} | " + " | ".join("n/a" if mine[p] is None else f"{mine[p]:.4f}" for p in streams) + " |")
+    return lines
+
+
 def _fit_table(fits: dict[str, LawFit]) -> list[str]:
     free, fixed = fits["free"], fits["paper_k"]
     rows = [("E", f"{free.E:.4f}", f"{fixed.E:.4f}", "(other data, tokenizer and scale)"),
@@ -85,6 +95,9 @@ def _inference_table(inference: list[dict]) -> list[str]:
     for r in inference:
         mib = 2**20
         lat = f"{r['latency_ratio']:.2f}x" if math.isfinite(r["latency_ratio"]) else "n/a (no ParScale increase)"
+        base = r["base"]["seconds_per_token"]
+        if min(abs(r[k]["seconds_per_token"] - base) for k in ("parscale", "dense")) < NOISE * base:
+            lat += " (an increase within timing noise)"
         lines.append(f"| {r['k']:.3f} | {r['batch']} | {r['streams']} | {r['parscale']['seconds_per_token'] * 1e3:.2f} | "
                      f"{r['parscale']['bytes'] / mib:.2f} | {r['dense_params']:,} ({r['dense_shape']}) | "
                      f"{r['dense']['seconds_per_token'] * 1e3:.2f} | {r['dense']['bytes'] / mib:.2f} | "
@@ -110,6 +123,12 @@ def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[di
         deltas[name] = (best, mine[best] - mine[1])
     out.append("- Best ParScale run against P=1 at equal stage-2 tokens (negative: ParScale lower): "
                + ", ".join(f"{name} P={p} {d:+.4f}" for name, (p, d) in deltas.items()) + " nats.")
+    top = max(exp.streams)
+    spreads = {r["size"]: r.get("stream_spread") for r in rows if r["streams"] == top}
+    if all(v is not None for v in spreads.values()):
+        out.append(f"- The P={top} streams stay this far apart (relative RMS, see above): "
+                   + ", ".join(f"{name} {v:.3f}" for name, v in spreads.items())
+                   + "; the closer to 0, the less the extra streams can add over one.")
     free, fixed = fits["free"], fits["paper_k"]
     verdict = ("close to" if abs(free.k - PAPER_K) <= 0.1 else "below" if free.k < PAPER_K else "above")
     out.append(f"- Fitted k = {free.k:.3f}, {verdict} the paper's {PAPER_K}: P=8 is worth "
@@ -153,6 +172,9 @@ def write_report(exp, console) -> Path:
                f"prefix length {s2.parscale.prefix_len}). Validation loss on the same batches for every run "
                f"({cfg.eval.max_batches} batches).", "",
              "## Validation loss (difference to P=1 in brackets)", "", *_loss_table(exp, rows), "",
+             "How different the streams are: RMS distance of each stream's final hidden states (after the "
+             "last norm, before the merge) from the streams' mean, relative to the mean, on the validation "
+             "batches (0 = identical streams, which makes P streams worth one).", "", *_spread_table(exp, rows), "",
              "## Fitted law: L = E + (A / (N (k ln P + 1)))^alpha", "",
              f"Huber loss (delta {cfg.scaling.huber_delta:g}) on log L, L-BFGS from a grid of starts, as the paper did.",
              "", *_fit_table(fits), "", "![loss vs N and P with the fitted law](scaling.png)", "",
