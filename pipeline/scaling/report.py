@@ -40,6 +40,7 @@ def plot(rows: list[dict], fit: LawFit, path: Path) -> Path:
         by_p.plot(p_grid, [fit.predict(n, p) for p in p_grid], "-", color=line.get_color(), linewidth=1)
     by_p.set(xscale="log", xlabel="parallel streams P", ylabel="validation loss", title="loss vs P per size")
     by_p.set_xticks(streams, [str(p) for p in streams])
+    by_p.minorticks_off()
     for ax in (by_n, by_p):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
