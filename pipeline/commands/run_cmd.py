@@ -21,6 +21,14 @@ def stage_table(title: str, timings: dict[str, dict]):
     return table
 
 
+def print_outcome(console, dry_run: bool, report, plot: str, start: float) -> None:
+    if dry_run:
+        console.print("dry run: nothing was trained or written")
+    else:
+        console.print(f"[bold]report:[/] {report}  (plot: {report.parent / plot}); "
+                      f"total {time.perf_counter() - start:.0f} s")
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -33,11 +41,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"outputs under {job.layout.root}")
     report = job.run(console)
     console.print(stage_table(f"{job.cfg.run.name}: stages", job.timings))
-    if args.dry_run:
-        console.print("dry run: nothing was trained or written")
-    else:
-        console.print(f"[bold]report:[/] {report}  (plot: {report.parent / 'loss.png'}); "
-                      f"total {time.perf_counter() - start:.0f} s")
+    print_outcome(console, args.dry_run, report, "loss.png", start)
     return 0
 
 

@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..scaling.experiment import ScalingExperiment
-    from .run_cmd import stage_table
+    from .run_cmd import print_outcome, stage_table
 
     console = Console()
     start = time.perf_counter()
@@ -24,11 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     report = exp.run(console)
     for name, job in exp.jobs.items():
         console.print(stage_table(f"size {name}: stages", job.timings))
-    if args.dry_run:
-        console.print("dry run: nothing was trained or written")
-    else:
-        console.print(f"[bold]report:[/] {report}  (plot: {report.parent / 'scaling.png'}); "
-                      f"total {time.perf_counter() - start:.0f} s")
+    print_outcome(console, args.dry_run, report, "scaling.png", start)
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..utils.fs import atomic_write_text
+from ..utils.plots import save, two_panels
 from .stages import stage2_key
 
 LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control"}
@@ -40,12 +41,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (whole, zoom) = two_panels()
     for key, (train, val) in curves.items():
         shift = 0 if key == "stage1" else offset
         xs, ys = [t + shift for t, _ in train], [v for _, v in train]
@@ -58,14 +54,7 @@ def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
     whole.axvline(offset, color="grey", linestyle=":", linewidth=1)
     whole.set(xlabel="tokens", ylabel="loss", title="both stages (train: moving average of 10 steps)")
     zoom.set(xlabel="stage-2 tokens", ylabel="loss", title="stage 2: ParScale vs dense at equal tokens")
-    for ax in (whole, zoom):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, (whole, zoom), path)
 
 
 def write_report(job) -> Path:

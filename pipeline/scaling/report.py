@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from ..utils.fs import atomic_write_text
+from ..utils.plots import save, two_panels
 from .inference_cost import PAPER
 from .law import PAPER_K, LawFit
 
@@ -17,14 +18,9 @@ K_MIN_FOR_COST = 0.01  # below it the "dense equivalent" is the model itself and
 
 
 def plot(rows: list[dict], fit: LawFit, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     streams = sorted({r["streams"] for r in rows})
     sizes = sorted({(r["params"], r["size"]) for r in rows})
-    fig, (by_n, by_p) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (by_n, by_p) = two_panels()
     lo, hi = sizes[0][0] / 1.3, sizes[-1][0] * 1.3
     grid = [lo * (hi / lo) ** (i / 60) for i in range(61)]
     for p in streams:
@@ -41,14 +37,7 @@ def plot(rows: list[dict], fit: LawFit, path: Path) -> Path:
     by_p.set(xscale="log", xlabel="parallel streams P", ylabel="validation loss", title="loss vs P per size")
     by_p.set_xticks(streams, [str(p) for p in streams])
     by_p.minorticks_off()
-    for ax in (by_n, by_p):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, (by_n, by_p), path)
 
 
 def _loss_table(exp, rows: list[dict]) -> list[str]:
