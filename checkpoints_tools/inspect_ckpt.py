@@ -38,7 +38,7 @@ def _counts(model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
 
 
 def _trainer_config(ck: TrainerCheckpoint) -> dict:
-    return {"model": ck.model.model_dump(mode="json"), "parscale": ck.parscale.model_dump(mode="json"),
+    return {"model": ck.model.identity(), "parscale": ck.parscale.model_dump(mode="json"),
             "vocab_size": ck.vocab}
 
 

@@ -24,7 +24,7 @@ STAGE1 = str(CONFIGS / "stage1_dense.yaml")  # TP=2, data_parallel_size unset: e
 
 def test_scripts_pass_shellcheck():
     shellcheck = Path(sys.executable).parent / "shellcheck"
-    files = [str(LAUNCH / s) for s in SCRIPTS] + [str(LAUNCH / "lib.sh")]
+    files = [str(LAUNCH / s) for s in SCRIPTS] + [str(LAUNCH / "lib.sh"), str(LAUNCH / "gpu_wheels.sh")]
     proc = subprocess.run([str(shellcheck), "-x", "--severity=style", *files], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -37,6 +37,21 @@ def test_every_script_explains_itself(script):
     assert "#SBATCH" not in proc.stdout and "shellcheck" not in proc.stdout
     bare = run_script(script)
     assert bare.returncode == 2 and "CONFIG" in bare.stderr
+
+
+def test_gpu_wheels_dry_run_downloads_the_pinned_training_packages_for_the_target_python(tmp_path):
+    assert "DRY_RUN=1" in run_script("gpu_wheels.sh", "--help").stdout
+    assert run_script("gpu_wheels.sh").returncode == 2
+    proc = run_script("gpu_wheels.sh", str(tmp_path / "w"), "3.12", env=clean_env(DRY_RUN="1"))
+    assert proc.returncode == 0, proc.stderr
+    download, wheel = (words(line) for line in proc.stdout.splitlines())
+    assert download[1:4] == ["-m", "pip", "download"] and "--no-deps" in download
+    assert download[download.index("--python-version") + 1] == "3.12"
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    for name in ("megatron-core", "pydantic", "pydantic_core", "hjson", "einops"):
+        assert f"{name}=={pins[name]}" in download
+    assert wheel[1:4] == ["-m", "pip", "wheel"] and wheel[-1] == f"deepspeed=={pins['deepspeed']}"
+    assert not (tmp_path / "w").exists()
 
 
 def test_hostlist_expands_like_scontrol():

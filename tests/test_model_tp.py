@@ -1,5 +1,6 @@
 """Tensor parallelism: the model at TP=2 and TP=4 (processes under torchrun) gives the same logits,
-loss and (gathered) gradients as at TP=1, dense and ParScale (both prefix parameterisations)."""
+loss and (gathered) gradients as at TP=1, dense and ParScale (both prefix parameterisations, prefix
+lengths 1, 3 and 16); at every TP, FlexAttention's logits equal the SDPA path's."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ WORKER = str(REPO / "tests" / "workers" / "tp_model.py")
 
 VARIANTS = {
     "dense": {"streams": 1},
-    "parscale-normal": {"streams": 4, "prefix_len": 5},
+    "parscale-normal": {"streams": 4, "prefix_len": 16},
+    "parscale-prefix1": {"streams": 4, "prefix_len": 1},
     "parscale-mlp": {"streams": 2, "prefix_len": 3, "prefix_init": "mlp", "prefix_mlp_hidden": 16},
 }
 
@@ -64,3 +66,11 @@ def test_tp_equals_tp1(results, variant, tp):
     for name, grad in one["grads"].items():
         assert two["grads"][name].shape == grad.shape, name
         torch.testing.assert_close(two["grads"][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_flex_attention_equals_sdpa_at_every_tp(results, variant, tp):
+    got = results[tp][variant]
+    torch.testing.assert_close(got["flex_logits"], got["logits"], atol=1e-5, rtol=0)

@@ -50,7 +50,7 @@ def save_portable_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, 
     save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
-        "model": model_cfg.model_dump(mode="json"),
+        "model": model_cfg.identity(),
         "parscale": parscale_cfg.model_dump(mode="json"),
         "vocab_size": vocab_size,
         **(meta or {}),

@@ -6,9 +6,9 @@ parameters missing from a dense state dict keep their fresh initialisation (dens
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from ..errors import JobError
+from ..utils.collectives import all_gather_cat
 
 VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 
@@ -27,9 +27,7 @@ def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     for name, param in model.named_parameters():
         data = param.detach().contiguous()
         if size > 1 and getattr(param, "tensor_model_parallel", False):
-            parts = [torch.empty_like(data) for _ in range(size)]
-            dist.all_gather(parts, data, group=group)
-            data = torch.cat(parts, dim=param.partition_dim)
+            data = all_gather_cat(data, param.partition_dim, group)
         state[name] = data.cpu().clone()
     return state
 

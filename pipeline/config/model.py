@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -27,6 +27,17 @@ class ModelConfig(StrictModel):
     norm_eps: float = Field(1e-6, gt=0)
     init_std: float = Field(0.02, gt=0)
     document_attention: bool = Field(True, description="Reset positions and mask attention per document.")
+    attention_backend: Literal["auto", "sdpa", "flex"] = Field(
+        "auto", description="Attention kernel for packed/prefixed training batches: 'flex' = FlexAttention with a "
+                            "block mask (CUDA; no CPU backward), 'sdpa' = scaled_dot_product_attention with a dense "
+                            "mask, 'auto' = flex on CUDA, sdpa elsewhere. Not part of the model's identity.")
+
+    #: fields that choose how the model runs, not what it is: left out of checkpoints and comparisons
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"attention_backend"})
+
+    def identity(self) -> dict:
+        """The model's shape as checkpoints record and compare it (runtime choices left out)."""
+        return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
 
     @model_validator(mode="after")
     def _heads(self) -> "ModelConfig":

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..config.loader import LoadedConfig
+from ..utils import collectives
 from . import runtime
 from .seeding import seed_everything
 
@@ -103,6 +104,7 @@ def _start_groups(tp: int, backend: str, rank: int, world_size: int, local_rank:
             tensor_model_parallel_size=tp, distributed_timeout_minutes=timeout_minutes,
             create_gloo_process_groups=backend != "gloo",
         )
+    collectives.start_host_group()
     return device
 
 
@@ -157,6 +159,7 @@ def destroy_distributed() -> None:
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    collectives.stop_host_group()
     if dist.is_initialized():
         dist.destroy_process_group()
     import deepspeed.comm.comm as ds_comm

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import ConfigError, load_config
+from ..utils import collectives
 from ..utils.fs import atomic_write_text
 from .bootstrap import ParallelContext, destroy_distributed, init_distributed
 from .mpu import MegatronMPU
@@ -24,9 +25,7 @@ TOPOLOGY_NAME = "topology.json"
 
 
 def _group_sum(value: float, group) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, group=group)
-    return float(t.item())
+    return float(collectives.all_reduce(torch.tensor([value], dtype=torch.float64), "sum", group).item())
 
 
 def _check_groups(ctx: ParallelContext) -> dict:
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_deepspeed:
             record["deepspeed_zero_stage"] = loaded.config.parallel.zero_stage
             record["deepspeed_loss"] = _deepspeed_step(ctx, loaded.config.parallel.zero_stage, loaded.config.run.seed)
-        records = [None] * ctx.world_size
-        dist.all_gather_object(records, record)
+        records = collectives.all_gather_object(record)
         ok = not any(r["problems"] for r in records)
         if ctx.is_main:
             summary = {"ok": ok, "world_size": ctx.world_size, "tp_size": ctx.tp_size, "dp_size": ctx.dp_size,

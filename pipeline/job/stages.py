@@ -150,7 +150,7 @@ class MainJob:
         meta = self._final(key)
         cfg = self.configs[key].config
         if meta is not None and (meta.get("model"), meta.get("parscale")) != (
-                cfg.model.model_dump(mode="json") | {"vocab_size": meta["model"].get("vocab_size")},
+                cfg.model.identity() | {"vocab_size": meta["model"].get("vocab_size")},
                 cfg.parscale.model_dump(mode="json")):
             out = cfg.run.output_dir
             raise JobError(f"{out} holds a run of another model or ParScale setting than this config asks for; "

@@ -1,6 +1,7 @@
 """Grouped-query self-attention on megatron-core TP linears (heads split across ranks), RoPE,
-optional ParScale prefix keys/values, a KV cache for decoding, and
-``scaled_dot_product_attention``."""
+optional ParScale prefix keys/values, a KV cache for decoding, and either
+``scaled_dot_product_attention`` (a boolean mask, or ``is_causal``) or FlexAttention (a
+``BlockMask``, see ``flex.py``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from megatron.core import ModelParallelConfig, tensor_parallel
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from ..config.model import ModelConfig, ParScaleConfig
+from .flex import attend
 from .prefix import StreamPrefix
 from .rope import apply_rotary
 
@@ -44,7 +47,8 @@ class Attention(nn.Module):
         return k.repeat_interleave(batch, dim=0), v.repeat_interleave(batch, dim=0)
 
     def forward(self, x, cos, sin, mask, cache=None, layer: int = 0, batch: int = 1):
-        """x [P*B, T, h]; mask bool [P*B, 1, T, keys] or None (plain causal); ``cache`` a KVCache."""
+        """x [P*B, T, h]; mask: bool [P*B, 1, T, keys], a BlockMask (FlexAttention, prefix after the
+        tokens) or None (plain causal); ``cache`` a KVCache."""
         q, _ = self.q_proj(x)
         k, _ = self.k_proj(x)
         v, _ = self.v_proj(x)
@@ -54,8 +58,14 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(layer, k, v)  # prefix (if any) already at the front of the cache
         elif self.prefix is not None:
-            pk, pv = self.prefix_kv(batch)
-            k, v = torch.cat([pk.to(k.dtype), k], dim=2), torch.cat([pv.to(v.dtype), v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+            pk, pv = (t.to(k.dtype) for t in self.prefix_kv(batch))
+            if isinstance(mask, BlockMask):
+                k, v = torch.cat([k, pk], dim=2), torch.cat([v, pv], dim=2)
+            else:
+                k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        if isinstance(mask, BlockMask):
+            out = attend(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         out, _ = self.o_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
         return out

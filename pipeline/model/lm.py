@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config.model import ModelConfig, ParScaleConfig
 from .aggregator import aggregate, build_aggregate_layer
 from .block import DecoderLayer
+from .flex import document_block_mask, use_flex
 from .masks import attention_mask, positions_from_segments
 from .norm import RMSNorm
 from .rope import Rotary
@@ -76,6 +77,7 @@ class ParScaleLM(nn.Module):
         self.streams = ps.streams
         self.prefix_len = ps.prefix_len if ps.streams > 1 else 0
         self.activation_checkpointing = activation_checkpointing
+        self.attention_backend = cfg.attention_backend  # "auto" | "sdpa" | "flex" (a runtime choice)
         mp = ModelParallelConfig(tensor_model_parallel_size=tp_size, use_cpu_initialization=True,
                                  params_dtype=params_dtype, perform_initialization=True)
         self.model = Backbone(cfg, ps, mp, self.padded_vocab_size, tp_rank, tp_size)
@@ -97,6 +99,9 @@ class ParScaleLM(nn.Module):
                 position_ids = (past + torch.arange(t, device=device)).expand(b, t)
         if cache is None and segment_ids is None and key_valid is None and not self.prefix_len:
             return position_ids, None  # plain causal: SDPA's fused path
+        if cache is None and key_valid is None and use_flex(self.attention_backend, device):
+            # one block mask for the batch, every layer and every stream
+            return position_ids, document_block_mask(segment_ids, b, t, self.prefix_len, self.streams, device)
         query = (past + torch.arange(t, device=device)).expand(b, t)
         keys = torch.arange(past + t, device=device).expand(b, past + t)
         mask = attention_mask(query, keys, query_segments=segment_ids, key_segments=segment_ids,
@@ -117,7 +122,8 @@ class ParScaleLM(nn.Module):
         p = self.streams
         if p > 1:
             x, cos, sin = x.repeat(p, 1, 1), cos.repeat(p, 1, 1), sin.repeat(p, 1, 1)
-            mask = mask.repeat(p, 1, 1, 1)
+            if isinstance(mask, torch.Tensor):  # the dense SDPA mask (CPU path); a BlockMask covers the streams
+                mask = mask.repeat(p, 1, 1, 1)
         for i, layer in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and cache is None:
                 x = checkpoint(layer, x, cos, sin, mask, None, i, b, use_reentrant=False)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
+
+from ..utils.collectives import all_gather_cat
 
 
 def _tp():
@@ -17,9 +18,7 @@ def gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     group, size = _tp()
     if size == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.detach().contiguous(), group=group)
-    return torch.cat(parts, dim=-1)
+    return all_gather_cat(x, -1, group)
 
 
 class _ScatterLastDim(torch.autograd.Function):

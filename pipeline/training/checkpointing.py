@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import JobError
+from ..utils.collectives import barrier
 from ..utils.fs import atomic_write_text
 
 LATEST, COMPLETE, STATE, RESHARDED = "latest", "COMPLETE", "trainer_state.json", "resharded.json"
@@ -60,7 +61,7 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
     tag = tag_for(step)
     engine.save_checkpoint(str(directory), tag=tag, client_state={"trainer": {**state, "rng": rng_state()}},
                            save_latest=False)
-    dist.barrier()
+    barrier()
     if dist.get_rank() == 0:
         folder = directory / tag
         atomic_write_text(folder / STATE, json.dumps(state, indent=2))
@@ -69,7 +70,7 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
         atomic_write_text(directory / LATEST, tag)
         for old in complete_tags(directory)[:-keep_last]:
             shutil.rmtree(directory / old, ignore_errors=True)
-    dist.barrier()
+    barrier()
     return directory / tag
 
 

@@ -8,13 +8,14 @@ import contextlib
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..config import LoadedConfig, dump_resolved, write_resolved
 from ..errors import JobError
+from ..utils import collectives
 from . import checkpointing as ckpt
 from .engine import build_engine, set_lr
 from .metrics import MetricsSink, format_seconds
@@ -22,6 +23,18 @@ from .optim import apply_trainable
 from .schedule import WSD
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass
+class StepOutcome:
+    """One optimizer step, kept on the device until a logging or checkpoint step reads it."""
+
+    step: int
+    lr: float
+    loss: torch.Tensor  # this rank's mean loss over its micro-batches (device, fp32)
+    applied: bool  # DeepSpeed applied the update; after _resolve, also: the DP-mean loss was finite
+    stream_weights: torch.Tensor | None  # [P] mean aggregation weights over real tokens (device)
+    loss_value: float | None = None  # the DP-mean loss, set by _resolve
 
 
 class Trainer:
@@ -59,6 +72,7 @@ class Trainer:
         except ValueError:
             self.val_data = None
 
+        self.attention_backend = self._attention_backend()
         torch.manual_seed(cfg.run.seed)
         model = ParScaleLM(cfg.model, cfg.parscale, self.vocab, tp_rank=self.ctx.tp_rank, tp_size=self.ctx.tp_size,
                            activation_checkpointing=par.activation_checkpointing)
@@ -74,7 +88,10 @@ class Trainer:
         from ..model.counting import train_flops_per_token
 
         self.flops_per_token = train_flops_per_token(cfg.model, cfg.parscale, model.padded_vocab_size, self.seq_len)
-        self.step, self.skipped, self.nonfinite_in_a_row = 0, 0, 0
+        self.step, self.skipped, self.nonfinite_in_a_row, self._nonfinite_peak = 0, 0, 0, 0
+        self._pending: list[StepOutcome] = []  # steps whose losses are still on the device
+        self._last: StepOutcome | None = None
+        self._window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "step": 0}
         self.resumed_from = self._resume(resume_tag) if resume_tag else None
         self.sink = MetricsSink(cfg, enabled=self.ctx.is_main)
         self._stop_requested = False
@@ -86,18 +103,27 @@ class Trainer:
     def _identity(self) -> dict:
         cfg = self.cfg
         return {
-            "model": cfg.model.model_dump(mode="json"), "parscale.streams": cfg.parscale.streams,
+            "model": cfg.model.identity(), "parscale.streams": cfg.parscale.streams,
             "parscale.prefix_len": cfg.parscale.prefix_len, "parscale.prefix_init": cfg.parscale.prefix_init,
             "parscale.trainable": cfg.parscale.trainable, "parallel.tensor_parallel_size": cfg.parallel.tensor_parallel_size,
             "parallel.zero_stage": cfg.parallel.zero_stage, "vocab_size": self.vocab,
         }
+
+    def _attention_backend(self) -> str:
+        """The kernel masked training batches run on (checked before anything is built)."""
+        from ..model.flex import training_backend
+
+        try:
+            return training_backend(self.cfg.model.attention_backend, torch.device(self.ctx.device))
+        except ValueError as exc:
+            raise self.loaded.error("model.attention_backend", str(exc)) from None
 
     def _init_from(self, model, source: str) -> None:
         from ..checkpoint.portable import read_config, read_weights
         from ..checkpoint.sharding import load_full_state
 
         meta = read_config(source)
-        if meta["model"] != self.cfg.model.model_dump(mode="json") | {"vocab_size": meta["model"].get("vocab_size")}:
+        if meta["model"] != self.cfg.model.identity() | {"vocab_size": meta["model"].get("vocab_size")}:
             diffs = [k for k, v in meta["model"].items() if k != "vocab_size" and getattr(self.cfg.model, k) != v]
             if diffs:
                 raise self.loaded.error("train.init_from", f"{source} has a different model shape ({', '.join(diffs)})")
@@ -154,21 +180,23 @@ class Trainer:
                            segment_ids=batch.segment_ids)
 
     def _finite_grads(self) -> bool:
-        bad = torch.zeros(1)
-        for p in self.engine.module.parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                bad.fill_(1)
-                break
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return bad.item() == 0
+        """Whether every rank's gradients are finite: one device-side reduction and one host read."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        bad = torch.zeros(1, device=self.ctx.device)
+        if grads:
+            bad = (~torch.stack([torch.isfinite(g).all() for g in grads]).all()).float().reshape(1)
+        return collectives.all_reduce(bad, "max").item() == 0
 
-    def train_step(self) -> dict:
+    def train_step(self) -> StepOutcome:
+        """One optimizer step. Nothing here waits for the device (no ``.item()``): the loss stays a
+        device tensor until :meth:`_resolve` reads a whole logging window at once. The one
+        exception is ZeRO 0 in fp32, where DeepSpeed checks nothing and the non-finite guard must."""
         from ..data.loader import micro_batch_start
 
         par = self.cfg.parallel
         lr = self.schedule(self.step)
         set_lr(self.engine, lr)
-        losses, weights = [], []
+        losses, weights = [], None
         guard = par.zero_stage == 0 and par.precision == "fp32"  # ZeRO >= 1 and bf16 skip non-finite steps themselves
         guarded_skip = False
         for micro in range(self.gas):
@@ -187,22 +215,43 @@ class Trainer:
             losses.append(out.loss.detach().float())
             if out.stream_weights is not None:
                 mask = batch.loss_mask[..., None]
-                weights.append((out.stream_weights.detach() * mask).sum((0, 1)) / mask.sum().clamp(min=1))
-        loss = torch.stack(losses).mean().reshape(1)
-        dist.all_reduce(loss, group=self._dp_group())
-        loss = loss.item() / self.dp
-        applied = self.engine.was_step_applied() and not guarded_skip and math.isfinite(loss)
+                w = (out.stream_weights.detach() * mask).sum((0, 1)) / mask.sum().clamp(min=1)
+                weights = w if weights is None else weights + w
         self.step += 1
-        if applied:
-            self.nonfinite_in_a_row = 0
-        else:
-            self.skipped += 1
-            self.nonfinite_in_a_row += 1
+        outcome = StepOutcome(self.step, lr, torch.stack(losses).mean(), self.engine.was_step_applied() and not guarded_skip,
+                              None if weights is None else weights / self.gas)
+        self._pending.append(outcome)
+        return outcome
+
+    def _resolve(self) -> None:
+        """Read the pending steps' losses (one DP all-reduce, one host read) and count skipped steps:
+        a step counts as applied when DeepSpeed applied it and its DP-mean loss is finite."""
+        if not self._pending:
+            return
+        local = torch.stack([o.loss for o in self._pending])
+        values = (collectives.all_reduce(local, "sum", self._dp_group()) / self.dp).tolist()
+        for outcome, loss in zip(self._pending, values):
+            outcome.loss_value = loss
+            outcome.applied = outcome.applied and math.isfinite(loss)
+            if outcome.applied:
+                self.nonfinite_in_a_row = 0
+            else:
+                self.skipped += 1
+                self.nonfinite_in_a_row += 1
+                self._nonfinite_peak = max(self._nonfinite_peak, self.nonfinite_in_a_row)
+            if math.isfinite(loss):
+                self._window["loss"] += loss
+            self._window["n"] += 1
+        self._last = self._pending[-1]
+        self._pending = []
+
+    def _record(self, outcome: StepOutcome) -> dict:
         norm = self.engine.get_global_grad_norm()
-        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": float(norm) if norm is not None else None,
-                  "skipped": self.skipped, "applied": applied}
-        if weights:
-            mean = torch.stack(weights).mean(0)
+        record = {"step": outcome.step, "loss": outcome.loss_value, "lr": outcome.lr,
+                  "grad_norm": float(norm) if norm is not None else None, "skipped": self.skipped,
+                  "applied": outcome.applied}
+        if outcome.stream_weights is not None:
+            mean = outcome.stream_weights.float()
             record["stream_weights"] = mean.tolist()
             record["stream_entropy"] = float(-(mean * mean.clamp(min=1e-12).log()).sum())
         return record
@@ -219,19 +268,21 @@ class Trainer:
             return None
         par = self.cfg.parallel
         self.engine.eval()
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # loss x tokens, tokens
         with torch.no_grad():
             for b in range(self.cfg.eval.max_batches):
                 start = (b * self.dp + self.ctx.dp_rank) * par.micro_batch_size
                 batch = self._batch(self.val_data, start, par.micro_batch_size)
                 out = self._forward(batch)
-                total += torch.tensor([out.loss.item() * batch.tokens, batch.tokens], dtype=torch.float64)
+                tokens = batch.loss_mask.sum().double()
+                total += torch.stack([out.loss.double() * tokens, tokens])
         self.engine.train()
-        dist.all_reduce(total, group=self._dp_group())
+        collectives.all_reduce(total, "sum", self._dp_group())
         loss = (total[0] / total[1].clamp(min=1)).item()
         return {"step": self.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
     def save(self) -> Path:
+        self._resolve()  # the skipped count is part of the state
         state = {"step": self.step, "skipped": self.skipped, "consumed_samples": self.step * self.cfg.parallel.global_batch_size,
                  "tokens_seen": self.step * self.tokens_per_step, "identity": self._identity()}
         return ckpt.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.checkpoint.keep_last, self.resolved)
@@ -252,69 +303,77 @@ class Trainer:
             save_portable_state(state, self.cfg.model, self.cfg.parscale, self.vocab, out,
                                 tokenizer=self.data_dir / "tokenizer.model",
                                 meta={"step": self.step, "tokens_seen": self.step * self.tokens_per_step})
-        dist.barrier()
+        collectives.barrier()
         return out
 
     # ------------------------------------------------------------------ the loop
 
-    def _stop_agreed(self) -> bool:
-        """A signal or the stop file seen by any rank stops every rank at the same step."""
+    def _stop_wanted_here(self) -> bool:
+        """A signal, or the stop file, seen by this rank."""
         stop_file = self.cfg.checkpoint.stop_file
         if stop_file and not self._stop_requested and Path(stop_file).exists():
             self._stop_requested = True
             print(f"rank {self.ctx.rank}: {stop_file} appeared: saving and stopping", flush=True)
-        flag = torch.tensor([1.0 if self._stop_requested else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() > 0
+        return self._stop_requested
 
     def run(self) -> dict:
         cfg = self.cfg
         log_every, eval_every, save_every = cfg.logging.interval_steps, cfg.eval.interval_steps, cfg.checkpoint.interval_steps
+        limit = cfg.train.max_nonfinite_in_a_row
         if self.ctx.is_main:
             print(f"training {self.total_steps} steps x {self.tokens_per_step:,} tokens "
                   f"(TP {self.ctx.tp_size} x DP {self.dp}, ZeRO {cfg.parallel.zero_stage}, {cfg.parallel.precision}, "
-                  f"P={cfg.parscale.streams}, {self.trainable:,} trainable parameters)", flush=True)
+                  f"P={cfg.parscale.streams}, attention {self.attention_backend}, {self.trainable:,} trainable "
+                  f"parameters)", flush=True)
         if self.ctx.is_main:
             write_resolved(self.loaded, cfg.run.output_dir)
         start_step, started = self.step, time.perf_counter()
-        window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "step": self.step}
-        last = {}
+        self._window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "step": self.step}
         saved_at = self.step
+        # a stop seen by any rank at step s is agreed by all at step s + 1 (asynchronously, over gloo)
+        agreement = collectives.Agreement()
         while self.step < self.total_steps:
-            record = self.train_step()
-            window["loss"] += record["loss"] if math.isfinite(record["loss"]) else 0.0
-            window["n"] += 1
-            last = record
-            if self.step % log_every == 0 or self.step == self.total_steps:
-                self._log(record, window, started, start_step)
-                window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "step": self.step}
+            self.train_step()
+            stop = agreement.post(self._stop_wanted_here())
+            logging = self.step % log_every == 0 or self.step == self.total_steps
+            saving = self.step % save_every == 0 or stop
+            if logging or saving:
+                self._resolve()
+            if logging:
+                self._log(self._record(self._last), started, start_step)
+                self._window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "step": self.step}
+            if self._nonfinite_peak >= limit:
+                agreement.result()
+                self.save()
+                raise JobError(f"{self._nonfinite_peak} non-finite steps in a row (train.max_nonfinite_in_a_row="
+                               f"{limit}); saved step {self.step} in {self.ckpt_dir}; lower optimizer.lr or check "
+                               "the data")
             if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
                 self._log_eval()
-            stop = self._stop_agreed()
-            if self.nonfinite_in_a_row >= cfg.train.max_nonfinite_in_a_row:
-                self.save()
-                raise JobError(f"{self.nonfinite_in_a_row} non-finite steps in a row (train.max_nonfinite_in_a_row="
-                               f"{cfg.train.max_nonfinite_in_a_row}); saved step {self.step} in {self.ckpt_dir}; lower "
-                               "optimizer.lr or check the data")
-            if self.step % save_every == 0 or stop:
+            if saving:
                 self.save()
                 saved_at = self.step
             if stop:
+                agreement.result()
                 if cfg.checkpoint.stop_file:
                     Path(cfg.checkpoint.stop_file).unlink(missing_ok=True)  # a resumed run must not stop at once
                 if self.ctx.is_main:
                     print(f"stop requested: saved step {self.step} in {self.ckpt_dir}; rerun to resume", flush=True)
                 self.sink.close()
                 return {"stopped": True, "step": self.step}
+        agreement.result()
+        self._resolve()
         final = self._log_eval()
         if saved_at != self.step:
             self.save()
         portable = self.export_portable()
         self.sink.close()
-        return {"stopped": False, "step": self.step, "loss": last.get("loss"), "skipped": self.skipped,
+        last = self._last.loss_value if self._last is not None else None
+        return {"stopped": False, "step": self.step, "loss": last, "skipped": self.skipped,
                 "val": final, "portable": str(portable)}
 
-    def _log(self, record: dict, window: dict, started: float, start_step: int) -> None:
+    def _log(self, record: dict, started: float, start_step: int) -> None:
+        window = self._window
         now = time.perf_counter()
         steps = self.step - window["step"]
         tok_s = steps * self.tokens_per_step / max(now - window["t"], 1e-9)

@@ -1,6 +1,6 @@
 """torchrun worker: build the model at the launched TP size, run forward + backward on a fixed
-batch (two documents packed in one row), gather logits and every gradient to full size, and save
-them from rank 0.
+batch (documents packed in a row, a padded tail), gather logits and every gradient to full size,
+and the forward logits again with FlexAttention, and save them from rank 0.
 
     torchrun --nproc_per_node=N tests/workers/tp_model.py OUT_DIR CONFIG [CONFIG ...]
 
@@ -42,15 +42,17 @@ def run(cfg, ctx, out: Path) -> None:
     torch.manual_seed(cfg.run.seed)
     model = ParScaleLM(cfg.model, cfg.parscale, cfg.model.vocab_size, tp_rank=ctx.tp_rank, tp_size=ctx.tp_size)
     ids = torch.randint(0, cfg.model.vocab_size, (2, 17), generator=torch.Generator().manual_seed(7))
-    segments = torch.tensor([[0] * 6 + [1] * 10, [0] * 16])
+    segments = torch.tensor([[0] * 6 + [1] * 7 + [2] * 3, [0] * 16])  # row 0: two documents, a padded tail
     result = model(ids[:, :-1], labels=ids[:, 1:], segment_ids=segments)
     result.loss.backward()
     group = ps.get_tensor_model_parallel_group()
     grads = {name: full_grad(p, group, ctx.tp_size) for name, p in model.named_parameters()}
     with torch.no_grad():
         logits = model.full_logits(model(ids[:, :-1], segment_ids=segments).logits)
+        model.attention_backend = "flex"  # forward only: FlexAttention has no CPU backward
+        flex_logits = model.full_logits(model(ids[:, :-1], segment_ids=segments).logits)
     if ctx.rank == 0:
-        torch.save({"loss": result.loss.detach(), "logits": logits, "grads": grads}, out)
+        torch.save({"loss": result.loss.detach(), "logits": logits, "flex_logits": flex_logits, "grads": grads}, out)
 
 
 if __name__ == "__main__":
