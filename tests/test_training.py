@@ -4,6 +4,7 @@ non-finite steps, refused checkpoints."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -224,3 +225,48 @@ def test_eval_command_matches_the_trainers_final_evaluation_and_wandb_logs_offli
     result = json.loads(proc.stdout)
     assert result["val_loss"] == pytest.approx(final["val_loss"], rel=1e-5)
     assert result["val_ppl"] > 1 and result["tokens"] > 0
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monkeypatch):
+    """Losses, grad norms and stream weights stay on the device between logging steps: no
+    ``.item()``/``.tolist()``/``float()``/``bool()`` of a tensor from our code in ``train_step``
+    (ZeRO 1, ParScale P=2); the logging step then reads the whole window once."""
+    import sys
+
+    from pipeline.config import load_config
+    from pipeline.distributed import destroy_distributed
+    from pipeline.distributed.runtime import LAUNCHER_VARS
+    from pipeline.training.loop import Trainer
+
+    for key in LAUNCHER_VARS:
+        monkeypatch.delenv(key, raising=False)
+    config = job_config(tmp_path, data, "nosync", parscale={"streams": 2, "prefix_len": 4},
+                        logging={"interval_steps": 100})
+    trainer = Trainer(load_config(config))
+    ours = str(REPO / "pipeline")
+    reads = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(ours):
+                reads.append(f"{name} at {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+    try:
+        for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+            counting(name)
+        for _ in range(3):
+            trainer.train_step()
+        assert reads == []
+        trainer._resolve()
+        assert len(reads) == 1 and "tolist" in reads[0]  # one read for the three steps
+        assert [o.step for o in [trainer._last]] == [3] and trainer.skipped == 0
+        assert math.isfinite(trainer._window["loss"]) and trainer._window["n"] == 3
+    finally:
+        monkeypatch.undo()
+        destroy_distributed()

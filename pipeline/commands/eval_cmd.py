@@ -31,14 +31,14 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
     except ValueError:
         raise loaded.error("data.val_fraction", f"{data_dir} has no validation rows to evaluate on") from None
     total, tokens = 0.0, 0
-    spread = torch.zeros(2, dtype=torch.float64)  # streams' squared deviation from their mean, and its norm
-    with single_process(seed=cfg.run.seed):
+    with single_process(seed=cfg.run.seed) as ctx:
         model, meta = load_portable(checkpoint)
-        model.eval()
+        model.to(ctx.device).eval()
+        spread = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # streams' squared deviation from their mean, and its norm
         with torch.no_grad():
             for b in range(batches):
                 batch = collate(stream.rows(b * micro, micro), manifest["seq_len"], max(manifest["tokenizer"]["pad_id"], 0),
-                                model.config.document_attention)
+                                model.config.document_attention).to(ctx.device)
                 out = model(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
                             segment_ids=batch.segment_ids, return_stream_states=model.streams > 1)
                 total += out.loss.item() * batch.tokens

@@ -24,8 +24,9 @@ def _run(args: argparse.Namespace) -> int:
     encoded = [[sp.eos_id()] + sp.encode(p) for p in prompts]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, eos_id=sp.eos_id(), seed=args.seed)
-    with single_process(seed=args.seed):
+    with single_process(seed=args.seed) as ctx:
         model, _ = load_portable(args.checkpoint)
+        model.to(ctx.device)
         outputs = generate(model, encoded, sampling, pad_id=max(sp.pad_id(), 0))
     for prompt, tokens in zip(prompts, outputs):
         text = sp.decode([t for t in tokens if t != sp.eos_id()])

@@ -58,5 +58,7 @@ def param_groups(model: torch.nn.Module, cfg: JobConfig) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
+    """torch AdamW; its fused CUDA kernel (one launch for all tensors) when the model is on a GPU."""
     opt = cfg.optimizer
-    return torch.optim.AdamW(param_groups(model, cfg), lr=opt.lr, betas=opt.betas, eps=opt.eps)
+    fused = all(p.is_cuda for p in model.parameters())
+    return torch.optim.AdamW(param_groups(model, cfg), lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=fused or None)
