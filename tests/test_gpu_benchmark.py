@@ -33,9 +33,9 @@ def test_without_cuda_it_exits_2_and_says_why():
 
 def test_the_script_runs_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "rows.json"
-    proc = _run("--allow-cpu", "--streams", "1,2", "--steps", "1", "--warmup", "1", "--json", str(out))
+    proc = _run("--allow-cpu", "--streams", "2", "--steps", "1", "--warmup", "1", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     kinds = {(r["streams"], r["attention"], r["checkpointing"]) for r in rows}
-    assert kinds == {(p, a, c) for p in (1, 2) for a, c in (("plain", False), ("sdpa", False), ("sdpa", True))}
+    assert kinds == {(2, a, c) for a, c in (("plain", False), ("sdpa", False), ("sdpa", True))}
     assert all(r["tokens_per_s"] > 0 and r["step_s"] > 0 for r in rows)
