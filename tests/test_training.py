@@ -140,6 +140,10 @@ def test_stage1_then_stage2_parscale_loss_falls_and_frozen_backbone_stays_bit_id
         else:
             assert len(changed) == len(backbone)
         assert any(".prefix." in k for k in weights) and "model.aggregate_layer.0.weight" in weights
+        final = [r for r in metrics(tmp_path / name) if r.get("kind") == "eval"][-1]  # stream diagnostics
+        assert 0 < final["stream_spread"] and 0 < final["weight_entropy"] <= math.log(4) + 1e-9
+        assert 0.25 <= final["max_mean_weight"] <= 1 and -1 <= final["update_cosine"] <= 1
+        assert math.isfinite(final["diversity_gain"]) and -1 <= final["prefix_cosine"] <= 1
     records = [r for r in metrics(tmp_path / "stage2") if "stream_weights" in r]
     assert records and len(records[-1]["stream_weights"]) == 4 and records[-1]["stream_entropy"] > 0
 

@@ -18,6 +18,7 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
     from data_prep.manifest import read_manifest
 
     from ..checkpoint.portable import load_portable
+    from ..model.stream_stats import StreamStats
     from ..data.loader import SplitStream, collate, dataset_entries
     from ..distributed import single_process
 
@@ -34,7 +35,7 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
     with single_process(seed=cfg.run.seed) as ctx:
         model, meta = load_portable(checkpoint)
         model.to(ctx.device).eval()
-        spread = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # streams' squared deviation from their mean, and its norm
+        stats = StreamStats(model.streams, ctx.device) if model.streams > 1 else None
         with torch.no_grad():
             for b in range(batches):
                 batch = collate(stream.rows(b * micro, micro), manifest["seq_len"], max(manifest["tokenizer"]["pad_id"], 0),
@@ -43,14 +44,12 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
                             segment_ids=batch.segment_ids, return_stream_states=model.streams > 1)
                 total += out.loss.item() * batch.tokens
                 tokens += batch.tokens
-                if out.stream_states is not None:
-                    mean = out.stream_states.mean(0, keepdim=True)
-                    spread += torch.stack([(out.stream_states - mean).pow(2).sum(), mean.pow(2).sum() * model.streams])
+                if stats is not None:
+                    stats.add(out.stream_states, out.stream_weights, batch.loss_mask)
+        streams = {"stream_spread": None} if stats is None else stats.result()
     loss = total / max(tokens, 1)
     return {"checkpoint": str(checkpoint), "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "tokens": tokens,
-            "streams": meta["parscale"]["streams"], "tokens_seen": meta.get("tokens_seen"),
-            # RMS distance of a stream's final states from the streams' mean, relative to the mean (0: identical)
-            "stream_spread": math.sqrt(spread[0] / spread[1]) if spread[1] > 0 else None}
+            "streams": meta["parscale"]["streams"], "tokens_seen": meta.get("tokens_seen"), **streams}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -100,6 +100,8 @@ class CheckpointConfig(StrictModel):
 class EvalConfig(StrictModel):
     interval_steps: int = Field(1000, ge=0, description="0 = only at the end.")
     max_batches: int = Field(50, ge=1)
+    stream_diagnostics: bool = Field(True, description="P > 1: also evaluate with every stream given the streams' "
+                                                       "mean prefix (the diversity gain; doubles evaluation time).")
 
 
 class LoggingConfig(StrictModel):

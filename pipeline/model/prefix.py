@@ -21,6 +21,7 @@ class StreamPrefix(nn.Module):
         super().__init__()
         self.streams, self.length, self.n_kv, self.head_dim = ps.streams, ps.prefix_len, n_kv, head_dim
         self.mode = ps.prefix_init
+        self.collapsed = False  # every stream gets the streams' mean prefix (diagnostics: the diversity gain)
         local = n_kv // tp_size
         heads = slice(tp_rank * local, (tp_rank + 1) * local)
         if self.mode == "normal":
@@ -41,6 +42,12 @@ class StreamPrefix(nn.Module):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Local prefix keys and values, each [P, local KV heads, prefix_len, head_dim]."""
+        k, v = self._streams()
+        if self.collapsed:
+            return k.mean(0, keepdim=True).expand_as(k), v.mean(0, keepdim=True).expand_as(v)
+        return k, v
+
+    def _streams(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "normal":
             return self.prefix_k, self.prefix_v
         out = self.mlp(self.seed)  # [P, L, 2 * n_kv * d], KV heads outermost within each half

@@ -95,6 +95,9 @@ class Trainer:
         self.resumed_from = self._resume(resume_tag) if resume_tag else None
         self.sink = MetricsSink(cfg, enabled=self.ctx.is_main)
         self._stop_requested = False
+        self._prefix_start = None  # the prefixes when this process started (stream diagnostics)
+        if cfg.parscale.streams > 1 and self.val_data is not None:
+            self._prefix_similarity()
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._request_stop)
 
@@ -175,9 +178,9 @@ class Trainer:
         rows = data.rows(start, count)
         return collate(rows, self.seq_len, self.pad_id, self.cfg.model.document_attention).to(self.ctx.device)
 
-    def _forward(self, batch):
+    def _forward(self, batch, **extra):
         return self.engine(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
-                           segment_ids=batch.segment_ids)
+                           segment_ids=batch.segment_ids, **extra)
 
     def _finite_grads(self) -> bool:
         """Whether every rank's gradients are finite: one device-side reduction and one host read."""
@@ -263,23 +266,60 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval, checkpoints
 
-    def evaluate(self) -> dict | None:
-        if self.val_data is None:
-            return None
+    def _eval_pass(self, stats=None) -> float:
+        """Mean validation loss over every DP rank's batches; ``stats`` (StreamStats) collects the
+        streams' diagnostics on the way."""
         par = self.cfg.parallel
-        self.engine.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # loss x tokens, tokens
         with torch.no_grad():
             for b in range(self.cfg.eval.max_batches):
                 start = (b * self.dp + self.ctx.dp_rank) * par.micro_batch_size
                 batch = self._batch(self.val_data, start, par.micro_batch_size)
-                out = self._forward(batch)
+                out = self._forward(batch) if stats is None else self._forward(batch, return_stream_states=True)
                 tokens = batch.loss_mask.sum().double()
                 total += torch.stack([out.loss.double() * tokens, tokens])
-        self.engine.train()
+                if stats is not None:
+                    stats.add(out.stream_states, out.stream_weights, batch.loss_mask)
         collectives.all_reduce(total, "sum", self._dp_group())
-        loss = (total[0] / total[1].clamp(min=1)).item()
-        return {"step": self.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        return (total[0] / total[1].clamp(min=1)).item()
+
+    def evaluate(self) -> dict | None:
+        if self.val_data is None:
+            return None
+        from ..model.stream_stats import StreamStats, mean_prefix
+
+        streams = self.cfg.parscale.streams
+        self.engine.eval()
+        stats = StreamStats(streams, self.ctx.device) if streams > 1 else None
+        loss = self._eval_pass(stats)
+        result = {"step": self.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        if stats is not None:
+            result |= stats.result(self._dp_group()) | self._prefix_similarity()
+            if self.cfg.eval.stream_diagnostics:
+                with mean_prefix(self.engine.module):
+                    result["diversity_gain"] = self._eval_pass() - loss
+        self.engine.train()
+        return result
+
+    def _prefix_similarity(self) -> dict:
+        """Mean pairwise cosine of the streams' prefixes, and of their change since this run started."""
+        import deepspeed
+        from megatron.core import parallel_state as ps
+
+        from ..model.stream_stats import mean_pairwise_cosine, stream_vectors
+
+        module = self.engine.module
+        params = [p for layer in module.model.layers for p in layer.self_attn.prefix.parameters()]
+        gather = deepspeed.zero.GatheredParameters(params) if self.cfg.parallel.zero_stage == 3 else contextlib.nullcontext()
+        with gather:
+            vectors = stream_vectors(module)
+        tp = ps.get_tensor_model_parallel_group()
+        out = {"prefix_cosine": mean_pairwise_cosine(vectors, tp)}
+        if self._prefix_start is None:
+            self._prefix_start = vectors
+        else:
+            out["update_cosine"] = mean_pairwise_cosine(vectors - self._prefix_start, tp)
+        return out
 
     def save(self) -> Path:
         self._resolve()  # the skipped count is part of the state
@@ -396,8 +436,23 @@ class Trainer:
             f"{format_seconds(now - started)} | ETA {format_seconds(eta)} | skipped {self.skipped}{streams}"))
 
     def _log_eval(self) -> dict | None:
+        from ..model.stream_stats import SINGLE_PREFIX_GAIN
+
         result = self.evaluate()
-        if result is not None:
-            self.sink.log({**result, "kind": "eval"},
-                          console=f"eval step {self.step} | val loss {result['val_loss']:.4f} | ppl {result['val_ppl']:.2f}")
+        if result is None:
+            return None
+        streams = ""
+        if "stream_spread" in result:
+            streams = (f" | stream spread {result['stream_spread']:.4f} | weight entropy {result['weight_entropy']:.3f}"
+                       f" | max weight {result['max_mean_weight']:.3f} | prefix cos {result['prefix_cosine']:.3f}")
+        gain = result.get("diversity_gain")
+        if gain is not None:
+            streams += f" | diversity gain {gain:+.4f}"
+        self.sink.log({**result, "kind": "eval"},
+                      console=f"eval step {self.step} | val loss {result['val_loss']:.4f} | ppl {result['val_ppl']:.2f}"
+                              f"{streams}")
+        if gain is not None and gain < SINGLE_PREFIX_GAIN and self.ctx.is_main:
+            print(f"warning: the streams' own prefixes lower the validation loss by only {gain:+.4f} nats against one "
+                  f"shared (mean) prefix (< {SINGLE_PREFIX_GAIN}): this is single-prefix tuning, not parallel scaling "
+                  "yet", flush=True)
         return result
