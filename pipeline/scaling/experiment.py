@@ -94,5 +94,6 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({cpu})"
-    return f"{device}, {torch.get_num_threads()} torch threads, fp32, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, decoding in bf16, torch {torch.__version__} (CUDA {torch.version.cuda})"
+    return f"CPU ({cpu}), {torch.get_num_threads()} torch threads, fp32, torch {torch.__version__}"

@@ -49,22 +49,31 @@ def dense_equivalent(base: ModelConfig, vocab: int, factor: float, step: int = 1
 
 
 def decode_cost(cfg: ModelConfig, parscale: ParScaleConfig, vocab: int, batch: int, prompt: int, new: int,
-                repeats: int = 5) -> Cost:
+                repeats: int = 5, device: str = "cpu") -> Cost:
     """Greedy decoding of ``new`` tokens after a ``prompt``-token prefill: the fastest of ``repeats``
-    timed runs (on a shared CPU noise only ever adds time), and the bytes of weights + KV cache."""
+    timed runs (noise only ever adds time), and the bytes of weights + KV cache. On CUDA the model
+    runs in bf16 and the timing waits for the device; on CPU in fp32."""
     torch.manual_seed(0)
-    model = ParScaleLM(cfg, parscale, vocab).eval()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = ParScaleLM(cfg, parscale, vocab).to(device=device, dtype=dtype).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     runs = []
     with torch.no_grad():
         for _ in range(repeats + 1):  # the first run warms up
-            cache = KVCache(model, batch, prompt + new, torch.float32, "cpu")
-            valid = torch.ones(batch, prompt + new, dtype=torch.bool)
-            model(torch.randint(0, vocab, (batch, prompt)), cache=cache, key_valid=valid[:, :prompt])
-            token = torch.randint(0, vocab, (batch, 1))
+            cache = KVCache(model, batch, prompt + new, dtype, device)
+            valid = torch.ones(batch, prompt + new, dtype=torch.bool, device=device)
+            model(torch.randint(0, vocab, (batch, prompt), device=device), cache=cache, key_valid=valid[:, :prompt])
+            token = torch.randint(0, vocab, (batch, 1), device=device)
+            sync()
             start = time.perf_counter()
             for i in range(new):
                 token = model(token, cache=cache, key_valid=valid[:, : prompt + i + 1]).logits[:, -1:].argmax(-1)
+            sync()
             runs.append((time.perf_counter() - start) / new)
     kv = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
     return Cost(min(runs[1:]), weights + kv)
@@ -101,21 +110,22 @@ def compare(base: ModelConfig, parscale: ParScaleConfig, vocab: int, streams: li
     from ..distributed import single_process
 
     out = []
-    with single_process():
+    with single_process() as ctx:
         for batch in batch_sizes:
-            out += _compare_at(base, parscale, vocab, streams, k, batch, prompt, new, repeats)
+            out += _compare_at(base, parscale, vocab, streams, k, batch, prompt, new, repeats, ctx.device)
     return out
 
 
 def _compare_at(base: ModelConfig, parscale: ParScaleConfig, vocab: int, streams: list[int], k: float, batch: int,
-                prompt: int, new: int, repeats: int) -> list[Comparison]:
-    base_cost = decode_cost(base, ParScaleConfig(), vocab, batch, prompt, new, repeats)
+                prompt: int, new: int, repeats: int, device: str) -> list[Comparison]:
+    base_cost = decode_cost(base, ParScaleConfig(), vocab, batch, prompt, new, repeats, device)
     out = []
     for p in (s for s in streams if s > 1):
         eq = dense_equivalent(base, vocab, k * math.log(p) + 1)
         out.append(Comparison(
             streams=p, batch=batch, k=k, base=base_cost,
-            parscale=decode_cost(base, parscale.model_copy(update={"streams": p}), vocab, batch, prompt, new, repeats),
-            dense=decode_cost(eq, ParScaleConfig(), vocab, batch, prompt, new, repeats),
+            parscale=decode_cost(base, parscale.model_copy(update={"streams": p}), vocab, batch, prompt, new, repeats,
+                                 device),
+            dense=decode_cost(eq, ParScaleConfig(), vocab, batch, prompt, new, repeats, device),
             dense_params=non_embedding(eq, vocab), dense_shape=f"{eq.hidden_size}/{eq.ffn_hidden_size}"))
     return out
