@@ -92,3 +92,30 @@ def test_weight_decay_groups_and_frozen_backbone():
         live = [n for n, p in model.named_parameters() if p.requires_grad]
         assert live and all(".prefix." in n or "aggregate_layer" in n for n in live)
         assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_parscale_lr_multiplier_gets_groups_of_its_own_and_deepspeed_keeps_it():
+    import deepspeed
+    import torch
+
+    from pipeline.distributed import MegatronMPU, single_process
+    from pipeline.training.engine import deepspeed_config, set_lr
+
+    with single_process():
+        model = _model()
+        names = {id(p): n for n, p in model.named_parameters()}
+        plain = param_groups(model, _job())
+        assert len(plain) == 2 and all(g["lr_mult"] == 1.0 for g in plain)  # unchanged layout without a multiplier
+        job = _job(optimizer={"parscale_lr_mult": 10.0})
+        groups = param_groups(model, job)
+        own = [g for g in groups if g["lr_mult"] == 10.0]
+        assert len(groups) == 4 and own
+        assert all(".prefix." in names[id(p)] or "aggregate_layer" in names[id(p)] for g in own for p in g["params"])
+        assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+        opt = torch.optim.AdamW(groups, lr=1e-3)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(job, 1),
+                                          mpu=MegatronMPU())
+        set_lr(engine, 2e-3)
+        lrs = sorted({round(g["lr"], 9) for g in engine.optimizer.param_groups})
+        assert lrs == [2e-3, 2e-2]
+        engine.destroy()

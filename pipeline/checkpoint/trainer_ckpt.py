@@ -119,7 +119,7 @@ class TrainerCheckpoint:
             if fp32 is not None:  # bf16 at ZeRO 0: the masters, one tensor per parameter, by group
                 from ..training.optim import group_names
 
-                for (names, _), tensors in zip(group_names(module.items(), self.config), fp32):
+                for (names, *_), tensors in zip(group_names(module.items(), self.config), fp32):
                     full |= dict(zip(names, (t.float() for t in tensors)))
             return full
         return full | self._zero12(rank, states["param_shapes"])

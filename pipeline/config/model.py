@@ -67,6 +67,8 @@ class ParScaleConfig(StrictModel):
     prefix_init: Literal["normal", "mlp"] = "normal"
     prefix_init_std: float = Field(0.02, gt=0)
     prefix_mlp_hidden: int = Field(512, ge=1, description="Hidden width of the 'mlp' reparameterisation.")
+    aggregator_init_std: float = Field(1e-3, ge=0, description="Init std of the aggregator's last layer "
+                                                                "(small: near-uniform weights at the start).")
     trainable: Literal["all", "parscale_only"] = Field(
         "all", description="'parscale_only' freezes the backbone: only prefixes and aggregator train."
     )

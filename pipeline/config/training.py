@@ -59,6 +59,8 @@ class OptimizerConfig(StrictModel):
         default_factory=lambda: ["norm", "bias"], description="Parameter groups exempt from weight decay."
     )
     grad_clip: float = Field(1.0, ge=0, description="Global grad-norm clip; 0 disables.")
+    parscale_lr_mult: float = Field(1.0, gt=0, description="LR multiplier for ParScale's own parameters "
+                                                           "(prefixes and aggregator).")
 
 
 class ScheduleConfig(StrictModel):

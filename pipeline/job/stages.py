@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import LoadedConfig, load_config, write_resolved
+from ..config.model import ModelConfig, ParScaleConfig
 from ..errors import JobError
 
 
@@ -54,6 +55,15 @@ def _portable_meta(directory: Path) -> dict | None:
         return json.loads((directory / "config.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def _same_model(meta: dict, model: ModelConfig, parscale: ParScaleConfig) -> bool:
+    """Whether a portable checkpoint's config describes this model (fields it predates take their defaults)."""
+    try:
+        saved = ModelConfig.model_validate({**meta["model"], "vocab_size": model.vocab_size})
+        return saved.identity() == model.identity() and ParScaleConfig.model_validate(meta["parscale"]) == parscale
+    except (KeyError, ValueError):
+        return False
 
 
 def stage2_key(streams: int) -> str:
@@ -149,9 +159,7 @@ class MainJob:
     def _trained(self, key: str) -> bool:
         meta = self._final(key)
         cfg = self.configs[key].config
-        if meta is not None and (meta.get("model"), meta.get("parscale")) != (
-                cfg.model.identity() | {"vocab_size": meta["model"].get("vocab_size")},
-                cfg.parscale.model_dump(mode="json")):
+        if meta is not None and not _same_model(meta, cfg.model, cfg.parscale):
             out = cfg.run.output_dir
             raise JobError(f"{out} holds a run of another model or ParScale setting than this config asks for; "
                            f"move or delete {out}, or set another run.output_dir (nothing was changed)")
@@ -184,7 +192,7 @@ class MainJob:
     def _converted(self, streams: int) -> bool:
         meta, source = _portable_meta(self.layout.init(streams)), _portable_meta(self.layout.consolidated)
         return (meta is not None and source is not None and meta.get("step") == source.get("step")
-                and meta["parscale"] == self.parscale(streams).model_dump(mode="json"))
+                and ParScaleConfig.model_validate(meta["parscale"]) == self.parscale(streams))
 
     def _convert(self, streams: int) -> None:
         from checkpoints_tools.to_parscale import convert

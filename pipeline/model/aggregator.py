@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 
-def build_aggregate_layer(hidden: int, streams: int, init_std: float) -> nn.Sequential:
+def build_aggregate_layer(hidden: int, streams: int, init_std: float, last_std: float = 1e-3) -> nn.Sequential:
     layers = nn.Sequential(nn.Linear(streams * hidden, hidden), nn.SiLU(), nn.Linear(hidden, streams))
     nn.init.normal_(layers[0].weight, std=init_std)
     nn.init.zeros_(layers[0].bias)
-    nn.init.normal_(layers[2].weight, std=1e-3)  # near-uniform weights at the start, gradients flowing
+    nn.init.normal_(layers[2].weight, std=last_std)  # small: near-uniform weights at the start, gradients flowing
     nn.init.zeros_(layers[2].bias)
     return layers
 

@@ -63,7 +63,8 @@ class Backbone(nn.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.aggregate_layer = (
-            build_aggregate_layer(cfg.hidden_size, ps.streams, cfg.init_std) if ps.streams > 1 else None
+            build_aggregate_layer(cfg.hidden_size, ps.streams, cfg.init_std, ps.aggregator_init_std)
+            if ps.streams > 1 else None
         )
 
 

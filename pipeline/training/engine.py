@@ -40,5 +40,6 @@ def build_engine(model: torch.nn.Module, cfg: JobConfig, dp: int):
 
 
 def set_lr(engine, lr: float) -> None:
+    """The schedule's LR on every group, times the group's ``lr_mult`` (ParScale's own parameters)."""
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)

@@ -39,22 +39,28 @@ def apply_trainable(model: torch.nn.Module, cfg: JobConfig) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def group_names(named: Iterable[tuple[str, torch.Tensor]], cfg: JobConfig) -> list[tuple[list[str], float]]:
-    """The optimizer's parameter groups as (names, weight decay), in the optimizer's order; also how
-    checkpoint readers map a ZeRO-0 optimizer's per-group tensors back to names."""
+def group_names(named: Iterable[tuple[str, torch.Tensor]], cfg: JobConfig) -> list[tuple[list[str], float, float]]:
+    """The optimizer's parameter groups as (names, weight decay, LR multiplier), in the optimizer's
+    order; also how checkpoint readers map a ZeRO-0 optimizer's per-group tensors back to names.
+    ParScale's parameters get groups of their own only when ``optimizer.parscale_lr_mult`` != 1, so
+    the grouping (and older checkpoints' layout) is unchanged otherwise."""
     no_decay = set(cfg.optimizer.no_decay)
-    decay, plain = [], []
+    mult = cfg.optimizer.parscale_lr_mult
+    split = mult != 1.0
+    buckets: dict[tuple[bool, bool], list[str]] = {(d, p): [] for p in (False, True) for d in (True, False)}
     for name, param in named:
         if is_trainable(name, cfg):
-            (plain if _group_of(name, param) in no_decay else decay).append(name)
-    groups = [(decay, cfg.optimizer.weight_decay), (plain, 0.0)]
+            decays = _group_of(name, param) not in no_decay
+            buckets[(decays, split and parscale_parameter(name))].append(name)
+    groups = [(names, cfg.optimizer.weight_decay if decays else 0.0, mult if own else 1.0)
+              for (decays, own), names in buckets.items()]
     return [g for g in groups if g[0]]
 
 
 def param_groups(model: torch.nn.Module, cfg: JobConfig) -> list[dict]:
     params = dict(model.named_parameters())
-    return [{"params": [params[n] for n in names], "weight_decay": decay}
-            for names, decay in group_names(params.items(), cfg)]
+    return [{"params": [params[n] for n in names], "weight_decay": decay, "lr_mult": mult}
+            for names, decay, mult in group_names(params.items(), cfg)]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
