@@ -66,6 +66,31 @@ def _same_model(meta: dict, model: ModelConfig, parscale: ParScaleConfig) -> boo
         return False
 
 
+def is_trained(loaded: LoadedConfig) -> bool:
+    """Whether the run folder of ``loaded`` holds its finished export; a folder holding another
+    model or ParScale setting is refused (nothing is changed)."""
+    cfg = loaded.config
+    meta = _portable_meta(Path(cfg.run.output_dir) / "portable")
+    if meta is not None and not _same_model(meta, cfg.model, cfg.parscale):
+        out = cfg.run.output_dir
+        raise JobError(f"{out} holds a run of another model or ParScale setting than this config asks for; "
+                       f"move or delete {out}, or set another run.output_dir (nothing was changed)")
+    return meta is not None and meta.get("tokens_seen", 0) >= cfg.train.tokens
+
+
+def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> None:
+    """``parscale train`` on ``loaded`` under torchrun (``nproc`` processes); its config is written
+    as ``<run.output_dir>/job.yaml``. A failed run resumes from its checkpoints when run again."""
+    from ..distributed.launcher import TorchrunLaunch
+
+    out = Path(loaded.config.run.output_dir)
+    resolved = out / "job.yaml" if dry_run else write_resolved(loaded, out, "job.yaml")
+    launch = TorchrunLaunch(module="pipeline.cli", args=["train", str(resolved)], nproc_per_node=nproc)
+    rc = launch.run(dry_run=dry_run)
+    if rc:
+        raise JobError(f"{name} training failed (exit {rc}); rerun the same command to resume from its last checkpoint")
+
+
 def stage2_key(streams: int) -> str:
     return f"stage2-p{streams}"
 
@@ -157,24 +182,10 @@ class MainJob:
         return _portable_meta(Path(self.configs[key].config.run.output_dir) / "portable")
 
     def _trained(self, key: str) -> bool:
-        meta = self._final(key)
-        cfg = self.configs[key].config
-        if meta is not None and not _same_model(meta, cfg.model, cfg.parscale):
-            out = cfg.run.output_dir
-            raise JobError(f"{out} holds a run of another model or ParScale setting than this config asks for; "
-                           f"move or delete {out}, or set another run.output_dir (nothing was changed)")
-        return meta is not None and meta.get("tokens_seen", 0) >= cfg.train.tokens
+        return is_trained(self.configs[key])
 
     def _train(self, key: str) -> None:
-        from ..distributed.launcher import TorchrunLaunch
-
-        loaded = self.configs[key]
-        out = Path(loaded.config.run.output_dir)
-        resolved = out / "job.yaml" if self.dry_run else write_resolved(loaded, out, "job.yaml")
-        launch = TorchrunLaunch(module="pipeline.cli", args=["train", str(resolved)], nproc_per_node=self.nproc)
-        rc = launch.run(dry_run=self.dry_run)
-        if rc:
-            raise JobError(f"{key} training failed (exit {rc}); rerun the same command to resume from its last checkpoint")
+        train_stage(self.configs[key], key, self.nproc, self.dry_run)
 
     def _consolidated(self) -> bool:
         meta, final = _portable_meta(self.layout.consolidated), self._final("stage1")

@@ -1,4 +1,4 @@
-"""``parscale scaling``: for each model size, the main job (prep, stage 1 dense, consolidate, then
+"""``parscale scaling`` in two-stage mode: for each model size, the main job (prep, stage 1 dense, consolidate, then
 stage 2 at every P > 1 and the dense model continued for the same tokens as P = 1, evaluation on
 the same validation batches), then the scaling-law fit, the inference-cost comparison and a report.
 Each size lives in ``run.output_dir/<size>/`` and skips what it already finished."""
@@ -6,11 +6,13 @@ Each size lives in ``run.output_dir/<size>/`` and skips what it already finished
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 
 from ..config import LoadedConfig, load_config
 from ..job.stages import MainJob, stage2_key
+from .inference_cost import non_embedding
 from .law import PAPER_K, LawFit, Point, fit_law
 
 
@@ -23,10 +25,15 @@ class ScalingExperiment:
         self.report_dir = self.root / "report"
         self.streams = self.cfg.scaling.streams
         self.jobs: dict[str, MainJob] = {}
+        per_param = self.cfg.scaling.stage2_tokens_per_param
         for size in self.cfg.scaling.sizes:
             sets = [*self.overrides, f"run.output_dir={self.root / size.name}", f"run.name={self.cfg.run.name}-{size.name}",
                     "stage2.dense_baseline=true", *(f"model.{k}={v}" for k, v in size.model_overrides().items())]
-            self.jobs[size.name] = MainJob(load_config(config_path, sets), config_path, sets, dry_run,
+            loaded_size = load_config(config_path, sets)
+            if per_param:  # the stage-2 budget in tokens per non-embedding parameter of this size
+                sets.append(f"stage2.tokens={math.ceil(per_param * non_embedding(loaded_size.config.model, 1))}")
+                loaded_size = load_config(config_path, sets)
+            self.jobs[size.name] = MainJob(loaded_size, config_path, sets, dry_run,
                                            streams=[p for p in self.streams if p > 1], report=False)
 
     def run(self, console) -> Path:

@@ -1,0 +1,180 @@
+"""``parscale scaling`` in from-scratch mode (the paper's Section 3 setup): for each model size,
+every P is trained from initialisation on the same tokens, in the same data order, with the same
+schedule; ``scaling.seeds`` seeds at P = 1 and at the largest P; for each P > 1 a dense control
+widened to the ParScale model's non-embedding parameters (prefixes and aggregator included) on
+the same tokens. All runs of a size are evaluated on the same validation batches. The budget is
+``scaling.tokens_per_param`` tokens per non-embedding parameter of the size.
+
+Layout: ``run.output_dir/<size>/p<P>-seed<i>/`` and ``.../dense-matched-p<P>/``, one ``eval.json``
+per size. Finished runs are skipped on a rerun; an interrupted one resumes from its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import LoadedConfig, load_config
+from ..job.stages import is_trained, train_stage
+from ..model.counting import parameter_counts
+from .inference_cost import dense_equivalent, non_embedding
+from .law import PAPER_K, LawFit, Point, fit_law
+
+
+@dataclass(frozen=True)
+class Run:
+    size: str
+    name: str  # folder under the size
+    kind: str  # "parscale" (P = 1 included) or "matched_dense"
+    streams: int  # P; for a matched dense control, the P it matches
+    seed: int  # index, 0 .. seeds - 1
+    loaded: LoadedConfig
+
+    @property
+    def portable(self) -> Path:
+        return Path(self.loaded.config.run.output_dir) / "portable"
+
+    @property
+    def fit_params(self) -> int:
+        """Non-embedding parameters as the fit counts them: ParScale's own included."""
+        cfg = self.loaded.config
+        counts = parameter_counts(cfg.model, cfg.parscale, 1)
+        return counts.non_embedding + counts.parscale
+
+
+class FromScratchExperiment:
+    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False):
+        loaded.require("scaling", "run", "model", "train", "scaling")
+        self.loaded, self.cfg = loaded, loaded.config
+        self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
+        sc = self.cfg.scaling
+        self.root = Path(self.cfg.run.output_dir)
+        self.report_dir = self.root / "report"
+        self.streams = sc.streams
+        self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
+        self.bases: dict[str, LoadedConfig] = {}  # per size: its shape at P = 1 (also the evaluation config)
+        self.runs: list[Run] = []
+        top = max(self.streams)
+        for size in sc.sizes:
+            n = non_embedding(self.cfg.model.model_copy(update=size.model_overrides()), 1)
+            tokens = math.ceil(sc.tokens_per_param * n)
+            sets = [*self.overrides, f"run.output_dir={self.root / size.name}", "train.init_from=null",
+                    "train.skip_tokens=0", f"train.tokens={tokens}",
+                    *(f"model.{k}={v}" for k, v in size.model_overrides().items())]
+            base = self.bases[size.name] = load_config(config_path, sets + ["parscale.streams=1"])
+            for p in self.streams:
+                for i in range(sc.seeds if p in (1, top) else 1):
+                    name = f"p{p}-seed{i}"
+                    self.runs.append(Run(size.name, name, "parscale", p, i, self._derive(
+                        sets, size.name, name, tokens, i, [f"parscale.streams={p}"])))
+                if p > 1 and sc.matched_dense:
+                    self.runs.append(self._matched_dense(sets, size.name, base, p, tokens))
+
+    def _derive(self, sets: list[str], size: str, name: str, tokens: int, seed: int, extra: list[str]) -> LoadedConfig:
+        return load_config(self.path, sets + [f"run.output_dir={self.root / size / name}",
+                                              f"run.name={self.cfg.run.name}-{size}-{name}",
+                                              f"run.seed={self.cfg.run.seed + seed}", f"train.tokens={tokens}", *extra])
+
+    def _matched_dense(self, sets: list[str], size: str, base: LoadedConfig, p: int, tokens: int) -> Run:
+        model = base.config.model
+        counts = parameter_counts(model, base.config.parscale.model_copy(update={"streams": p}), 1)
+        # FFN in steps of 8 (any TP up to 8 divides it): close enough at the smallest sizes too
+        eq = dense_equivalent(model, 1, (counts.non_embedding + counts.parscale) / counts.non_embedding, step=8)
+        shape = [f"model.{k}={getattr(eq, k)}" for k in ("hidden_size", "ffn_hidden_size", "num_attention_heads",
+                                                         "num_kv_heads", "head_dim")]
+        name = f"dense-matched-p{p}"
+        return Run(size, name, "matched_dense", p, 0, self._derive(sets, size, name, tokens, 0,
+                                                                   ["parscale.streams=1", *shape]))
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, console) -> Path:
+        from data_prep.job import is_complete, prepare
+
+        first = next(iter(self.bases.values()))
+        if is_complete(first.config):
+            console.print("[green]skip[/] data prep: output already there")
+        elif not self.dry_run:
+            console.rule("data prep")
+            prepare(first)
+        for run in self.runs:
+            label = f"size {run.size}: {run.name}"
+            if is_trained(run.loaded):
+                console.print(f"[green]skip[/] {label}: trained")
+                continue
+            console.rule(label)
+            train_stage(run.loaded, label, self.nproc, self.dry_run)
+        report = self.report_dir / "scaling.md"
+        if self.dry_run:
+            return report
+        for size in self.bases:
+            self._evaluate(size, console)
+        console.rule("scaling law fit, report")
+        from .from_scratch_report import write_report
+
+        return write_report(self, console)
+
+    def _eval_path(self, size: str) -> Path:
+        return self.root / size / "eval.json"
+
+    def _evaluate(self, size: str, console) -> None:
+        """Every run of ``size`` on the same validation batches (the size's base config); cached per
+        run by the tokens its export saw."""
+        from ..commands.eval_cmd import evaluate_portable
+        from ..utils.fs import atomic_write_text
+
+        path = self._eval_path(size)
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        for run in (r for r in self.runs if r.size == size):
+            seen = json.loads((run.portable / "config.json").read_text()).get("tokens_seen")
+            if saved.get(run.name, {}).get("tokens_seen") != seen:
+                saved[run.name] = evaluate_portable(self.bases[size], str(run.portable))
+                console.print(f"{size} {run.name}: val loss {saved[run.name]['val_loss']:.4f}")
+        atomic_write_text(path, json.dumps(saved, indent=2))
+
+    # ------------------------------------------------------------------ results
+
+    def results(self) -> list[dict]:
+        rows = []
+        evals = {size: json.loads(self._eval_path(size).read_text()) for size in self.bases}
+        for run in self.runs:
+            result = evals[run.size][run.name]
+            rows.append({"size": run.size, "run": run.name, "kind": run.kind, "streams": run.streams, "seed": run.seed,
+                         "params": non_embedding(self.bases[run.size].config.model, 1), "fit_params": run.fit_params,
+                         "tokens_seen": result["tokens_seen"], "val_loss": result["val_loss"],
+                         **{k: result.get(k) for k in ("stream_spread", "weight_entropy", "max_mean_weight")}})
+        return rows
+
+    def fits(self, rows: list[dict]) -> dict:
+        """The law on the seed means (N counts ParScale's own parameters), free and with the paper's
+        k, and k's spread over refits on seeds drawn with replacement."""
+        delta = self.cfg.scaling.huber_delta
+        groups: dict[tuple[str, int], list[dict]] = {}
+        for r in rows:
+            if r["kind"] == "parscale":
+                groups.setdefault((r["size"], r["streams"]), []).append(r)
+
+        def points(pick) -> list[Point]:
+            return [Point(g[0]["fit_params"], p, sum(pick(g)) / len(g)) for (_, p), g in groups.items()]
+
+        free = fit_law(points(lambda g: [r["val_loss"] for r in g]), delta)
+        rng = random.Random(0)
+        ks = [fit_law(points(lambda g: [rng.choice(g)["val_loss"] for _ in g]), delta).k
+              for _ in range(self.cfg.scaling.bootstrap)]
+        return {"free": free, "paper_k": fit_law(points(lambda g: [r["val_loss"] for r in g]), delta, fixed_k=PAPER_K),
+                "bootstrap_k": sorted(ks)}
+
+
+def k_interval(ks: list[float]) -> tuple[float, float] | None:
+    """The central 90% of the bootstrap's k values (None without refits)."""
+    if not ks:
+        return None
+    return ks[int(0.05 * (len(ks) - 1))], ks[math.ceil(0.95 * (len(ks) - 1))]
+
+
+__all__ = ["FromScratchExperiment", "LawFit", "Run", "k_interval"]
