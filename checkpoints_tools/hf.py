@@ -68,6 +68,8 @@ def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -
 
 
 def _pick_layout(layout: str, model: ModelConfig, ps: ParScaleConfig) -> str:
+    if ps.single_prefix:
+        raise CheckpointError("no Hugging Face layout holds the one-stream prefix control (parscale.single_prefix)")
     if layout == "auto":
         return "qwen2_parscale" if ps.streams > 1 else ("qwen2" if model.qkv_bias else "llama")
     if (layout == "qwen2_parscale") != (ps.streams > 1):

@@ -48,7 +48,7 @@ def inspect(directory: str | Path) -> dict:
         ck = TrainerCheckpoint(directory)
         files = sorted(f for f in ck.folder.iterdir() if f.suffix in (".pt", ".safetensors"))
         return ck.describe() | {
-            "streams": ck.parscale.streams, "prefix_len": ck.parscale.prefix_len if ck.parscale.streams > 1 else 0,
+            "streams": ck.parscale.streams, "prefix_len": ck.parscale.prefix_len if ck.parscale.has_prefix else 0,
             "parameters": _counts(ck.model, ck.parscale, ck.vocab), "files": {f.name: f.stat().st_size for f in files},
         } | _trainer_config(ck)
     config = read_config(directory)
@@ -56,7 +56,7 @@ def inspect(directory: str | Path) -> dict:
     shapes = tensor_shapes(directory)
     return {
         "path": str(directory),
-        "streams": ps.streams, "prefix_len": ps.prefix_len if ps.streams > 1 else 0, "tp": 1,
+        "streams": ps.streams, "prefix_len": ps.prefix_len if ps.has_prefix else 0, "tp": 1,
         "dtype": sorted({dtype for _, dtype in shapes.values()}),
         "parameters": _counts(model, ps, config["vocab_size"]) | {"in_file": sum(_numel(s) for s, _ in shapes.values())},
         "tokens_seen": config.get("tokens_seen"), "step": config.get("step"),
@@ -137,7 +137,7 @@ def expected_shapes(config: dict) -> dict[str, list[int]]:
                    p + "mlp.down_proj.weight": [h, m.ffn_hidden_size]}
         if m.qkv_bias:
             shapes |= {p + "self_attn.q_proj.bias": [q], p + "self_attn.k_proj.bias": [kv], p + "self_attn.v_proj.bias": [kv]}
-        if ps.streams > 1:
+        if ps.has_prefix:
             if ps.prefix_init == "normal":
                 for kind in ("k", "v"):
                     shapes[p + f"self_attn.prefix.prefix_{kind}"] = [ps.streams, m.num_kv_heads, ps.prefix_len, d]

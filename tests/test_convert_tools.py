@@ -205,3 +205,14 @@ def test_bad_hf_inputs_are_refused_and_leave_nothing(dense, tmp_path):
             with pytest.raises(CheckpointError, match=message):
                 import_hf(source, target)
         assert _no_output(target), name
+
+
+def test_no_hugging_face_layout_holds_the_single_prefix_control():
+    from checkpoints_tools.hf import _pick_layout
+    from pipeline.checkpoint.portable import CheckpointError
+    from pipeline.config.model import ModelConfig, ParScaleConfig
+
+    model = ModelConfig(num_layers=1, hidden_size=16, ffn_hidden_size=32, num_attention_heads=2, num_kv_heads=2)
+    for layout in ("auto", "qwen2", "qwen2_parscale"):
+        with pytest.raises(CheckpointError, match="single_prefix"):
+            _pick_layout(layout, model, ParScaleConfig(single_prefix=True))

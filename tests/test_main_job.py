@@ -23,7 +23,7 @@ def _job(root, **extra):
         "optimizer": {"lr": 3e-3}, "train": {"tokens": 6 * 8 * 32},
         "checkpoint": {"interval_steps": 3}, "eval": {"interval_steps": 3, "max_batches": 2},
         "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
-        "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 3 * 8 * 32},
+        "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 3 * 8 * 32, "prefix_control": True},
     } | extra
     path = root / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -42,7 +42,10 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     assert "stage 2 (ParScale P=2)" in text and "stage 2 dense control" in text and "![training and validation loss](loss.png)" in text
     assert (job / "report" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evals = json.loads((job / "eval.json").read_text())
-    assert set(evals) == {"stage1", "stage2-p2", "dense"}
+    assert set(evals) == {"stage1", "stage2-p2", "dense", "prefix1"}
+    assert "Against one learned prefix (P=1 + prefix, same tokens), ParScale P=2 ends" in text
+    control = json.loads((job / "stage2-p1-prefix" / "portable" / "config.json").read_text())
+    assert control["parscale"]["single_prefix"] and control["parscale"]["streams"] == 1
     assert evals["stage2-p2"]["streams"] == 2 and evals["dense"]["streams"] == 1
     assert evals["stage1"]["tokens_seen"] == 6 * 8 * 32 and evals["stage2-p2"]["tokens_seen"] == 3 * 8 * 32
     for stage in ("stage1", "stage2-p2", "stage2-dense"):
@@ -54,7 +57,7 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
 
     again = run_cli("run", str(config), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("skip") >= 7 and "torch.distributed.run" not in again.stdout
+    assert again.stdout.count("skip") >= 8 and "torch.distributed.run" not in again.stdout
     assert report.exists()
 
     finished = (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes()
@@ -67,7 +70,7 @@ def test_dry_run_prints_each_stage_and_writes_nothing(tmp_path):
     config = _job(tmp_path)
     proc = run_cli("run", str(config), "--dry-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 3
+    assert proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 4  # stage 1, P=2, dense control, one-prefix control
     assert "parscale convert consolidate" in proc.stdout and "--streams 2" in proc.stdout
     assert not (tmp_path / "job" / "stage1").exists() and not (tmp_path / "job" / "report").exists()
 

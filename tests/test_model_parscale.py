@@ -132,11 +132,11 @@ def test_top_k_and_top_p_filters():
     assert keep.tolist() == [[True, True, False, False, False]]
 
 
-@pytest.mark.parametrize("streams", [1, 4])
+@pytest.mark.parametrize("streams", [1, 4, "one-prefix"])
 def test_cached_logits_equal_full_logits_with_left_padding(streams):
     from pipeline.model.cache import KVCache
 
-    model = build(streams).eval()
+    model = (build(1, single_prefix=True) if streams == "one-prefix" else build(streams)).eval()
     seq = ids(1, 12, seed=9)
     with torch.no_grad():
         full = model(seq).logits[0]
@@ -189,3 +189,21 @@ def test_vocabulary_padding_gets_no_probability():
     with torch.no_grad():  # changing the padding rows changes nothing
         model.lm_head.weight[VOCAB:] = 100.0
     torch.testing.assert_close(model(x[:, :-1], labels=x[:, 1:]).loss, loss)
+
+
+def test_single_prefix_control_is_the_dense_model_plus_one_learned_prefix():
+    from pipeline.model.counting import parameter_counts
+
+    with pytest.raises(ValueError, match="needs streams 1"):
+        ParScaleConfig(streams=2, single_prefix=True)
+    ParScaleConfig(single_prefix=True, trainable="parscale_only")  # a prefix to train: allowed
+    dense, control = build(1), build(1, single_prefix=True)
+    extra = {n: p for n, p in control.named_parameters() if n not in dict(dense.named_parameters())}
+    assert sorted(extra) == sorted(f"model.layers.{i}.self_attn.prefix.prefix_{kv}" for i in range(2) for kv in "kv")
+    assert all(p.shape[0] == 1 for p in extra.values()) and control.model.aggregate_layer is None
+    counts = parameter_counts(CFG, control.parscale, control.padded_vocab_size)
+    assert counts.parscale == sum(p.numel() for p in extra.values())
+    with torch.no_grad():  # the backbone equal, the prefix changes the output
+        control.load_state_dict(dense.state_dict() | {n: p.detach() for n, p in extra.items()})
+        x = ids()
+        assert not torch.allclose(control(x).logits, dense(x).logits)

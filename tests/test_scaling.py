@@ -95,7 +95,7 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
         "train": {"tokens": 4 * 32 * 4}, "checkpoint": {"interval_steps": 100},
         "eval": {"interval_steps": 0, "max_batches": 2}, "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
         "stage2": {"parscale": {"streams": 2, "prefix_len": 2}, "tokens": 2 * 4 * 32},
-        "scaling": {"mode": "two_stage", "sizes": [{"name": "a"}, {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
+        "scaling": {"mode": "two_stage", "prefix_control": False, "sizes": [{"name": "a"}, {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
                               {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64, "num_layers": 2}],
                     "streams": [1, 2, 4], "inference": {"batch_sizes": [1, 2], "prompt_len": 4, "new_tokens": 2,
                                                         "repeats": 1}},
@@ -140,7 +140,7 @@ def _tiny_from_scratch(tmp_path, **scaling) -> Path:
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
         "optimizer": {"lr": 3e-3}, "schedule": {"warmup_tokens": 64},
         "train": {"tokens": 1000}, "checkpoint": {"interval_steps": 100},  # tokens: set per size by the experiment
-        "eval": {"interval_steps": 0, "max_batches": 2}, "logging": {"interval_steps": 10, "wandb_mode": "disabled"},
+        "eval": {"interval_steps": 1, "max_batches": 2}, "logging": {"interval_steps": 10, "wandb_mode": "disabled"},
         "scaling": {"sizes": [{"name": "a"}, {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
                               {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64}],
                     "streams": [1, 2, 4], "tokens_per_param": 0.05, "seeds": 2, "bootstrap": 5, **scaling},
@@ -159,7 +159,7 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
     exp = FromScratchExperiment(load_config(config), str(config), [], dry_run=True)
     names = {(r.size, r.name) for r in exp.runs}
     assert names == {(s, n) for s in "abc" for n in ("p1-seed0", "p1-seed1", "p2-seed0", "p4-seed0", "p4-seed1",
-                                                      "dense-matched-p2", "dense-matched-p4")}
+                                                      "dense-matched-p2", "dense-matched-p4", "p1-prefix")}
     for size in "abc":
         mine = [r for r in exp.runs if r.size == size]
         cfgs = [r.loaded.config for r in mine]
@@ -169,6 +169,8 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
         seeds = {r.name: r.loaded.config.run.seed for r in mine}
         assert seeds["p1-seed0"] == seeds["p2-seed0"] == seeds["p4-seed0"] == 3 and seeds["p4-seed1"] == 4
         for r in mine:
+            if r.kind == "single_prefix":
+                assert r.loaded.config.parscale.single_prefix and r.loaded.config.parscale.streams == 1
             if r.kind == "matched_dense":  # widened to the ParScale model's parameters, within 10%
                 ours = next(x for x in mine if x.kind == "parscale" and x.streams == r.streams)
                 dense_n = parameter_counts(exp.bases[size].config.model, exp.bases[size].config.parscale, 1).non_embedding
@@ -189,7 +191,7 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
 
 @pytest.mark.multiprocess
 def test_from_scratch_end_to_end_on_tiny_models(tmp_path):
-    config = _tiny_from_scratch(tmp_path, matched_dense=False, seeds=1)  # seeds and controls: the plan test
+    config = _tiny_from_scratch(tmp_path, matched_dense=False, prefix_control=False, seeds=1)  # the plan test has them
     proc = run_cli("scaling", str(config), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = tmp_path / "exp" / "report" / "scaling.md"
@@ -202,5 +204,7 @@ def test_from_scratch_end_to_end_on_tiny_models(tmp_path):
     text = report.read_text()
     assert "## Targets" in text and "seed spread" in text and "bootstrap" in text
     assert (report.parent / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![stream spread and diversity gain against tokens](streams.png)" in text
+    assert (report.parent / "streams.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = run_cli("scaling", str(config), timeout=600)
     assert again.returncode == 0 and "torch.distributed.run" not in again.stdout

@@ -72,9 +72,19 @@ class ParScaleConfig(StrictModel):
     trainable: Literal["all", "parscale_only"] = Field(
         "all", description="'parscale_only' freezes the backbone: only prefixes and aggregator train."
     )
+    single_prefix: bool = Field(False, description="With streams 1: the dense model plus one learned prefix per "
+                                                   "layer (no aggregator), the control that tells prefix tuning "
+                                                   "apart from parallel scaling.")
 
     @model_validator(mode="after")
     def _frozen_needs_streams(self) -> "ParScaleConfig":
-        if self.trainable == "parscale_only" and self.streams == 1:
+        if self.single_prefix and self.streams > 1:
+            raise ValueError("single_prefix is the one-stream control: it needs streams 1")
+        if self.trainable == "parscale_only" and not self.has_prefix:
             raise ValueError("trainable 'parscale_only' with streams 1 leaves nothing to train")
         return self
+
+    @property
+    def has_prefix(self) -> bool:
+        """Whether the layers have learned prefixes: P > 1, or the one-stream prefix control."""
+        return self.streams > 1 or self.single_prefix

@@ -50,6 +50,9 @@ class ScalingConfig(StrictModel):
     seeds: int = Field(2, ge=1, description="from_scratch: seeds at P=1 and at the largest P (the others: one).")
     matched_dense: bool = Field(True, description="from_scratch: for each P > 1 also a dense model widened to the "
                                                   "ParScale model's non-embedding parameters, on the same tokens.")
+    prefix_control: bool = Field(True, description="from_scratch: also P = 1 with one learned prefix per layer "
+                                                   "(parscale.single_prefix), so prefix tuning can't pass for "
+                                                   "P-scaling.")
     bootstrap: int = Field(30, ge=0, description="from_scratch: refits over resampled seeds for k's uncertainty.")
     huber_delta: float = Field(1e-3, gt=0, description="Huber loss threshold on log L residuals (the paper's fit).")
     inference: InferenceCostConfig = Field(default_factory=InferenceCostConfig)

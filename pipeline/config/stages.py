@@ -19,6 +19,9 @@ class Stage2Config(StrictModel):
                                      description="Stage 2 anneals by default (decay over the whole budget).")
     lr: Scaled | None = Field(None, gt=0, description="Peak LR of stage 2; default: optimizer.lr.")
     dense_baseline: bool = Field(True, description="Also continue the dense model for the same tokens.")
+    prefix_control: bool = Field(False, description="Also continue the dense model with one learned prefix per layer "
+                                                    "(parscale.single_prefix) for the same tokens: what prefix tuning "
+                                                    "alone gives.")
 
     @model_validator(mode="after")
     def _parscale(self) -> "Stage2Config":

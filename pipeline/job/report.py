@@ -11,7 +11,7 @@ from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
 from .stages import stage2_key
 
-LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control"}
+LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control", "prefix1": "stage 2 P=1 + one prefix"}
 
 
 def label(key: str) -> str:
@@ -85,6 +85,13 @@ def write_report(job) -> Path:
             lines.append(f"At equal stage-2 tokens ({job.stage2.tokens:,}), ParScale P={p} ends "
                          f"{'below' if gain > 0 else 'above'} the dense control by {abs(gain):.4f} nats of validation "
                          "loss (same validation batches for every run).")
+    if "prefix1" in evals:
+        for p in job.streams:
+            gain = evals["prefix1"]["val_loss"] - evals[stage2_key(p)]["val_loss"]
+            lines.append(f"Against one learned prefix (P=1 + prefix, same tokens), ParScale P={p} ends "
+                         f"{'below' if gain > 0 else 'above'} it by {abs(gain):.4f} nats: what the P streams add "
+                         "beyond prefix tuning.")
+    if "dense" in evals or "prefix1" in evals:
         lines += ["", "One run's difference at this scale is within seed noise; `parscale scaling` (several sizes, "
                       "P = 1, 2, 4, 8, a fitted scaling law) is the place for claims."]
     lines += ["", "![training and validation loss](loss.png)", "", "## Stages", "", "| stage | status | wall time (s) |",

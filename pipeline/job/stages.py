@@ -42,6 +42,10 @@ class Layout:
         return self.root / "stage2-dense"
 
     @property
+    def prefix_control(self) -> Path:
+        return self.root / "stage2-p1-prefix"
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval.json"
 
@@ -115,6 +119,10 @@ class MainJob:
         if self.stage2.dense_baseline:
             self.configs["dense"] = self._derive(self._stage2_sets(self.layout.dense, {"streams": 1},
                                                                    self.layout.consolidated))
+        if self.stage2.prefix_control:
+            control = self.parscale(1).model_copy(update={"single_prefix": True}).model_dump(mode="json")
+            self.configs["prefix1"] = self._derive(self._stage2_sets(self.layout.prefix_control, control,
+                                                                     self.layout.consolidated))
         self.timings: dict[str, dict] = {}
 
     def parscale(self, streams: int):
@@ -149,6 +157,9 @@ class MainJob:
                        (f"stage 2: ParScale P={p}", lambda key=key: self._trained(key), lambda key=key: self._train(key))]
         if "dense" in self.configs:
             stages.append(("stage 2: dense control", lambda: self._trained("dense"), lambda: self._train("dense")))
+        if "prefix1" in self.configs:
+            stages.append(("stage 2: P=1 + one prefix control", lambda: self._trained("prefix1"),
+                           lambda: self._train("prefix1")))
         stages.append(("evaluation", self._evaluated, self._evaluate))
         if self.with_report:
             stages.append(("report", lambda: False, self._report))

@@ -33,7 +33,7 @@ class Attention(nn.Module):
             cfg.num_attention_heads * d, cfg.hidden_size, config=mp, init_method=out_init, bias=False,
             input_is_parallel=True, skip_bias_add=False,
         )
-        self.prefix = StreamPrefix(ps, cfg.num_kv_heads, d, tp_rank, tp_size) if ps.streams > 1 else None
+        self.prefix = StreamPrefix(ps, cfg.num_kv_heads, d, tp_rank, tp_size) if ps.has_prefix else None
 
     def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         b, t, _ = x.shape

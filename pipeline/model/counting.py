@@ -39,7 +39,7 @@ def _layer_linears(cfg: ModelConfig) -> int:
 
 
 def prefix_params(cfg: ModelConfig, ps: ParScaleConfig) -> int:
-    if ps.streams == 1:
+    if not ps.has_prefix:
         return 0
     kv_width = cfg.num_kv_heads * cfg.kv_channels
     if ps.prefix_init == "normal":
@@ -75,7 +75,7 @@ def forward_flops_per_token(cfg: ModelConfig, ps: ParScaleConfig, vocab: int, se
     tokens on average, plus the prefix). ParScale runs the backbone P times and the LM head once."""
     streams = ps.streams
     width = cfg.num_attention_heads * cfg.kv_channels
-    context = (seq_len + 1) / 2 + (ps.prefix_len if streams > 1 else 0)
+    context = (seq_len + 1) / 2 + (ps.prefix_len if ps.has_prefix else 0)
     attention = 2 * 2 * width * context  # QK^T and AV
     backbone = cfg.num_layers * (2 * _layer_linears(cfg) + attention)
     aggregator = 2 * aggregator_params(cfg, ps)

@@ -76,7 +76,7 @@ class ParScaleLM(nn.Module):
         self.vocab_size = vocab_size
         self.padded_vocab_size = padded_vocab_size(vocab_size, cfg.pad_vocab_to_multiple_of, tp_size)
         self.streams = ps.streams
-        self.prefix_len = ps.prefix_len if ps.streams > 1 else 0
+        self.prefix_len = ps.prefix_len if ps.has_prefix else 0
         self.activation_checkpointing = activation_checkpointing
         self.attention_backend = cfg.attention_backend  # "auto" | "sdpa" | "flex" (a runtime choice)
         mp = ModelParallelConfig(tensor_model_parallel_size=tp_size, use_cpu_initialization=True,

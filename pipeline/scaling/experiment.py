@@ -28,7 +28,8 @@ class ScalingExperiment:
         per_param = self.cfg.scaling.stage2_tokens_per_param
         for size in self.cfg.scaling.sizes:
             sets = [*self.overrides, f"run.output_dir={self.root / size.name}", f"run.name={self.cfg.run.name}-{size.name}",
-                    "stage2.dense_baseline=true", *(f"model.{k}={v}" for k, v in size.model_overrides().items())]
+                    "stage2.dense_baseline=true", f"stage2.prefix_control={str(self.cfg.scaling.prefix_control).lower()}",
+                    *(f"model.{k}={v}" for k, v in size.model_overrides().items())]
             loaded_size = load_config(config_path, sets)
             if per_param:  # the stage-2 budget in tokens per non-embedding parameter of this size
                 sets.append(f"stage2.tokens={math.ceil(per_param * non_embedding(loaded_size.config.model, 1))}")
@@ -62,7 +63,8 @@ class ScalingExperiment:
                 result = evals["dense" if p == 1 else stage2_key(p)]
                 rows.append({"size": name, "params": n, "streams": p, "val_loss": result["val_loss"],
                              "tokens_seen": result["tokens_seen"], "stage1_val_loss": evals["stage1"]["val_loss"],
-                             "stream_spread": result.get("stream_spread")})
+                             "stream_spread": result.get("stream_spread"),
+                             "prefix_control_val_loss": evals.get("prefix1", {}).get("val_loss") if p == 1 else None})
         return rows
 
     def fits(self, rows: list[dict]) -> dict[str, LawFit]:

@@ -2,10 +2,11 @@
 every P is trained from initialisation on the same tokens, in the same data order, with the same
 schedule; ``scaling.seeds`` seeds at P = 1 and at the largest P; for each P > 1 a dense control
 widened to the ParScale model's non-embedding parameters (prefixes and aggregator included) on
-the same tokens. All runs of a size are evaluated on the same validation batches. The budget is
+the same tokens; and P = 1 with one learned prefix (``parscale.single_prefix``), so that prefix
+tuning cannot pass for P-scaling. All runs of a size are evaluated on the same validation batches. The budget is
 ``scaling.tokens_per_param`` tokens per non-embedding parameter of the size.
 
-Layout: ``run.output_dir/<size>/p<P>-seed<i>/`` and ``.../dense-matched-p<P>/``, one ``eval.json``
+Layout: ``run.output_dir/<size>/p<P>-seed<i>/``, ``.../dense-matched-p<P>/``, ``.../p1-prefix/``, one ``eval.json``
 per size. Finished runs are skipped on a rerun; an interrupted one resumes from its checkpoints."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .law import PAPER_K, LawFit, Point, fit_law
 class Run:
     size: str
     name: str  # folder under the size
-    kind: str  # "parscale" (P = 1 included) or "matched_dense"
+    kind: str  # "parscale" (P = 1 included), "matched_dense" or "single_prefix"
     streams: int  # P; for a matched dense control, the P it matches
     seed: int  # index, 0 .. seeds - 1
     loaded: LoadedConfig
@@ -71,6 +72,9 @@ class FromScratchExperiment:
                         sets, size.name, name, tokens, i, [f"parscale.streams={p}"])))
                 if p > 1 and sc.matched_dense:
                     self.runs.append(self._matched_dense(sets, size.name, base, p, tokens))
+            if sc.prefix_control:
+                self.runs.append(Run(size.name, "p1-prefix", "single_prefix", 1, 0, self._derive(
+                    sets, size.name, "p1-prefix", tokens, 0, ["parscale.streams=1", "parscale.single_prefix=true"])))
 
     def _derive(self, sets: list[str], size: str, name: str, tokens: int, seed: int, extra: list[str]) -> LoadedConfig:
         return load_config(self.path, sets + [f"run.output_dir={self.root / size / name}",

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from ..utils.fs import atomic_write_text
+from ..utils.plots import save, two_panels
 from .from_scratch import k_interval
 from .law import PAPER_K
 from .report import plot
@@ -59,6 +60,18 @@ def _control_table(exp, rows: list[dict]) -> list[str]:
     return lines
 
 
+def _prefix_table(exp, rows: list[dict]) -> list[str]:
+    top = max(exp.streams)
+    lines = [f"| size | P=1 | P=1 + one prefix | P={top} | P={top} - (P=1 + one prefix) |", "|---|---|---|---|---|"]
+    for size in exp.bases:
+        mine, control = _by(rows, size), _by(rows, size, "single_prefix")
+        if 1 in control:
+            one = _mean(control[1])
+            lines.append(f"| {size} | {_mean(mine[1]):.4f} | {one:.4f} | {_mean(mine[top]):.4f} | "
+                         f"{_mean(mine[top]) - one:+.4f} |")
+    return lines
+
+
 def _stream_table(exp, rows: list[dict]) -> list[str]:
     lines = ["| size | P | stream spread | weight entropy (ln P) | max mean weight |", "|---|---|---|---|---|"]
     for size in exp.bases:
@@ -68,6 +81,30 @@ def _stream_table(exp, rows: list[dict]) -> list[str]:
                 lines.append(f"| {size} | {p} | {r['stream_spread']:.4f} | {r['weight_entropy']:.3f} ({math.log(p):.3f}) "
                              f"| {r['max_mean_weight']:.3f} |")
     return lines
+
+
+def stream_curves(exp) -> dict[str, list[dict]]:
+    """Per P > 1 run of the largest size (seed 0): its evaluation records in token order."""
+    size = list(exp.bases)[-1]
+    out = {}
+    for run in exp.runs:
+        if run.size == size and run.kind == "parscale" and run.streams > 1 and run.seed == 0:
+            path = Path(run.loaded.config.run.output_dir) / run.loaded.config.logging.metrics_file
+            records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+            out[f"P={run.streams}"] = [r for r in records if r.get("kind") == "eval" and "stream_spread" in r]
+    return out
+
+
+def plot_streams(curves: dict[str, list[dict]], path: Path) -> Path:
+    fig, (spread, gain) = two_panels()
+    for name, records in curves.items():
+        tokens = [r["tokens_seen"] for r in records]
+        spread.plot(tokens, [r["stream_spread"] for r in records], "o-", label=name)
+        if all("diversity_gain" in r for r in records):
+            gain.plot(tokens, [r["diversity_gain"] for r in records], "o-", label=name)
+    spread.set(xlabel="tokens", ylabel="stream spread", title="how far apart the streams are")
+    gain.set(xlabel="tokens", ylabel="nats", title="diversity gain: loss with the mean prefix - real loss")
+    return save(fig, (spread, gain), path)
 
 
 def targets(exp, rows: list[dict], fits: dict) -> list[str]:
@@ -86,6 +123,10 @@ def targets(exp, rows: list[dict], fits: dict) -> list[str]:
         if top in dense:
             diff = _mean(mine[top]) - _mean(dense[top])
             line += f"; P={top} vs its parameter-matched dense: {diff:+.4f} ({'beats it' if diff < 0 else 'does not beat it'})"
+        control = _by(rows, size, "single_prefix")
+        if 1 in control:
+            diff = _mean(mine[top]) - _mean(control[1])
+            line += f"; vs P=1 + one prefix: {diff:+.4f} ({'beats it' if diff < 0 else 'does not beat it'})"
         out.append(line + ".")
     free = fits["free"]
     interval = k_interval(fits["bootstrap_k"])
@@ -118,8 +159,17 @@ def write_report(exp, console) -> Path:
                   "Each dense control is the size widened to the ParScale model's non-embedding parameters "
                   "(aggregator and prefixes included), trained on the same tokens: a gain of ParScale beyond it "
                   "is not just extra parameters.", "", *_control_table(exp, rows), ""]
+    if any(r["kind"] == "single_prefix" for r in rows):
+        lines += ["## Against one learned prefix", "", "P = 1 with one learned prefix per layer and no aggregator, "
+                  "on the same tokens: what prefix tuning alone gives.", "", *_prefix_table(exp, rows), ""]
+    curves = stream_curves(exp)
+    figure = []
+    if any(curves.values()):
+        plot_streams(curves, out / "streams.png")
+        figure = [f"Over training, size {list(exp.bases)[-1]} (every evaluation, `eval.interval_steps`):", "",
+                  "![stream spread and diversity gain against tokens](streams.png)", ""]
     lines += ["## The streams", "", "Stream spread: RMS distance of each stream's final states from the streams' "
-              "mean, relative to the mean (0: identical streams).", "", *_stream_table(exp, rows), "",
+              "mean, relative to the mean (0: identical streams).", "", *_stream_table(exp, rows), "", *figure,
               "## Fitted law: L = E + (A / (N (k ln P + 1)))^alpha", "",
               f"Huber (delta {sc.huber_delta:g}) on log L of the seed means; N counts ParScale's own parameters. "
               "Curves in the plot are drawn at the dense N of each size.", "",

@@ -42,14 +42,19 @@ def plot(rows: list[dict], fit: LawFit, path: Path) -> Path:
 
 def _loss_table(exp, rows: list[dict]) -> list[str]:
     streams = exp.streams
-    head = "| size | shape | N (non-embedding) | stage 1 | " + " | ".join(f"P={p}" for p in streams) + " |"
-    lines = [head, "|" + "---|" * (4 + len(streams))]
+    control = any(r.get("prefix_control_val_loss") is not None for r in rows)
+    head = ("| size | shape | N (non-embedding) | stage 1 | " + " | ".join(f"P={p}" for p in streams)
+            + (" | P=1 + one prefix |" if control else " |"))
+    lines = [head, "|" + "---|" * (4 + len(streams) + control)]
     for name, job in exp.jobs.items():
         mine = {r["streams"]: r for r in rows if r["size"] == name}
         base = mine[1]["val_loss"]
         cells = [f"{mine[1]['val_loss']:.4f}"] + [f"{mine[p]['val_loss']:.4f} ({mine[p]['val_loss'] - base:+.4f})"
                                                   for p in streams if p > 1]
         m = job.cfg.model
+        if control:
+            one = mine[1]["prefix_control_val_loss"]
+            cells.append(f"{one:.4f} ({one - base:+.4f})")
         lines.append(f"| {name} | {m.num_layers}x{m.hidden_size}, FFN {m.ffn_hidden_size} | {mine[1]['params']:,} | "
                      f"{mine[1]['stage1_val_loss']:.4f} | " + " | ".join(cells) + " |")
     return lines

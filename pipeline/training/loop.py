@@ -110,6 +110,7 @@ class Trainer:
             "parscale.prefix_len": cfg.parscale.prefix_len, "parscale.prefix_init": cfg.parscale.prefix_init,
             "parscale.trainable": cfg.parscale.trainable, "parallel.tensor_parallel_size": cfg.parallel.tensor_parallel_size,
             "parallel.zero_stage": cfg.parallel.zero_stage, "vocab_size": self.vocab,
+            **({"parscale.single_prefix": True} if cfg.parscale.single_prefix else {}),
         }
 
     def _attention_backend(self) -> str:
@@ -130,7 +131,7 @@ class Trainer:
             diffs = [k for k, v in meta["model"].items() if k != "vocab_size" and getattr(self.cfg.model, k) != v]
             if diffs:
                 raise self.loaded.error("train.init_from", f"{source} has a different model shape ({', '.join(diffs)})")
-        new = load_full_state(model, read_weights(source), source, allow_new_parscale=self.cfg.parscale.streams > 1)
+        new = load_full_state(model, read_weights(source), source, allow_new_parscale=self.cfg.parscale.has_prefix)
         if self.ctx.is_main:
             print(f"initialised from {source}" + (f" (+{len(new)} new ParScale tensors)" if new else ""), flush=True)
 
@@ -292,7 +293,8 @@ class Trainer:
         self.engine.eval()
         stats = StreamStats(streams, self.ctx.device) if streams > 1 else None
         loss = self._eval_pass(stats)
-        result = {"step": self.step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+        result = {"step": self.step, "tokens_seen": self.step * self.tokens_per_step, "val_loss": loss,
+                  "val_ppl": math.exp(min(loss, 50.0))}
         if stats is not None:
             result |= stats.result(self._dp_group()) | self._prefix_similarity()
             if self.cfg.eval.stream_diagnostics:
