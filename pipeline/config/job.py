@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from .ablation import AblationConfig
 from .base import StrictModel
 from .data import DataConfig, PackingConfig, TokenizerConfig
 from .model import ModelConfig, ParScaleConfig
@@ -42,6 +43,7 @@ class JobConfig(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     stage2: Stage2Config | None = Field(None, description="Required by run: how stage 2 continues this job.")
     scaling: ScalingConfig | None = Field(None, description="Required by scaling: model sizes and stream counts.")
+    ablation: AblationConfig | None = Field(None, description="Required by ablate: the stage-2 variants.")
 
 
 def cross_section_problems(cfg: JobConfig) -> list[tuple[str, str]]:

@@ -22,6 +22,7 @@ from ..errors import JobError
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    stage2_root: Path | None = None  # where the ParScale conversions and stage-2 runs go (default: root)
 
     @property
     def stage1(self) -> Path:
@@ -32,10 +33,10 @@ class Layout:
         return self.root / "convert" / "stage1-fp32"
 
     def init(self, streams: int) -> Path:
-        return self.root / "convert" / f"stage2-init-p{streams}"
+        return (self.stage2_root or self.root) / "convert" / f"stage2-init-p{streams}"
 
     def stage2(self, streams: int) -> Path:
-        return self.root / f"stage2-p{streams}"
+        return (self.stage2_root or self.root) / f"stage2-p{streams}"
 
     @property
     def dense(self) -> Path:
@@ -101,16 +102,18 @@ def stage2_key(streams: int) -> str:
 
 class MainJob:
     """``streams``: the stage-2 stream counts to train (default: ``stage2.parscale.streams``); each
-    gets its own conversion and run. ``report``: whether the job writes its own report."""
+    gets its own conversion and run. ``report``: whether the job writes its own report.
+    ``stage2_root``: a folder for the ParScale conversions and stage-2 runs other than
+    ``run.output_dir`` (a variant of stage 2 on the same stage 1)."""
 
     def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False,
-                 streams: list[int] | None = None, report: bool = True):
+                 streams: list[int] | None = None, report: bool = True, stage2_root: Path | None = None):
         loaded.require("run", "model", "train", "stage2")
         self.loaded, self.cfg = loaded, loaded.config
         self.path, self.overrides, self.dry_run, self.with_report = config_path, list(overrides), dry_run, report
         self.stage2 = self.cfg.stage2
         self.streams = streams or [self.stage2.parscale.streams]
-        self.layout = Layout(Path(self.cfg.run.output_dir))
+        self.layout = Layout(Path(self.cfg.run.output_dir), stage2_root)
         self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
         self.configs = {"stage1": self._derive([f"run.output_dir={self.layout.stage1}"])}
         for p in self.streams:
