@@ -9,10 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 from checkpoints_tools import cli as convert_cli
 from data_prep import cli as prep_cli
 
-from .commands import config_cmd, eval_cmd, generate_cmd, run_cmd, scaling_cmd, train_cmd
+from .commands import ablate_cmd, config_cmd, eval_cmd, generate_cmd, run_cmd, scaling_cmd, train_cmd
 from .errors import JobError
 
-SUBCOMMANDS = [prep_cli, train_cmd, convert_cli, eval_cmd, generate_cmd, run_cmd, scaling_cmd, config_cmd]
+SUBCOMMANDS = [prep_cli, train_cmd, convert_cli, eval_cmd, generate_cmd, run_cmd, scaling_cmd, ablate_cmd, config_cmd]
 
 EXIT_USER_ERROR = 2  # invalid config or input
 

@@ -4,6 +4,7 @@ stage, 2 processes), its report, the rerun that skips every finished stage, and 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import yaml
@@ -59,6 +60,24 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skip") >= 8 and "torch.distributed.run" not in again.stdout
     assert report.exists()
+
+    # parscale ablate on the same job: the main job is reused whole, only the variant trains
+    cfg = yaml.safe_load(config.read_text()) | {
+        "ablation": {"seeds": 1, "variants": [{"name": "lr-x10", "set": {"optimizer.parscale_lr_mult": 10}}]}}
+    ablate = tmp_path / "ablate.yaml"
+    ablate.write_text(yaml.safe_dump(cfg))
+    trained = {p: p.stat().st_mtime_ns for p in job.glob("*/portable/model.safetensors")}
+    proc = run_cli("ablate", str(ablate), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(trained) == 4 and {p: p.stat().st_mtime_ns for p in trained} == trained  # nothing retrained
+    variant = job / "ablation" / "lr-x10-seed0"
+    assert yaml.safe_load((variant / "stage2-p2" / "job.yaml").read_text())["optimizer"]["parscale_lr_mult"] == 10
+    results = json.loads((job / "ablation" / "eval.json").read_text())
+    assert set(results) == {"baseline-seed0", "lr-x10-seed0", "dense", "prefix1"}
+    for key in ("baseline-seed0", "lr-x10-seed0"):
+        assert math.isfinite(results[key]["diversity_gain"]) and -1 <= results[key]["update_cosine"] <= 1
+    assert results["baseline-seed0"]["val_loss"] == pytest.approx(evals["stage2-p2"]["val_loss"])  # same batches
+    assert "| lr-x10 | `optimizer.parscale_lr_mult=10` |" in (job / "ablation" / "report" / "ablation.md").read_text()
 
     finished = (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes()
     changed = run_cli("run", str(config), "--set", "stage2.parscale.prefix_len=3", timeout=600)

@@ -24,6 +24,10 @@ from .inference_cost import dense_equivalent, non_embedding
 from .law import PAPER_K, LawFit, Point, fit_law
 
 
+#: the stream diagnostics of an evaluation that each result row carries
+STREAM_KEYS = ("stream_spread", "weight_entropy", "max_mean_weight", "prefix_cosine", "diversity_gain")
+
+
 @dataclass(frozen=True)
 class Run:
     size: str
@@ -151,7 +155,7 @@ class FromScratchExperiment:
             rows.append({"size": run.size, "run": run.name, "kind": run.kind, "streams": run.streams, "seed": run.seed,
                          "params": non_embedding(self.bases[run.size].config.model, 1), "fit_params": run.fit_params,
                          "tokens_seen": result["tokens_seen"], "val_loss": result["val_loss"],
-                         **{k: result.get(k) for k in ("stream_spread", "weight_entropy", "max_mean_weight")}})
+                         **{k: result.get(k) for k in STREAM_KEYS}})
         return rows
 
     def fits(self, rows: list[dict]) -> dict:

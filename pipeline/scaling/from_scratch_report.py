@@ -73,13 +73,21 @@ def _prefix_table(exp, rows: list[dict]) -> list[str]:
 
 
 def _stream_table(exp, rows: list[dict]) -> list[str]:
-    lines = ["| size | P | stream spread | weight entropy (ln P) | max mean weight |", "|---|---|---|---|---|"]
+    """Means over seeds; a diagnostic an older evaluation lacks shows as n/a."""
+    lines = ["| size | P | stream spread | weight entropy (ln P) | max mean weight | prefix cosine | diversity gain |",
+             "|---|---|---|---|---|---|---|"]
+
+    def mean(group: list[dict], key: str, spec: str) -> str:
+        values = [r[key] for r in group if r.get(key) is not None]
+        return spec.format(sum(values) / len(values)) if values else "n/a"
+
     for size in exp.bases:
         for p, group in sorted(_by(rows, size).items()):
             if p > 1:
-                r = group[0]
-                lines.append(f"| {size} | {p} | {r['stream_spread']:.4f} | {r['weight_entropy']:.3f} ({math.log(p):.3f}) "
-                             f"| {r['max_mean_weight']:.3f} |")
+                lines.append(f"| {size} | {p} | {mean(group, 'stream_spread', '{:.4f}')} | "
+                             f"{mean(group, 'weight_entropy', '{:.3f}')} ({math.log(p):.3f}) | "
+                             f"{mean(group, 'max_mean_weight', '{:.3f}')} | {mean(group, 'prefix_cosine', '{:.3f}')} | "
+                             f"{mean(group, 'diversity_gain', '{:+.4f}')} |")
     return lines
 
 

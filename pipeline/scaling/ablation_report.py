@@ -1,0 +1,113 @@
+"""The stage-2 ablation's report (``ablation/report/ablation.md`` + ``results.json``): per variant,
+the validation loss over seeds against the baseline and the two controls, and the stream
+diagnostics that say whether the streams became different."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..utils.fs import atomic_write_text
+from .ablation import BASELINE, CONTROLS
+
+#: the diagnostics averaged over seeds, in table order: (key, column title, format)
+DIAGNOSTICS = (("diversity_gain", "diversity gain", "{:+.4f}"), ("stream_spread", "stream spread", "{:.4f}"),
+               ("weight_entropy", "weight entropy / ln P", None), ("max_mean_weight", "max mean weight", "{:.3f}"),
+               ("prefix_cosine", "prefix cosine", "{:.3f}"), ("update_cosine", "update cosine", "{:.3f}"))
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def summarize(variants: list[tuple[str, int, tuple[str, ...]]], results: dict[str, dict], streams: int) -> list[dict]:
+    """One row per variant name: seed losses, their mean and spread (max - min), the diagnostics'
+    means, and the mean's difference to the baseline's and to each control."""
+    rows: dict[str, dict] = {}
+    for name, seed, sets in variants:
+        row = rows.setdefault(name, {"variant": name, "set": list(sets), "losses": [], "diag": {}})
+        result = results[f"{name}-seed{seed}"]
+        row["losses"].append(result["val_loss"])
+        for key, _, _ in DIAGNOSTICS:
+            if result.get(key) is not None:
+                value = result[key] / math.log(streams) if key == "weight_entropy" else result[key]
+                row["diag"].setdefault(key, []).append(value)
+    for row in rows.values():
+        row["val_loss"] = _mean(row["losses"])
+        row["seed_spread"] = max(row["losses"]) - min(row["losses"]) if len(row["losses"]) > 1 else None
+        row["diag"] = {k: _mean(v) for k, v in row["diag"].items()}
+    base = rows[BASELINE]["val_loss"]
+    for row in rows.values():
+        row["vs_baseline"] = row["val_loss"] - base
+        for control in CONTROLS:
+            if control in results:
+                row[f"vs_{control}"] = row["val_loss"] - results[control]["val_loss"]
+    return list(rows.values())
+
+
+def _fmt(value, spec: str | None) -> str:
+    return "-" if value is None else (spec or "{:.3f}").format(value)
+
+
+def table(rows: list[dict]) -> list[str]:
+    controls = [c for c in CONTROLS if f"vs_{c}" in rows[0]]
+    head = ["variant", "set", "val loss (seeds)", "seed spread", "vs baseline",
+            *(f"vs {CONTROLS[c]}" for c in controls),
+            *(title for _, title, _ in DIAGNOSTICS)]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["variant"], ", ".join(f"`{s}`" for s in r["set"]) or "(the config as is)",
+                 f"{r['val_loss']:.4f} ({', '.join(f'{x:.4f}' for x in r['losses'])})", _fmt(r["seed_spread"], "{:.4f}"),
+                 f"{r['vs_baseline']:+.4f}", *(f"{r[f'vs_{c}']:+.4f}" for c in controls),
+                 *(_fmt(r["diag"].get(k), spec) for k, _, spec in DIAGNOSTICS)]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """Which variants beat the baseline by more than the seeds' spread, and which made the streams
+    worth more than one shared prefix."""
+    base = next(r for r in rows if r["variant"] == BASELINE)
+    noise = max((r["seed_spread"] or 0.0) for r in rows)
+    out = [f"- Largest seed spread of any variant: {noise:.4f} nats; a difference below it is not a finding."]
+    for r in rows:
+        if r is base:
+            continue
+        gain = r["diag"].get("diversity_gain")
+        verdict = ("lower than the baseline beyond the seed spread" if -r["vs_baseline"] > noise else
+                   "higher than the baseline beyond the seed spread" if r["vs_baseline"] > noise else
+                   "within the seed spread of the baseline")
+        out.append(f"- `{r['variant']}`: {r['vs_baseline']:+.4f} nats, {verdict}"
+                   + (f"; diversity gain {gain:+.4f} (baseline {base['diag'].get('diversity_gain', 0.0):+.4f})"
+                      if gain is not None else "") + ".")
+    return out
+
+
+def write_report(ablation, results: dict[str, dict]) -> Path:
+    from .experiment import hardware
+
+    cfg = ablation.cfg
+    streams = cfg.stage2.parscale.streams
+    rows = summarize([(v.name, v.seed, v.sets) for v in ablation.variants], results, streams)
+    controls = {c: results[c]["val_loss"] for c in CONTROLS if c in results}
+    lines = [f"# {cfg.run.name}: stage-2 ablations at P = {streams}", "",
+             f"Config: `{ablation.path}`" + (f" with `--set {' '.join(ablation.overrides)}`" if ablation.overrides else "")
+             + f". Stage 1 dense on {cfg.train.tokens:,} tokens, shared; every variant's stage 2 on "
+               f"{cfg.stage2.tokens:,} tokens from it, {cfg.ablation.seeds} seeds each (seed i: run.seed + i, "
+               "the ParScale init and stage 2's data order); validation on the same "
+               f"{cfg.eval.max_batches} batches for every model. Measured on: {hardware()}.", "",
+             "Controls on the same stage-2 tokens: "
+             + ", ".join(f"{CONTROLS[c]} {v:.4f}" for c, v in controls.items()) + ".", "",
+             "Diagnostics (means over seeds): diversity gain = val loss with every stream given the streams' "
+             "mean prefix minus the real loss (0: single-prefix tuning); stream spread = RMS distance of the "
+             "streams' final states from their mean, relative to it; weight entropy / ln P (1: uniform merge); "
+             "prefix cosine = mean pairwise cosine of the streams' prefixes; update cosine = the same for their "
+             "change from the converted init (1: every stream moved the same way).", "",
+             *table(rows), "", "## What the runs say", "", *findings(rows), ""]
+    atomic_write_text(ablation.report_dir / "results.json", json.dumps(
+        {"rows": rows, "results": results, "hardware": hardware()}, indent=2))
+    return atomic_write_text(ablation.report_dir / "ablation.md", "\n".join(lines))
+
+
+__all__ = ["DIAGNOSTICS", "findings", "summarize", "table", "write_report"]
