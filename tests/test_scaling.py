@@ -93,7 +93,7 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
         "optimizer": {"lr": 3e-3}, "schedule": {"warmup_tokens": 64},
         "train": {"tokens": 4 * 32 * 4}, "checkpoint": {"interval_steps": 100},
-        "eval": {"interval_steps": 0, "max_batches": 2}, "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
+        "eval": {"interval_steps": 1, "max_batches": 2}, "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
         "stage2": {"parscale": {"streams": 2, "prefix_len": 2}, "tokens": 2 * 4 * 32},
         "scaling": {"mode": "two_stage", "prefix_control": False, "sizes": [{"name": "a"}, {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
                               {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64, "num_layers": 2}],
@@ -118,6 +118,12 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
         (b, p) for b in (1, 2) for p in (2, 4)}
     text = report.read_text()
     assert "| k |" in text and f"**{PAPER_K}**" in text and "![loss vs N and P" in text and "Measured on:" in text
+    budget = results["budget"]  # the largest size's stage-2 evaluations at steps 1 and 2
+    assert budget["size"] == "c" and [r["tokens"] for r in budget["rows"]] == [4 * 32, 2 * 4 * 32]
+    last = {r["streams"]: r["val_loss"] for r in results["rows"] if r["size"] == "c"}
+    assert budget["rows"][-1]["losses"] == pytest.approx([last[1], last[2], last[4]], abs=1e-4)
+    assert budget["largest_tried"] == pytest.approx(2 * 4 * 32 / budget["params"])
+    assert "## Stage-2 budget: when the P ordering appears" in text and "stage-2 tokens per parameter" in text
     assert (report.parent / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for size in "abc":
         for stage in ("stage1", "stage2-p2", "stage2-p4", "stage2-dense"):
@@ -208,3 +214,12 @@ def test_from_scratch_end_to_end_on_tiny_models(tmp_path):
     assert (report.parent / "streams.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = run_cli("scaling", str(config), timeout=600)
     assert again.returncode == 0 and "torch.distributed.run" not in again.stdout
+
+
+def test_the_two_stage_budget_is_where_the_ordering_appears_and_then_holds():
+    from pipeline.scaling.budget import appears_at, ordered
+
+    assert ordered([3.0, 2.9, 2.8]) and not ordered([3.0, 3.0, 2.8]) and not ordered([3.0, 2.8, 2.9])
+    rows = [{"tokens_per_param": t, "ordered": o} for t, o in ((0.1, True), (0.2, False), (0.3, True), (0.4, True))]
+    assert appears_at(rows) == 0.3  # the early ordered point does not count: it did not hold
+    assert appears_at(rows[:2]) is None and appears_at([]) is None

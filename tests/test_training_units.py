@@ -3,6 +3,8 @@ schedule, optimizer groups and the frozen-backbone switch."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,15 @@ def test_parscale_lr_multiplier_gets_groups_of_its_own_and_deepspeed_keeps_it():
         lrs = sorted({round(g["lr"], 9) for g in engine.optimizer.param_groups})
         assert lrs == [2e-3, 2e-2]
         engine.destroy()
+
+
+def test_metrics_are_read_one_record_per_step_the_replayed_one_winning(tmp_path):
+    from pipeline.training.metrics import read_records
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "kind": "eval", "val_loss": 4.5},
+             {"step": 2, "loss": 3.9}, {"step": 3, "loss": 3.5}]  # killed after step 2, resumed from step 1
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    records = read_records(path)
+    assert [(r["step"], r.get("kind", "train")) for r in records] == [(1, "train"), (2, "eval"), (2, "train"), (3, "train")]
+    assert records[2]["loss"] == 3.9

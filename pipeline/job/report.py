@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..training.metrics import read_records
 from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
 from .stages import stage2_key
@@ -22,8 +23,7 @@ def label(key: str) -> str:
 def read_metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(tokens, train loss) and (tokens, val loss) points of one training run."""
     train, val, per_step = [], [], None
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in read_records(run_dir / "metrics.jsonl"):
         if "loss" in record and "tokens_seen" in record:
             train.append((record["tokens_seen"], record["loss"]))
             per_step = record["tokens_seen"] / record["step"]

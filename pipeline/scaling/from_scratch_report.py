@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+from ..training.metrics import read_records
 from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
 from .from_scratch import k_interval
@@ -98,7 +99,7 @@ def stream_curves(exp) -> dict[str, list[dict]]:
     for run in exp.runs:
         if run.size == size and run.kind == "parscale" and run.streams > 1 and run.seed == 0:
             path = Path(run.loaded.config.run.output_dir) / run.loaded.config.logging.metrics_file
-            records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+            records = read_records(path) if path.exists() else []
             out[f"P={run.streams}"] = [r for r in records if r.get("kind") == "eval" and "stream_spread" in r]
     return out
 

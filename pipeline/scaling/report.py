@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
+from .budget import budget_curve, budget_lines
 from .inference_cost import PAPER
 from .law import PAPER_K, LawFit
 
@@ -158,6 +159,7 @@ def write_report(exp, console) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps({"key": key, "rows": inference, "hardware": hardware()}, indent=2))
     plot(rows, free, out / "scaling.png")
+    budget = budget_curve(exp)
     cfg = exp.cfg
     s2 = cfg.stage2
     lines = [f"# {cfg.run.name}: the parallel scaling law at small scale", "",
@@ -167,6 +169,7 @@ def write_report(exp, console) -> Path:
                f"prefix length {s2.parscale.prefix_len}). Validation loss on the same batches for every run "
                f"({cfg.eval.max_batches} batches).", "",
              "## Validation loss (difference to P=1 in brackets)", "", *_loss_table(exp, rows), "",
+             "## Stage-2 budget: when the P ordering appears", "", *budget_lines(budget), "",
              "How different the streams are: RMS distance of each stream's final hidden states (after the "
              "last norm, before the merge) from the streams' mean, relative to the mean, on the validation "
              "batches (0 = identical streams, which makes P streams worth one).", "", *_spread_table(exp, rows), "",
@@ -182,6 +185,6 @@ def write_report(exp, console) -> Path:
              f"({PAPER['where']}).", "", *_inference_table(inference), "",
              "## What held at this scale", "", *_findings(exp, rows, fits, inference), ""]
     atomic_write_text(out / "results.json", json.dumps(
-        {"rows": rows, "fits": {k: f.as_dict() for k, f in fits.items()}, "inference": inference,
+        {"rows": rows, "fits": {k: f.as_dict() for k, f in fits.items()}, "inference": inference, "budget": budget,
          "paper": {"k": PAPER_K, **PAPER}, "hardware": hardware()}, indent=2))
     return atomic_write_text(out / "scaling.md", "\n".join(lines))

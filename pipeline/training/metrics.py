@@ -48,6 +48,17 @@ class MetricsSink:
             self.wandb.finish()
 
 
+def read_records(path: str | Path) -> list[dict]:
+    """A metrics file's records, one per (kind, step) in step order: a resumed run logs the steps it
+    replays a second time, and the later record (what the finished run did) wins."""
+    records: dict[tuple[str, int], dict] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[(record.get("kind", "train"), record.get("step", -1))] = record
+    return sorted(records.values(), key=lambda r: (r.get("step", -1), r.get("kind", "train")))
+
+
 def _run_id(cfg: JobConfig) -> str:
     import hashlib
 
