@@ -203,6 +203,30 @@ def test_checkpoint_from_another_layout_is_refused(tmp_path, data):
     assert "train.init_from" in proc.stderr
 
 
+def test_a_damaged_checkpoint_is_set_aside_and_the_newest_intact_one_resumes(tmp_path, data):
+    config = job_config(tmp_path, data, "damaged")  # checkpoints at steps 4 and 8
+    assert train(config).returncode == 0
+    ckpts = tmp_path / "damaged" / "checkpoints"
+    victim = max((ckpts / "step00000008").glob("*model_states.pt"))
+    flipped = bytearray(victim.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # same size: only the recorded sha256 can tell
+    victim.write_bytes(bytes(flipped))
+    longer = job_config(tmp_path, data, "damaged", train={"tokens": 12 * 8 * 32})
+    proc = train(longer)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"warning: resuming from {ckpts / 'step00000004'}, the newest intact checkpoint" in proc.stderr
+    assert f"{ckpts / 'step00000008' / victim.name}: sha256 differs from the one recorded at save" in proc.stderr
+    assert f"resumed from {ckpts / 'step00000004'} at step 4" in proc.stdout
+    assert (ckpts / "corrupt-step00000008" / victim.name).read_bytes() == bytes(flipped)  # kept, not deleted
+    for tag in ("step00000008", "step00000012"):  # now damage every checkpoint: nothing to resume from
+        for path in (ckpts / tag).glob("*optim_states.pt"):
+            path.write_bytes(path.read_bytes()[:100])
+    (ckpts / "step00000004" / "trainer_state.json").unlink()
+    proc = train(job_config(tmp_path, data, "damaged", train={"tokens": 16 * 8 * 32}))
+    assert proc.returncode == 2 and "no intact checkpoint to resume from" in proc.stderr
+    assert "truncated or overwritten" in proc.stderr and "trainer_state.json: missing" in proc.stderr
+
+
 def test_latest_skips_an_incomplete_save(tmp_path):
     from pipeline.training.checkpointing import COMPLETE, latest_tag
 

@@ -94,6 +94,10 @@ class CheckpointConfig(StrictModel):
     interval_steps: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)
     resume: bool = Field(True, description="Resume from the latest checkpoint in dir, if any.")
+    verify_on_resume: Literal["sha256", "size"] = Field(
+        "sha256", description="Before resuming, check every file of the checkpoint against the sizes and sha256 "
+                              "recorded at save (hashing split over the ranks), or sizes only; a damaged checkpoint "
+                              "is set aside and the newest intact one is used.")
     stop_file: str | None = Field(
         None, description="A file whose appearance makes training save a checkpoint and stop at the next step "
                           "(removed once acted on). The SLURM launcher sets it for its pre-timeout signal.")

@@ -1,19 +1,23 @@
 """Checkpoints: DeepSpeed's (model, optimizer, ZeRO partitions) plus the trainer's state, in
 ``<dir>/step<N>/``. A save is complete only when every rank has written and rank 0 has put a
 ``COMPLETE`` marker in it; only then is ``<dir>/latest`` replaced (atomically) to point at it, so a
-crash during a save leaves the previous checkpoint as the latest. The last K complete ones are kept."""
+crash during a save leaves the previous checkpoint as the latest. The last K complete ones are kept.
+Every file's size and sha256 are recorded before the marker (``files.json``), and a resume checks
+them, falling back to the newest intact checkpoint."""
 
 from __future__ import annotations
 
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..checkpoint import integrity
 from ..errors import JobError
 from ..utils.collectives import barrier
 from ..utils.fs import atomic_write_text
@@ -55,17 +59,54 @@ def latest_tag(directory: str | Path) -> str | None:
     return tags[-1] if tags else None
 
 
+def _aside(directory: Path, tag: str) -> Path:
+    """A free name for a damaged checkpoint folder (``complete_tags`` does not see it)."""
+    aside, n = directory / f"corrupt-{tag}", 1
+    while aside.exists():
+        aside, n = directory / f"corrupt-{tag}-{n}", n + 1
+    return aside
+
+
+def intact_tag(directory: str | Path, hashes: bool = True, distributed: bool = True) -> str | None:
+    """The newest complete checkpoint whose files match their record (``latest``'s first). A damaged
+    one is named in a warning and set aside as ``corrupt-<tag>`` (kept, never deleted); None when
+    there is no checkpoint. Collective when ``distributed``. Raises when every checkpoint is damaged."""
+    directory = Path(directory)
+    first = latest_tag(directory)
+    candidates = [first] + [t for t in reversed(complete_tags(directory)) if t != first] if first else []
+    damaged: list[str] = []
+    for tag in candidates:
+        found = integrity.problems(directory / tag, hashes=hashes, distributed=distributed)
+        if not found:
+            if damaged and (not distributed or dist.get_rank() == 0):
+                print(f"warning: resuming from {directory / tag}, the newest intact checkpoint; set aside as damaged: "
+                      + "; ".join(damaged), file=sys.stderr, flush=True)
+            return tag
+        aside = _aside(directory, tag)
+        barrier()  # every rank has named it before rank 0 moves it
+        if not distributed or dist.get_rank() == 0:
+            (directory / tag).rename(aside)
+        damaged.append(f"{aside} ({'; '.join(found[:3])}{' ...' if len(found) > 3 else ''})")
+        barrier()
+    if damaged:
+        raise JobError("no intact checkpoint to resume from: " + "; ".join(damaged)
+                       + ". Move the checkpoints folder aside to start afresh, or restore the files.")
+    return None
+
+
 def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, resolved_config: str) -> Path:
     """Collective: every rank calls it."""
     directory = Path(directory)
     tag = tag_for(step)
     engine.save_checkpoint(str(directory), tag=tag, client_state={"trainer": {**state, "rng": rng_state()}},
                            save_latest=False)
-    barrier()
+    folder = directory / tag
     if dist.get_rank() == 0:
-        folder = directory / tag
         atomic_write_text(folder / STATE, json.dumps(state, indent=2))
         atomic_write_text(folder / "config.resolved.yaml", resolved_config)
+    barrier()
+    integrity.record(folder, distributed=True)  # sizes and sha256 of every file, before the marker
+    if dist.get_rank() == 0:
         atomic_write_text(folder / COMPLETE, "")
         atomic_write_text(directory / LATEST, tag)
         for old in complete_tags(directory)[:-keep_last]:

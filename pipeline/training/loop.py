@@ -137,7 +137,7 @@ class Trainer:
 
     def _resume_tag(self) -> str | None:
         """The checkpoint to resume from, checked against the config before anything loads."""
-        tag = ckpt.latest_tag(self.ckpt_dir)
+        tag = ckpt.intact_tag(self.ckpt_dir, hashes=self.cfg.checkpoint.verify_on_resume == "sha256")
         if tag is not None:
             folder = self.ckpt_dir / tag
             ckpt.check_compatible(ckpt.read_state(folder)["identity"], self._identity(), folder,
