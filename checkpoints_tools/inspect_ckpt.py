@@ -75,7 +75,11 @@ def verify(directory: str | Path) -> list[str]:
     """Every problem found (empty = the checkpoint is consistent)."""
     directory = Path(directory)
     if not _portable(directory):
-        return _verify_trainer(TrainerCheckpoint(directory))
+        try:
+            ck = TrainerCheckpoint(directory)
+        except CheckpointError as exc:  # damaged since saved, or unreadable: the files named
+            return [str(exc)]
+        return _verify_trainer(ck)
     problems = []
     config = read_config(directory)
     for name, expected in config.get("sha256", {}).items():

@@ -228,3 +228,18 @@ def test_global_batch_must_split_over_data_parallel_ranks(write_yaml):
         cfg.parallel.grad_accum_steps(3)
     with pytest.raises(ConfigError, match=r"parallel.global_batch_size: 16 is not a multiple .* \(4 x 3\)"):
         load_config(write_yaml("bad.yaml", text + "  data_parallel_size: 3\n"))
+
+
+def test_an_ffn_size_tp_cannot_split_is_refused_at_validation_by_the_checkpoint_layouts_rule(write_yaml):
+    from pipeline.checkpoint.tp_layout import tp_problem
+
+    path = write_yaml("job.yaml", TINY + "parallel:\n  tensor_parallel_size: 2\n")
+    cfg = load_config(path).config
+    bad = cfg.model.model_copy(update={"ffn_hidden_size": cfg.model.ffn_hidden_size + 1})
+    path.write_text(path.read_text().replace(f"ffn_hidden_size: {cfg.model.ffn_hidden_size}",
+                                             f"ffn_hidden_size: {bad.ffn_hidden_size}"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert any(f"parallel.tensor_parallel_size: 2 does not divide model.ffn_hidden_size ({bad.ffn_hidden_size})" in p
+               for p in problems_of(exc))
+    assert tp_problem(bad, 2) == f"TP=2 does not divide model.ffn_hidden_size={bad.ffn_hidden_size}"

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from checkpoints_tools.consolidate import consolidate
 from checkpoints_tools.reshard import reshard
+from pipeline.checkpoint import integrity
 from pipeline.checkpoint.portable import CheckpointError
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 
@@ -74,6 +75,7 @@ def test_reshard_tp1_to_2_to_1_is_identical_and_training_resumes_at_the_new_tp(r
     original, returned = TrainerCheckpoint(runs / "tp1").rank_state(0), TrainerCheckpoint(tmp_path / "tp1").rank_state(0)
     assert original.keys() == returned.keys() and all(torch.equal(original[k], returned[k]) for k in original)
     halves = TrainerCheckpoint(tmp_path / "tp2")
+    assert integrity.problems(halves.folder) == []  # reshard records its files too
     prefix = "model.layers.0.self_attn.prefix.prefix_k"
     assert halves.rank_state(1)[prefix].shape == (2, 1, 4, 8)  # prefixes cut by KV head
     assert torch.equal(halves.rank_state(1)[prefix], original[prefix][:, 1:])
@@ -113,14 +115,22 @@ def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
     truncated = _copy_step(runs, "tp2", tmp_path / "a")
     optim = truncated / "zero_pp_rank_0_mp_rank_01_optim_states.pt"
     optim.write_bytes(optim.read_bytes()[:1000])
+    legacy = _copy_step(runs, "tp2", tmp_path / "a2")  # saved before files.json existed: the loader must tell
+    (legacy / "files.json").unlink()
+    (legacy / optim.name).write_bytes(optim.read_bytes())
     missing = _copy_step(runs, "bf16", tmp_path / "b")
+    (missing / "files.json").unlink()
     next(missing.glob("*zero_pp_rank_1_*optim_states.pt")).unlink()
     incomplete = _copy_step(runs, "tp1", tmp_path / "c")
     (incomplete / "COMPLETE").unlink()
     mismatched = _copy_step(runs, "tp1", tmp_path / "d")
     config = mismatched / "config.resolved.yaml"
     config.write_text(config.read_text().replace("num_layers: 2", "num_layers: 3"))
+    edited = _copy_step(runs, "tp1", tmp_path / "d2")
+    (edited / config.name).write_text(config.read_text())
+    (mismatched / "files.json").unlink()
     hostile = _copy_step(runs, "bf16", tmp_path / "e")
+    (hostile / "files.json").unlink()
 
     class Boom:  # a pickle that would run code when loaded
         def __reduce__(self):
@@ -131,10 +141,12 @@ def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
 
     info = inspect(runs / "tp2")
     assert (info["tp"], info["zero_stage"], info["tokens_seen"], info["streams"]) == (2, 3, 2048, 2)
-    assert verify(runs / "tp2") == [] and "corrupt or truncated" in verify(truncated)[0]
-    cases = [(truncated, "corrupt or truncated"), (missing, "needs 2 ZeRO partitions, found 1"),
+    assert verify(runs / "tp2") == [] and f"{optim}: 1000 bytes" in verify(truncated)[0]
+    assert "config.resolved.yaml: sha256 differs from the one recorded at save" in verify(edited)[0]
+    cases = [(truncated, "damaged since it was saved: .*optim_states.pt: 1000 bytes"),
+             (legacy, "corrupt or truncated"), (missing, "needs 2 ZeRO partitions, found 1"),
              (incomplete, "incomplete save"), (mismatched, "missing \\['model.layers.2"),
-             (hostile, "refused to unpickle")]
+             (edited, "config.resolved.yaml: sha256 differs"), (hostile, "refused to unpickle")]
     for source, message in cases:
         target = tmp_path / "out" / source.parent.name
         with pytest.raises(CheckpointError, match=message):

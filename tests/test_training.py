@@ -243,8 +243,10 @@ def test_eval_command_matches_the_trainers_final_evaluation_and_wandb_logs_offli
 
     from conftest import run_cli
 
-    config = job_config(tmp_path, data, "evaluated", train={"tokens": 4 * 8 * 32}, logging={"wandb_mode": "offline"})
-    assert train(config).returncode == 0
+    # DP=2 and an odd batch count: the trainer deals the same 3 micro-batches over its ranks
+    config = job_config(tmp_path, data, "evaluated", train={"tokens": 4 * 8 * 32}, logging={"wandb_mode": "offline"},
+                        eval={"max_batches": 3})
+    assert train(config, 2).returncode == 0
     assert list((tmp_path / "evaluated" / "wandb").glob("offline-run-*"))
     assert (tmp_path / "evaluated" / "config.resolved.yaml").exists()
     final = [r for r in metrics(tmp_path / "evaluated") if "val_loss" in r][-1]

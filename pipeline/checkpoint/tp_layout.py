@@ -30,11 +30,8 @@ def partition_dim(name: str) -> int | None:
 
 def tp_problem(model: ModelConfig, tp: int) -> str | None:
     """Why this model cannot be split ``tp`` ways (None if it can)."""
-    for key, value in (("num_attention_heads", model.num_attention_heads), ("num_kv_heads", model.num_kv_heads),
-                       ("ffn_hidden_size", model.ffn_hidden_size)):
-        if value % tp:
-            return f"TP={tp} does not divide model.{key}={value}"
-    return None
+    keys = model.tp_indivisible(tp)
+    return f"TP={tp} does not divide model.{keys[0]}={getattr(model, keys[0])}" if keys else None
 
 
 def merge(rank_states: list[dict[str, torch.Tensor]], vocab: int) -> tuple[dict[str, torch.Tensor], float]:

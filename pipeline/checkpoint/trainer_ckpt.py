@@ -25,6 +25,7 @@ import yaml
 from ..config.job import JobConfig
 from ..config.model import ModelConfig, ParScaleConfig
 from ..training.checkpointing import COMPLETE, LATEST, RESHARDED, STATE  # noqa: F401 (re-exported)
+from . import integrity
 from .portable import CheckpointError
 
 CONFIG = "config.resolved.yaml"
@@ -70,12 +71,15 @@ def find_step_folder(path: str | Path) -> Path:
 
 
 class TrainerCheckpoint:
-    """One complete ``stepN`` folder; cheap to construct and to pickle (paths only)."""
+    """One complete ``stepN`` folder; cheap to pickle (paths only). Its files are checked against
+    the sizes and sha256 recorded at save first (``check_files``), so nothing damaged is read on."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, check_files: bool = True):
         import json
 
         self.folder = find_step_folder(path)
+        if check_files and (found := integrity.problems(self.folder)):
+            raise CheckpointError(f"{self.folder}: damaged since it was saved: " + "; ".join(found))
         try:
             self.state = json.loads((self.folder / STATE).read_text())
             self.config = JobConfig.model_validate(yaml.safe_load((self.folder / CONFIG).read_text()))

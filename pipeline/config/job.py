@@ -51,12 +51,10 @@ def cross_section_problems(cfg: JobConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     tp = cfg.parallel.tensor_parallel_size
     if cfg.model is not None:
-        for key in ("num_attention_heads", "num_kv_heads"):
-            value = getattr(cfg.model, key)
-            if value % tp:
-                problems.append(
-                    ("parallel.tensor_parallel_size", f"{tp} does not divide model.{key} ({value})")
-                )
+        for key in cfg.model.tp_indivisible(tp):
+            problems.append(
+                ("parallel.tensor_parallel_size", f"{tp} does not divide model.{key} ({getattr(cfg.model, key)})")
+            )
         if cfg.packing.seq_len > cfg.model.max_seq_len:
             problems.append(
                 ("packing.seq_len", f"{cfg.packing.seq_len} exceeds model.max_seq_len ({cfg.model.max_seq_len})")

@@ -39,6 +39,13 @@ class ModelConfig(StrictModel):
         """The model's shape as checkpoints record and compare it (runtime choices left out)."""
         return self.model_dump(mode="json", exclude=set(self.RUNTIME_FIELDS))
 
+    #: the sizes tensor parallelism splits: TP must divide each
+    TP_SPLIT_FIELDS: ClassVar[tuple[str, ...]] = ("num_attention_heads", "num_kv_heads", "ffn_hidden_size")
+
+    def tp_indivisible(self, tp: int) -> list[str]:
+        """The fields ``tp`` ranks cannot split evenly (empty: the model splits ``tp`` ways)."""
+        return [key for key in self.TP_SPLIT_FIELDS if getattr(self, key) % tp]
+
     @model_validator(mode="after")
     def _heads(self) -> "ModelConfig":
         if self.num_attention_heads % self.num_kv_heads:

@@ -105,7 +105,8 @@ class CheckpointConfig(StrictModel):
 
 class EvalConfig(StrictModel):
     interval_steps: int = Field(1000, ge=0, description="0 = only at the end.")
-    max_batches: int = Field(50, ge=1)
+    max_batches: int = Field(50, ge=1, description="Validation micro-batches per evaluation, in total over the DP "
+                                                   "ranks: the same rows parscale eval and the final report read.")
     stream_diagnostics: bool = Field(True, description="P > 1: also evaluate with every stream given the streams' "
                                                        "mean prefix (the diversity gain; doubles evaluation time).")
 

@@ -67,7 +67,7 @@ class Trainer:
         self.train_data = SplitStream(cfg, "train", self.skip_rows + self.total_steps * par.global_batch_size,
                                       cfg.run.seed)
         try:
-            samples = cfg.eval.max_batches * par.micro_batch_size * self.dp
+            samples = cfg.eval.max_batches * par.micro_batch_size  # the rows parscale eval reads
             self.val_data = SplitStream(cfg, "val", samples, cfg.run.seed + 1)
         except ValueError:
             self.val_data = None
@@ -270,17 +270,21 @@ class Trainer:
     def _eval_pass(self, stats=None) -> float:
         """Mean validation loss over every DP rank's batches; ``stats`` (StreamStats) collects the
         streams' diagnostics on the way."""
-        par = self.cfg.parallel
+        par, batches = self.cfg.parallel, self.cfg.eval.max_batches
         total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # loss x tokens, tokens
         with torch.no_grad():
-            for b in range(self.cfg.eval.max_batches):
-                start = (b * self.dp + self.ctx.dp_rank) * par.micro_batch_size
-                batch = self._batch(self.val_data, start, par.micro_batch_size)
+            # the first eval.max_batches micro-batches of the split, dealt over the DP ranks (the
+            # rows parscale eval reads); every rank runs as many forwards (ZeRO 3 gathers in them),
+            # one past the end counts nothing
+            for b in range(math.ceil(batches / self.dp)):
+                index = b * self.dp + self.ctx.dp_rank
+                batch = self._batch(self.val_data, min(index, batches - 1) * par.micro_batch_size, par.micro_batch_size)
                 out = self._forward(batch) if stats is None else self._forward(batch, return_stream_states=True)
-                tokens = batch.loss_mask.sum().double()
+                mask = batch.loss_mask * (index < batches)
+                tokens = mask.sum().double()
                 total += torch.stack([out.loss.double() * tokens, tokens])
                 if stats is not None:
-                    stats.add(out.stream_states, out.stream_weights, batch.loss_mask)
+                    stats.add(out.stream_states, out.stream_weights, mask)
         collectives.all_reduce(total, "sum", self._dp_group())
         return (total[0] / total[1].clamp(min=1)).item()
 
