@@ -158,6 +158,10 @@ def _read_hf(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, state
 
 
+#: what the official ParScale modeling code assumes for a key its config.json leaves out
+OFFICIAL_DEFAULTS = {"parscale_n_tokens": 48, "parscale_attn_smooth": 0.01}
+
+
 def _our_configs(config: dict, source: Path) -> tuple[ModelConfig, ParScaleConfig]:
     kind = config["model_type"]
     if kind == "llama" and config.get("mlp_bias"):
@@ -175,8 +179,9 @@ def _our_configs(config: dict, source: Path) -> tuple[ModelConfig, ParScaleConfi
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{source / 'config.json'}: {exc}") from None
-    ps = ParScaleConfig(streams=config.get("parscale_n", 1), prefix_len=config.get("parscale_n_tokens", 48),
-                        eps=config.get("parscale_attn_smooth", 0.1))
+    ps = ParScaleConfig(streams=config.get("parscale_n", 1),
+                        prefix_len=config.get("parscale_n_tokens", OFFICIAL_DEFAULTS["parscale_n_tokens"]),
+                        eps=config.get("parscale_attn_smooth", OFFICIAL_DEFAULTS["parscale_attn_smooth"]))
     return model, ps
 
 

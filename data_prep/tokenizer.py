@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -70,6 +71,11 @@ def train(cfg: TokenizerConfig, sample: list[str], seed: int, out: Path) -> Path
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, max_sentence_length=1 << 16,
         hard_vocab_limit=False, num_threads=1, seed_sentencepiece_size=100_000, minloglevel=2,
     )
+    got = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    if got < cfg.vocab_size:
+        print(f"warning: tokenizer.vocab_size is {cfg.vocab_size}, but sentencepiece made {got} pieces from this "
+              f"sample (too few distinct pieces in it); the data and the model use {got}. Lower "
+              "tokenizer.vocab_size, or sample more documents (tokenizer.sample_docs).", file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model.getvalue())
     return out

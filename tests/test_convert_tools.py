@@ -216,3 +216,14 @@ def test_no_hugging_face_layout_holds_the_single_prefix_control():
     for layout in ("auto", "qwen2", "qwen2_parscale"):
         with pytest.raises(CheckpointError, match="single_prefix"):
             _pick_layout(layout, model, ParScaleConfig(single_prefix=True))
+
+
+def test_a_parscale_config_without_smoothing_gets_the_official_default(tmp_path):
+    from checkpoints_tools.hf import _our_configs
+
+    config = {"model_type": "qwen2_parscale", "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "parscale_n": 4}
+    _, ps = _our_configs(config, tmp_path)
+    assert (ps.streams, ps.prefix_len, ps.eps) == (4, 48, 0.01)  # the official code's defaults, not ours (0.1)
+    _, ps = _our_configs(config | {"parscale_attn_smooth": 0.2, "parscale_n_tokens": 8}, tmp_path)
+    assert (ps.prefix_len, ps.eps) == (8, 0.2)

@@ -49,3 +49,13 @@ def test_not_a_model(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a sentencepiece model"):
         tok.load(bad)
+
+
+def test_a_smaller_vocabulary_than_asked_is_named_with_the_size_obtained(tmp_path, sample, capsys):
+    path = tok.train(TokenizerConfig(vocab_size=5000), list(sample), seed=1, out=tmp_path / "a.model")
+    got = tok.load(path).get_piece_size()
+    assert got < 5000
+    err = capsys.readouterr().err
+    assert f"warning: tokenizer.vocab_size is 5000, but sentencepiece made {got} pieces" in err
+    tok.train(TokenizerConfig(vocab_size=300), list(sample), seed=1, out=tmp_path / "b.model")
+    assert "warning" not in capsys.readouterr().err  # the size asked for: nothing to say
