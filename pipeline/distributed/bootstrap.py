@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from ..config.loader import LoadedConfig
 from ..utils import collectives
+from ..utils.known_warnings import quiet_known_warnings
 from . import runtime
 from .seeding import seed_everything
 
@@ -51,7 +52,7 @@ def init_distributed(loaded: LoadedConfig, *, timeout_minutes: int = 30) -> Para
     par = cfg.parallel
     runtime.ensure_launcher_env()
     runtime.set_cache_defaults()
-    runtime.quiet_known_warnings()
+    quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters
     threads = runtime.configure_threads()
     world_size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
@@ -133,7 +134,7 @@ def local_group(rank: int = 0, world_size: int = 1, tp: int = 1, port: int | Non
                           LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     runtime.ensure_launcher_env()
     runtime.set_cache_defaults()
-    runtime.quiet_known_warnings()
+    quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters
     backend = _pick_backend("auto")
     try:
         device = _start_groups(tp, backend, rank, world_size, rank, timeout_minutes=5)

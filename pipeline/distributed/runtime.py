@@ -69,15 +69,6 @@ def set_cache_defaults() -> None:
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 
 
-def quiet_known_warnings() -> None:
-    """Silence import-time notices that say nothing actionable on this stack."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
-    warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS.*")
-
-
 def select_deepspeed_accelerator(device: str) -> None:
     """Tell DeepSpeed which accelerator to use before it is imported (it otherwise probes and warns)."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if device == "cpu" else "cuda")

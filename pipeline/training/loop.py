@@ -37,6 +37,17 @@ class StepOutcome:
     loss_value: float | None = None  # the DP-mean loss, set by _resolve
 
 
+@contextlib.contextmanager
+def optimizer_step_skipped(optimizer):
+    """Inside, ``optimizer.step`` does nothing: a skipped step moves neither the weights nor the
+    optimizer's moments and step count."""
+    optimizer.step = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del optimizer.step
+
+
 class Trainer:
     def __init__(self, loaded: LoadedConfig):
         from data_prep.manifest import read_manifest
@@ -211,11 +222,8 @@ class Trainer:
             self.engine.backward(out.loss)
             if guard and micro == self.gas - 1 and not self._finite_grads():
                 guarded_skip = True
-                for p in self.engine.module.parameters():
-                    if p.grad is not None:
-                        p.grad.zero_()
-                set_lr(self.engine, 0.0)
-            self.engine.step()
+            with optimizer_step_skipped(self.engine.optimizer) if guarded_skip else contextlib.nullcontext():
+                self.engine.step()  # DeepSpeed's bookkeeping advances and the gradients are cleared
             losses.append(out.loss.detach().float())
             if out.stream_weights is not None:
                 mask = batch.loss_mask[..., None]
