@@ -117,7 +117,13 @@ def add_parser(subparsers) -> None:
                    help="auto: qwen2_parscale for P > 1, else qwen2 with QKV biases, else llama")
     p.add_argument("--no-verify", action="store_true", help="skip the check (transformers' logits vs ours)")
     p.set_defaults(func=_export_hf)
-    p = tools.add_parser("import-hf", help="Hugging Face qwen2 / llama / qwen2_parscale folder -> portable")
+    p = tools.add_parser("import-hf", help="Hugging Face qwen2 / llama / qwen2_parscale folder -> portable",
+                         description="Refuses config.json settings that change what the model computes and are not "
+                                     "implemented here (rope_scaling, sliding windows, other activations ...), naming "
+                                     "them. Verification: qwen2 and llama load in transformers and their logits are "
+                                     "compared with ours; qwen2_parscale (its modeling code is remote, not run here) "
+                                     "is verified by reading the written tensors back, which checks the weights, not "
+                                     "what its config means.")
     p.add_argument("source")
     p.add_argument("target")
     p.add_argument("--no-verify", action="store_true", help="skip the check (transformers' logits vs ours)")

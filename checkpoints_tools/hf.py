@@ -162,7 +162,28 @@ def _read_hf(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 OFFICIAL_DEFAULTS = {"parscale_n_tokens": 48, "parscale_attn_smooth": 0.01}
 
 
+#: config.json keys that change what a model computes, with the values that change nothing; any
+#: other value is something this pipeline does not implement, so the import refuses it by name
+NEUTRAL = {"rope_scaling": (None,), "use_sliding_window": (None, False), "hidden_act": ("silu",),
+           "pretraining_tp": (None, 1), "attn_logit_softcapping": (None,), "final_logit_softcapping": (None,),
+           "partial_rotary_factor": (None, 1, 1.0), "use_qk_norm": (None, False), "qk_layernorm": (None, False)}
+
+
+def unimplemented(config: dict) -> list[str]:
+    """``key=value`` for each setting of ``config`` (a config.json) that changes the model's meaning
+    and is not implemented here."""
+    found = [f"{key}={config[key]!r}" for key, neutral in NEUTRAL.items()
+             if key in config and config[key] not in neutral]
+    rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type != "default":
+        found.append(f"rope_parameters.rope_type={rope_type!r}")
+    return found
+
+
 def _our_configs(config: dict, source: Path) -> tuple[ModelConfig, ParScaleConfig]:
+    if found := unimplemented(config):
+        raise CheckpointError(f"{source / 'config.json'}: {', '.join(found)}: changes what the model computes and is "
+                              "not implemented here (importing it would give another model's logits)")
     kind = config["model_type"]
     if kind == "llama" and config.get("mlp_bias"):
         raise CheckpointError(f"{source / 'config.json'}: mlp_bias is true; this model family has no MLP biases")

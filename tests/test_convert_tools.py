@@ -227,3 +227,20 @@ def test_a_parscale_config_without_smoothing_gets_the_official_default(tmp_path)
     assert (ps.streams, ps.prefix_len, ps.eps) == (4, 48, 0.01)  # the official code's defaults, not ours (0.1)
     _, ps = _our_configs(config | {"parscale_attn_smooth": 0.2, "parscale_n_tokens": 8}, tmp_path)
     assert (ps.prefix_len, ps.eps) == (8, 0.2)
+
+
+def test_config_keys_that_change_the_model_and_are_not_implemented_are_refused_by_name(tmp_path):
+    from checkpoints_tools.hf import _our_configs
+    from pipeline.checkpoint.portable import CheckpointError
+
+    base = {"model_type": "qwen2", "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "rope_scaling": None,
+            "use_sliding_window": False, "hidden_act": "silu"}
+    _our_configs(base, tmp_path)  # the neutral values pass
+    for extra, named in (({"rope_scaling": {"type": "linear", "factor": 4.0}}, "rope_scaling={'type': 'linear'"),
+                         ({"use_sliding_window": True}, "use_sliding_window=True"),
+                         ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+                         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_parameters.rope_type='yarn'")):
+        with pytest.raises(CheckpointError) as err:
+            _our_configs(base | extra, tmp_path)
+        assert f"{tmp_path / 'config.json'}: {named}" in str(err.value) and "not implemented" in str(err.value)
