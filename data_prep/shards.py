@@ -71,7 +71,8 @@ class ShardWriter:
             builder.add_document(row.tokens, row.segments)
         builder.finalize(str(tmp_idx))
         entry = {"prefix": name, "sequences": len(rows), "bin_sha256": file_sha256(tmp_bin),
-                 "idx_sha256": file_sha256(tmp_idx)}
+                 "idx_sha256": file_sha256(tmp_idx), "bin_bytes": tmp_bin.stat().st_size,
+                 "idx_bytes": tmp_idx.stat().st_size}
         os.replace(tmp_bin, final_bin)
         os.replace(tmp_idx, final_idx)
         return entry

@@ -21,7 +21,7 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
 
     from ..checkpoint.portable import load_portable
     from ..model.stream_stats import StreamStats, mean_pairwise_cosine, mean_prefix, stream_vectors
-    from ..data.loader import SplitStream, collate, dataset_entries
+    from ..data.loader import EmptySplit, SplitStream, collate, dataset_entries
     from ..distributed import single_process
 
     cfg = loaded.config
@@ -31,8 +31,8 @@ def evaluate_portable(loaded, checkpoint: str, max_batches: int | None = None) -
     batches = max_batches or cfg.eval.max_batches
     try:
         stream = SplitStream(cfg, "val", batches * micro, cfg.run.seed + 1)
-    except ValueError:
-        raise loaded.error("data.val_fraction", f"{data_dir} has no validation rows to evaluate on") from None
+    except EmptySplit as exc:
+        raise loaded.error("data.val_fraction", f"no validation rows to evaluate on: {exc}") from None
     with single_process(seed=cfg.run.seed) as ctx:
         model, meta = load_portable(checkpoint)
         model.to(ctx.device).eval()

@@ -87,6 +87,9 @@ class TrainConfig(StrictModel):
     skip_tokens: Count = Field(0, ge=0, description="Start this far into the data order (whole sequences): "
                                                     "stage 2 continues after the tokens stage 1 trained on.")
     max_nonfinite_in_a_row: int = Field(5, ge=1, description="Skipped steps in a row before stopping.")
+    verify_data: Literal["size", "sha256"] = Field(
+        "size", description="Before reading the prepared data: every shard's size against its manifest (and the "
+                            "tokenizer's sha256), or also every shard's sha256 (reads all the data once).")
 
 
 class CheckpointConfig(StrictModel):

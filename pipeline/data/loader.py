@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from data_prep.manifest import read_manifest
+from data_prep.verify import dataset_problems
 
 from ..config.job import JobConfig
 from ..config.training import BlendEntry
@@ -61,6 +62,33 @@ def dataset_entries(cfg: JobConfig) -> list[BlendEntry]:
     return [BlendEntry(path=cfg.data.output_dir, weight=1.0)]
 
 
+class EmptySplit(JobError):
+    """A split of the configured datasets without a single row."""
+
+
+def _reject_summary(directory: str | Path) -> str:
+    totals = read_manifest(directory)["totals"]
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(totals["rejected_by_reason"].items())) or "none"
+    return (f"{directory} ({totals['documents_read']} documents read, {totals['documents_kept']} kept; "
+            f"rejected by reason: {reasons})")
+
+
+_CHECKED: set[tuple[str, bool]] = set()
+
+
+def check_dataset(directory: str | Path, hashes: bool) -> None:
+    """Refuse a prepared dataset whose files differ from its manifest, naming them and the repair
+    (once per process and dataset)."""
+    key = (str(Path(directory).resolve()), hashes)
+    if key in _CHECKED:
+        return
+    if found := dataset_problems(directory, hashes):
+        raise JobError(f"{directory}: the prepared data does not match its manifest: {'; '.join(found[:5])}"
+                       f"{f' (and {len(found) - 5} more)' if len(found) > 5 else ''}. Rerun 'parscale prep' with "
+                       "the config that prepared it: it rewrites every shard whose checksum no longer matches.")
+    _CHECKED.add(key)
+
+
 class SplitStream:
     """The rows of one split of the configured datasets, blended in a deterministic global order."""
 
@@ -71,6 +99,7 @@ class SplitStream:
         tokenizer = None
         seq_len = None
         for entry in entries:
+            check_dataset(entry.path, hashes=cfg.train is not None and cfg.train.verify_data == "sha256")
             manifest = read_manifest(entry.path)
             sha = manifest["tokenizer"]["sha256"]
             tokenizer = tokenizer or sha
@@ -83,7 +112,7 @@ class SplitStream:
                 self.sources.append(rows)
                 weights.append(entry.weight * w / total_weight)
         if not self.sources:
-            raise ValueError(f"no {split} rows in {[str(Path(e.path)) for e in entries]}")
+            raise EmptySplit(f"no {split} rows in " + "; ".join(_reject_summary(e.path) for e in entries))
         self.tokenizer_sha256 = tokenizer
         self.order = BlendedOrder([len(s) for s in self.sources], weights, total_samples, seed)
 

@@ -52,7 +52,7 @@ class Trainer:
     def __init__(self, loaded: LoadedConfig):
         from data_prep.manifest import read_manifest
 
-        from ..data.loader import SplitStream, dataset_entries
+        from ..data.loader import EmptySplit, SplitStream, dataset_entries
         from ..distributed import init_distributed
         from ..model import ParScaleLM
 
@@ -80,7 +80,7 @@ class Trainer:
         try:
             samples = cfg.eval.max_batches * par.micro_batch_size  # the rows parscale eval reads
             self.val_data = SplitStream(cfg, "val", samples, cfg.run.seed + 1)
-        except ValueError:
+        except EmptySplit:  # no validation split: training runs without evaluation
             self.val_data = None
 
         self.attention_backend = self._attention_backend()
