@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoint.portable import TOKENIZER, CheckpointError, read_config, read_weights, save_portable_state
+from pipeline.checkpoint.portable import (
+    TOKENIZER, CheckpointError, read_config, read_weights, save_portable_state, tokenizer_file,
+)
 from pipeline.config.model import ModelConfig, ParScaleConfig
 
 from . import logits_check
@@ -59,8 +61,8 @@ def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, se
         result["verified"] = logits_check.check(
             logits_check.FullWeights(_backbone(state), model_cfg, dense, vocab),
             logits_check.FullWeights(_backbone(out_state), model_cfg, dense, vocab), "backbone run as a dense model")
-    tokenizer = source / TOKENIZER
+    tokenizer = tokenizer_file(source) if (source / TOKENIZER).exists() else None
     meta = {k: config[k] for k in ("step", "tokens_seen") if k in config} | {"converted_from": str(source)}
     save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target,
-                        tokenizer if tokenizer.exists() else None, meta)
+                        tokenizer, meta)
     return result

@@ -16,6 +16,7 @@ import numpy as np
 import sentencepiece as spm
 
 from pipeline.config.data import TokenizerConfig
+from pipeline.errors import JobError
 from pipeline.utils.fs import file_sha256
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -92,11 +93,15 @@ def adopt(model_path: str, out: Path) -> Path:
     return out
 
 
+class TokenizerError(JobError):
+    pass
+
+
 def load(path: str | Path) -> spm.SentencePieceProcessor:
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not a sentencepiece model ({exc})") from None
+        raise TokenizerError(f"{path}: not a sentencepiece model ({str(exc).splitlines()[0][:200]})") from None
 
 
 def describe(path: Path, cfg_type: str) -> TokenizerInfo:

@@ -244,3 +244,32 @@ def test_config_keys_that_change_the_model_and_are_not_implemented_are_refused_b
         with pytest.raises(CheckpointError) as err:
             _our_configs(base | extra, tmp_path)
         assert f"{tmp_path / 'config.json'}: {named}" in str(err.value) and "not implemented" in str(err.value)
+
+
+def test_a_portable_changed_since_written_is_refused_by_every_reader_never_recertified(dense, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dense, broken)
+    data = bytearray((broken / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF  # same size, still a valid safetensors file
+    (broken / "model.safetensors").write_bytes(bytes(data))
+    named = f"{broken / 'model.safetensors'}: sha256 differs from the one recorded in {broken / 'config.json'}"
+    for args in (("convert", "to-parscale", str(broken), str(tmp_path / "p2"), "--streams", "2"),
+                 ("convert", "export-hf", str(broken), str(tmp_path / "hf")),
+                 ("generate", str(broken), "--max-new-tokens", "2")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and named in proc.stderr, (args, proc.stderr[-2000:])
+    assert not (tmp_path / "p2").exists() and not (tmp_path / "hf").exists()
+
+    garbage = tmp_path / "garbage"
+    shutil.copytree(dense, garbage)
+    (garbage / "tokenizer.model").write_bytes(b"garbage")
+    proc = run_cli("generate", str(garbage), "--max-new-tokens", "2")
+    assert proc.returncode == 2 and f"{garbage / 'tokenizer.model'}: sha256 differs" in proc.stderr
+    meta = json.loads((garbage / "config.json").read_text())
+    meta["sha256"].pop("tokenizer.model")  # garbage that was never recorded: still a named error, no traceback
+    (garbage / "config.json").write_text(json.dumps(meta))
+    proc = run_cli("generate", str(garbage), "--max-new-tokens", "2")
+    assert proc.returncode == 2 and "tokenizer.model: not a sentencepiece model" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -70,8 +70,29 @@ def read_config(directory: str | Path) -> dict:
                             f"is {directory} a portable checkpoint?")
 
 
+def verify_recorded(directory: str | Path, name: str) -> Path:
+    """``directory/name``, refused if its sha256 differs from the one ``config.json`` recorded when
+    it was written (a folder from before checksums, or a file not recorded, passes)."""
+    directory = Path(directory)
+    path = directory / name
+    expected = read_config(directory).get("sha256", {}).get(name)
+    if expected is not None and path.is_file() and file_sha256(path) != expected:
+        raise CheckpointError(f"{path}: sha256 differs from the one recorded in {directory / CONFIG} when it was "
+                              "written (changed or corrupt since); restore it, or export the checkpoint again")
+    return path
+
+
+def tokenizer_file(directory: str | Path) -> Path:
+    """The checkpoint's ``tokenizer.model``, checked against its recorded sha256."""
+    path = verify_recorded(directory, TOKENIZER)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; the checkpoint carries no tokenizer")
+    return path
+
+
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(directory) / WEIGHTS
+    """The weights, after their sha256 is checked against the one recorded at write."""
+    path = verify_recorded(directory, WEIGHTS)
     try:
         return load_file(str(path))
     except FileNotFoundError:

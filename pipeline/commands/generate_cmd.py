@@ -7,18 +7,13 @@ import sys
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from data_prep.tokenizer import load as load_tokenizer
 
-    from ..checkpoint.portable import TOKENIZER, CheckpointError, load_portable
+    from ..checkpoint.portable import load_portable, tokenizer_file
     from ..distributed import single_process
     from ..model.generation import Sampling, generate
 
-    tokenizer_path = Path(args.checkpoint) / TOKENIZER
-    if not tokenizer_path.is_file():
-        raise CheckpointError(f"{tokenizer_path}: not found; generate needs the checkpoint's tokenizer")
-    sp = load_tokenizer(tokenizer_path)
+    sp = load_tokenizer(tokenizer_file(args.checkpoint))
     prompts = args.prompt or [""]
     # documents start right after an end-of-document token in training data: start prompts the same way
     encoded = [[sp.eos_id()] + sp.encode(p) for p in prompts]
