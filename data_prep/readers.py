@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterator
 
+from .compression import compression, open_binary, stream_errors
 from .units import WorkUnit
 
 # rejection reasons, in the order the manifest lists them
@@ -15,6 +16,7 @@ MISSING_FIELD = "missing_field"
 NOT_TEXT = "not_text"
 INVALID_UTF8 = "invalid_utf8"
 UNREADABLE = "unreadable"
+CORRUPT_STREAM = "corrupt_compressed_stream"
 EMPTY = "empty"
 
 
@@ -38,20 +40,35 @@ def _jsonl(unit: WorkUnit, field: str) -> Iterator[Record]:
         yield Record(path, None, EMPTY)
         return
     for offset, raw in enumerate(data.split(b"\n")):
-        where = f"{path}:{unit.first_line + offset}"
-        if not raw.strip():
-            continue  # blank lines (and the split after the last newline) are not records
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            yield Record(where, None, INVALID_UTF8)
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            yield Record(where, None, MALFORMED_JSON)
-            continue
-        yield _field(obj, field, where)
+        yield from _json_record(raw, field, f"{path}:{unit.first_line + offset}")
+
+
+def _jsonl_stream(unit: WorkUnit, field: str) -> Iterator[Record]:
+    """A compressed JSON-lines file, decompressed line by line; a stream that breaks off ends the
+    file with a CORRUPT_STREAM reject at the line where it did (the lines before it count)."""
+    path, line = unit.files[0], 0
+    try:
+        with open_binary(path) as handle:
+            for line, raw in enumerate(handle, 1):
+                yield from _json_record(raw.rstrip(b"\n"), field, f"{path}:{line}")
+    except stream_errors() as exc:
+        yield Record(f"{path}:{line + 1} ({type(exc).__name__}: {str(exc)[:100]})", None, CORRUPT_STREAM)
+
+
+def _json_record(raw: bytes, field: str, where: str) -> Iterator[Record]:
+    if not raw.strip():
+        return  # blank lines are not records
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        yield Record(where, None, INVALID_UTF8)
+        return
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        yield Record(where, None, MALFORMED_JSON)
+        return
+    yield _field(obj, field, where)
 
 
 def _field(obj: object, field: str, where: str) -> Record:
@@ -66,10 +83,11 @@ def _field(obj: object, field: str, where: str) -> Record:
 def _files(unit: WorkUnit) -> Iterator[Record]:
     for path in unit.files:
         try:
-            with open(path, "rb") as handle:
+            with open_binary(path) as handle:
                 data = handle.read()
-        except OSError:
-            yield Record(path, None, UNREADABLE)
+        except stream_errors() as exc:
+            compressed = compression(path) and not isinstance(exc, FileNotFoundError | PermissionError)
+            yield Record(path, None, CORRUPT_STREAM if compressed else UNREADABLE)
             continue
         if not data.strip():
             yield Record(path, None, EMPTY)
@@ -110,6 +128,8 @@ def read_unit(unit: WorkUnit, text_field: str = "text") -> Iterator[Record]:
     """Every record of the unit, in order."""
     if unit.kind == "jsonl":
         return _jsonl(unit, text_field)
+    if unit.kind == "jsonl_stream":
+        return _jsonl_stream(unit, text_field)
     if unit.kind == "files":
         return _files(unit)
     if unit.kind == "parquet":

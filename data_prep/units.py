@@ -14,7 +14,13 @@ from pathlib import Path
 
 from pipeline.config.data import DataConfig
 
+from .compression import compression, header_problem
+
 BLOCK = 1 << 23  # bytes read at a time when scanning JSONL for line boundaries
+
+
+#: what a jsonl source directory is searched for: plain and compressed JSON lines
+JSONL_PATTERNS = ("**/*.jsonl", "**/*.jsonl.gz", "**/*.jsonl.zst")
 
 
 class InputError(ValueError):
@@ -25,7 +31,7 @@ class InputError(ValueError):
 class WorkUnit:
     source: int  # index into data.sources
     index: int  # position within its source
-    kind: str  # "jsonl" | "parquet" | "files" | "arrow"
+    kind: str  # "jsonl" | "jsonl_stream" (compressed) | "parquet" | "files" | "arrow"
     files: tuple[str, ...] = ()
     start: int = 0  # jsonl: byte offset; parquet: first row group; arrow: first row
     end: int = 0  # exclusive
@@ -55,20 +61,25 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _expand(path: str, pattern: str, key: str, exclude: list[str] = ()) -> list[str]:
-    """A file, a directory searched with ``pattern`` (minus ``exclude``), or a glob; sorted, never empty."""
+def _expand(path: str, patterns: str | tuple[str, ...], key: str, exclude: list[str] = ()) -> list[str]:
+    """A file, a directory searched with ``patterns`` (minus ``exclude``), or a glob; sorted, never
+    empty; a compressed file whose header is not its format's is refused, naming it."""
+    patterns = (patterns,) if isinstance(patterns, str) else patterns
     if any(ch in path for ch in "*?["):
         found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     elif os.path.isdir(path):
         root = Path(path)
-        found = sorted(str(p) for p in root.glob(pattern)
-                       if p.is_file() and not any(fnmatch.fnmatch(str(p.relative_to(root)), x) for x in exclude))
+        found = sorted({str(p) for pattern in patterns for p in root.glob(pattern)
+                        if p.is_file() and not any(fnmatch.fnmatch(str(p.relative_to(root)), x) for x in exclude)})
     elif os.path.isfile(path):
         found = [path]
     else:
         raise InputError(f"{key}: input path does not exist: {path}")
     if not found:
-        raise InputError(f"{key}: no files match {path!r} (pattern {pattern!r})")
+        raise InputError(f"{key}: no files match {path!r} (pattern {' or '.join(map(repr, patterns))})")
+    for f in found:
+        if problem := header_problem(f):
+            raise InputError(f"{key}: {problem}")
     return found
 
 
@@ -90,9 +101,13 @@ def _group_files(files: list[str], source: int, unit_bytes: int) -> list[WorkUni
 
 
 def _jsonl_units(files: list[str], source: int, unit_bytes: int) -> list[WorkUnit]:
-    """Cut each file at the first newline after every ``unit_bytes``, counting lines on the way."""
+    """Cut each file at the first newline after every ``unit_bytes``, counting lines on the way; a
+    compressed file (no seeking into it) is one unit, read as a stream."""
     units = []
     for f in files:
+        if compression(f):
+            units.append(WorkUnit(source, len(units), "jsonl_stream", (f,), size=os.path.getsize(f)))
+            continue
         try:
             total = os.path.getsize(f)
             handle = open(f, "rb")
@@ -187,7 +202,7 @@ def plan(data: DataConfig) -> list[SourcePlan]:
             raise InputError(f"{key}.name: {name!r} is used by another source; give each source a distinct name")
         names.add(name)
         if src.type == "jsonl":
-            units = _jsonl_units(_expand(src.path, "**/*.jsonl", f"{key}.path"), i, unit_bytes)
+            units = _jsonl_units(_expand(src.path, JSONL_PATTERNS, f"{key}.path"), i, unit_bytes)
         elif src.type == "parquet":
             units = _parquet_units(_expand(src.path, "**/*.parquet", f"{key}.path"), i, unit_bytes)
         elif src.type in ("text", "code"):

@@ -112,3 +112,47 @@ def test_duplicate_source_names_are_refused(tmp_path):
 def test_work_unit_round_trips_through_a_dict():
     unit = WorkUnit(1, 2, "jsonl", ("a", "b"), 3, 4, 5, 6)
     assert WorkUnit.from_dict(unit.to_dict()) == unit
+
+
+def test_gzip_and_zstd_jsonl_and_text_are_read_as_streams_by_extension(tmp_path):
+    import gzip
+    import shutil
+
+    import zstandard
+
+    docs = [text_doc(i) for i in range(60)]
+    write_jsonl(tmp_path / "plain.jsonl", docs[:20])
+    for name, opener in (("b.jsonl.gz", gzip.open), ("c.jsonl.zst", zstandard.open)):
+        write_jsonl(tmp_path / "tmp.jsonl", docs[20:40] if name.endswith(".gz") else docs[40:])
+        with open(tmp_path / "tmp.jsonl", "rb") as src, opener(tmp_path / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    (tmp_path / "tmp.jsonl").unlink()
+    data = DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}])
+    (src,) = plan(data)
+    assert [u.kind for u in src.units] == ["jsonl_stream", "jsonl_stream", "jsonl"]  # b.gz, c.zst, plain
+    assert sorted(_docs([src], data)) == sorted(docs)
+    assert [r.where for r in read_unit(src.units[0])][:2] == [f"{tmp_path / 'b.jsonl.gz'}:1", f"{tmp_path / 'b.jsonl.gz'}:2"]
+
+    tree = tmp_path / "texts"
+    tree.mkdir()
+    with gzip.open(tree / "a.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write(docs[0])
+    text = DataConfig(sources=[{"type": "text", "path": str(tree), "glob": "**/*.txt.gz"}])
+    assert _docs(plan(text), text) == [docs[0]]
+
+
+def test_a_broken_compressed_file_is_named_up_front_or_where_its_stream_breaks(tmp_path):
+    import gzip
+    import json
+
+    (tmp_path / "fake.jsonl.gz").write_bytes(b'{"text": "plain, not gzip"}\n')
+    with pytest.raises(InputError, match=r"data.sources\[0\].path: .*fake.jsonl.gz: not a gzip file"):
+        plan(DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}]))
+    (tmp_path / "fake.jsonl.gz").unlink()
+    payload = gzip.compress("".join(json.dumps({"text": text_doc(i)}) + "\n" for i in range(200)).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(payload[: len(payload) // 2])  # truncated mid-stream
+    (src,) = plan(DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}]))
+    records = list(read_unit(src.units[0]))
+    kept, last = [r for r in records if r.text is not None], records[-1]
+    assert 0 < len(kept) < 200 and last.reason == "corrupt_compressed_stream"
+    assert last.where.startswith(f"{tmp_path / 'cut.jsonl.gz'}:{len(kept) + 1} (")
