@@ -15,6 +15,11 @@ from .stages import stage2_key
 LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control", "prefix1": "stage 2 P=1 + one prefix"}
 
 
+def config_line(path: str, overrides: list[str]) -> str:
+    """'Config: `path` with `--set ...`': how a report's numbers were made."""
+    return f"Config: `{path}`" + (f" with `--set {' '.join(overrides)}`" if overrides else "")
+
+
 def label(key: str) -> str:
     """'stage2-p4' -> 'stage 2 (ParScale P=4)'."""
     return LABELS.get(key) or f"stage 2 (ParScale P={key.rpartition('-p')[2]})"
@@ -69,7 +74,7 @@ def write_report(job) -> Path:
     cfg = job.cfg
     streams = ", ".join(f"P={p}" for p in job.streams)
     lines = [f"# {cfg.run.name}: dense -> ParScale {streams}", "",
-             f"Config: `{job.path}`" + (f" with `--set {' '.join(job.overrides)}`" if job.overrides else ""), "",
+             config_line(job.path, job.overrides), "",
              "| run | P | parameters (ParScale extra) | tokens | last train loss | val loss | val ppl |",
              "|---|---|---|---|---|---|---|"]
     for key, result in evals.items():

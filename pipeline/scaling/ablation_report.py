@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from ..job.report import config_line
 from ..utils.fs import atomic_write_text
 from .ablation import BASELINE, CONTROLS
 
@@ -92,7 +93,7 @@ def write_report(ablation, results: dict[str, dict]) -> Path:
     rows = summarize([(v.name, v.seed, v.sets) for v in ablation.variants], results, streams)
     controls = {c: results[c]["val_loss"] for c in CONTROLS if c in results}
     lines = [f"# {cfg.run.name}: stage-2 ablations at P = {streams}", "",
-             f"Config: `{ablation.path}`" + (f" with `--set {' '.join(ablation.overrides)}`" if ablation.overrides else "")
+             config_line(ablation.path, ablation.overrides)
              + f". Stage 1 dense on {cfg.train.tokens:,} tokens, shared; every variant's stage 2 on "
                f"{cfg.stage2.tokens:,} tokens from it, {cfg.ablation.seeds} seeds each (seed i: run.seed + i, "
                "the ParScale init and stage 2's data order); validation on the same "

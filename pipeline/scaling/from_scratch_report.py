@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from ..training.metrics import read_records
+from ..job.report import config_line
 from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
 from .from_scratch import k_interval
@@ -157,7 +158,7 @@ def write_report(exp, console) -> Path:
     plot(means, fits["free"], out / "scaling.png")
     sc, cfg = exp.cfg.scaling, exp.cfg
     lines = [f"# {cfg.run.name}: the parallel scaling law, trained from scratch", "",
-             f"Config: `{exp.path}`" + (f" with `--set {' '.join(exp.overrides)}`" if exp.overrides else "")
+             config_line(exp.path, exp.overrides)
              + f". Every P = {', '.join(map(str, exp.streams))} trained from initialisation on "
                f"{sc.tokens_per_param:g} tokens per non-embedding parameter of its size, the same data order and "
                f"schedule; {sc.seeds} seeds at P = 1 and P = {max(exp.streams)}; validation on the same "

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from ..job.report import config_line
 from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
 from .budget import budget_curve, budget_lines
@@ -163,7 +164,7 @@ def write_report(exp, console) -> Path:
     cfg = exp.cfg
     s2 = cfg.stage2
     lines = [f"# {cfg.run.name}: the parallel scaling law at small scale", "",
-             f"Config: `{exp.path}`" + (f" with `--set {' '.join(exp.overrides)}`" if exp.overrides else "")
+             config_line(exp.path, exp.overrides)
              + f". Each size: stage 1 dense on {cfg.train.tokens:,} tokens, then stage 2 on {s2.tokens:,} tokens at "
                f"P = {', '.join(map(str, exp.streams))} (P=1: the dense model continued with the same schedule; "
                f"prefix length {s2.parscale.prefix_len}). Validation loss on the same batches for every run "
