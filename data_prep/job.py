@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.config import LoadedConfig, write_resolved
 from pipeline.config.job import JobConfig
 from pipeline.errors import JobError
+from pipeline.utils.fs import out_of_space
 
 from . import tokenizer as tok
 from .filters import normalize, reject_reason
@@ -152,15 +153,13 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
     except ValueError as exc:
         raise PrepError(str(exc)) from None
 
-    cpus = cfg.data.num_workers or None
-    with ray_session(cfg.data.ray_address, cpus or _local_cpus()):
-        _tokenize_units(plans, cfg, info, dtype, out, work, reporter)
-
-    progress = ShardProgress(work)
-    seen: set[int] | None = set() if cfg.data.dedup else None
-    total = sum(u.size for p in plans for u in p.units)
-    with reporter.bar("packing", total=total) as advance:
-        sources = [pack_source(p, i, cfg, out, work, dtype, progress, seen, advance) for i, p in enumerate(plans)]
+    try:
+        sources = _tokenize_and_pack(plans, cfg, info, dtype, out, work, reporter)
+    except Exception as exc:  # Ray wraps a worker's OSError: out_of_space looks through the wrapping
+        if out_of_space(exc, out):
+            raise PrepError(f"no space left on device: {out}; free space and rerun 'parscale prep': finished "
+                            "units and shards are kept and not redone") from None
+        raise
 
     manifest = {
         "format": FORMAT,
@@ -180,6 +179,17 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
     if manifest["totals"]["documents_kept"] == 0:
         raise PrepError(f"data.sources: every document was rejected; the reasons are counted in {out / 'manifest.json'}")
     return manifest
+
+
+def _tokenize_and_pack(plans, cfg: JobConfig, info, dtype, out: Path, work: Path, reporter: Reporter) -> list[dict]:
+    cpus = cfg.data.num_workers or None
+    with ray_session(cfg.data.ray_address, cpus or _local_cpus()):
+        _tokenize_units(plans, cfg, info, dtype, out, work, reporter)
+    progress = ShardProgress(work)
+    seen: set[int] | None = set() if cfg.data.dedup else None
+    total = sum(u.size for p in plans for u in p.units)
+    with reporter.bar("packing", total=total) as advance:
+        return [pack_source(p, i, cfg, out, work, dtype, progress, seen, advance) for i, p in enumerate(plans)]
 
 
 def config_sha256(cfg: JobConfig) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except JobError as exc:  # ConfigError included: the message names the file, line and key
         print(f"parscale {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"parscale {args.command}: no space left on device: {exc.filename or 'a file being written'}; free "
+              "space and rerun the same command (finished work is kept)", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from ..checkpoint import integrity
 from ..errors import JobError
 from ..utils.collectives import barrier
-from ..utils.fs import atomic_write_text
+from ..utils.fs import atomic_write_text, out_of_space
 
 LATEST, COMPLETE, STATE, RESHARDED = "latest", "COMPLETE", "trainer_state.json", "resharded.json"
 
@@ -98,8 +98,15 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
     """Collective: every rank calls it."""
     directory = Path(directory)
     tag = tag_for(step)
-    engine.save_checkpoint(str(directory), tag=tag, client_state={"trainer": {**state, "rng": rng_state()}},
-                           save_latest=False)
+    try:
+        engine.save_checkpoint(str(directory), tag=tag, client_state={"trainer": {**state, "rng": rng_state()}},
+                               save_latest=False)
+    except (OSError, RuntimeError) as exc:
+        if out_of_space(exc, directory):
+            raise JobError(f"no space left on device: {directory / tag} (saving step {step}); free space or set "
+                           "checkpoint.dir elsewhere, then rerun: training resumes from the last complete "
+                           "checkpoint, the partial one is ignored") from None
+        raise
     folder = directory / tag
     if dist.get_rank() == 0:
         atomic_write_text(folder / STATE, json.dumps(state, indent=2))

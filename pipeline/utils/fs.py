@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +43,30 @@ def read_format_json(path: str | Path, expected_format: str, error: type[Excepti
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise error(f"{path}: format {found!r}, expected {expected_format!r}")
     return data
+
+
+#: below this many free bytes, a failed write is taken for a full disk (torch's writer says only
+#: "file write failed", without the OS error)
+NEARLY_FULL = 1 << 20
+
+
+def out_of_space(exc: BaseException, path: str | Path) -> bool:
+    """Whether ``exc`` (or an error that caused it, Ray's wrapped ones included) is a full disk,
+    or the disk holding ``path`` is full now."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # causes chain; bounded against cycles
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < NEARLY_FULL
+    except OSError:
+        return False
 
 
 def file_sha256(path: str | Path) -> str:
