@@ -63,7 +63,8 @@ def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -
     if layout == "qwen2_parscale":
         if ps.prefix_init != "normal":
             raise CheckpointError("the official ParScale layout holds prefix_k/prefix_v: convert an 'mlp' prefix first")
-        config |= {"parscale_n": ps.streams, "parscale_n_tokens": ps.prefix_len, "parscale_attn_smooth": ps.eps}
+        config |= {"parscale_n": ps.streams, "parscale_n_tokens": ps.prefix_len, "parscale_attn_smooth": ps.eps,
+                   "auto_map": dict(OFFICIAL_AUTO_MAP)}
     return config
 
 
@@ -157,6 +158,11 @@ def _read_hf(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             raise CheckpointError(f"{f}: corrupt or truncated ({exc})") from None
     return config, state
 
+
+#: where transformers finds the official ParScale classes (trust_remote_code): the two module files
+#: of the official ParScale release, copied next to config.json (the README's "Loading an export")
+OFFICIAL_AUTO_MAP = {"AutoConfig": "configuration_qwen2_parscale.Qwen2ParScaleConfig",
+                     "AutoModelForCausalLM": "modeling_qwen2_parscale.Qwen2ParScaleForCausalLM"}
 
 #: what the official ParScale modeling code assumes for a key its config.json leaves out
 OFFICIAL_DEFAULTS = {"parscale_n_tokens": 48, "parscale_attn_smooth": 0.01}

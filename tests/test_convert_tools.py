@@ -273,3 +273,23 @@ def test_a_portable_changed_since_written_is_refused_by_every_reader_never_recer
     proc = run_cli("generate", str(garbage), "--max-new-tokens", "2")
     assert proc.returncode == 2 and "tokenizer.model: not a sentencepiece model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_parscale_export_names_the_official_classes_for_trust_remote_code(dense, tmp_path):
+    """Offline, the official modeling files cannot be fetched: a stand-in configuration module in
+    the folder shows transformers resolves the export's auto_map as the official one would be."""
+    from transformers import AutoConfig
+
+    from checkpoints_tools.hf import export_hf
+    from checkpoints_tools.to_parscale import convert
+
+    convert(dense, tmp_path / "p2", ParScaleConfig(streams=2, prefix_len=3))
+    export_hf(tmp_path / "p2", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "configuration_qwen2_parscale.Qwen2ParScaleConfig",
+                                  "AutoModelForCausalLM": "modeling_qwen2_parscale.Qwen2ParScaleForCausalLM"}
+    (tmp_path / "hf" / "configuration_qwen2_parscale.py").write_text(
+        "from transformers import PretrainedConfig\n\n\nclass Qwen2ParScaleConfig(PretrainedConfig):\n"
+        "    model_type = 'qwen2_parscale'\n")
+    loaded = AutoConfig.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True)
+    assert type(loaded).__name__ == "Qwen2ParScaleConfig" and loaded.parscale_n == 2
