@@ -43,7 +43,7 @@ def test_the_plan_shares_stage_1_and_gives_each_variant_its_settings_and_seeds(t
         assert v.job.layout.consolidated == job / "convert" / "stage1-fp32"  # stage 1 shared
         assert v.portable == job / "ablation" / v.key / "stage2-p2" / "portable"
         assert v.init == job / "ablation" / v.key / "convert" / "stage2-init-p2"
-        assert v.job.cfg.run.seed == 7 + v.seed
+        assert v.job.cfg.run.seed == 7 and v.job.init_seed_offset == v.seed  # same data order, another init
     eps = by_key["eps-0-seed1"].job.configs["stage2-p2"].config
     assert eps.parscale.eps == 0.0 and eps.optimizer.parscale_lr_mult == 1
     assert str(eps.train.init_from).endswith("ablation/eps-0-seed1/convert/stage2-init-p2")

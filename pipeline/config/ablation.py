@@ -30,8 +30,9 @@ class AblationVariant(StrictModel):
 
 class AblationConfig(StrictModel):
     variants: list[AblationVariant] = Field(min_length=1, description="Stage-2 variants, each against the baseline.")
-    seeds: int = Field(2, ge=1, description="Seeds per variant and for the baseline (seed i: run.seed + i for the "
-                                            "conversion's prefix and aggregator init and stage 2's data order).")
+    seeds: int = Field(2, ge=1, description="Seeds per variant and for the baseline: seed i initialises the prefixes "
+                                            "and the aggregator from run.seed + i; every run reads the same data "
+                                            "order as the controls.")
 
     @field_validator("variants")
     @classmethod

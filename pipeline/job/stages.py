@@ -104,16 +104,20 @@ class MainJob:
     """``streams``: the stage-2 stream counts to train (default: ``stage2.parscale.streams``); each
     gets its own conversion and run. ``report``: whether the job writes its own report.
     ``stage2_root``: a folder for the ParScale conversions and stage-2 runs other than
-    ``run.output_dir`` (a variant of stage 2 on the same stage 1)."""
+    ``run.output_dir`` (a variant of stage 2 on the same stage 1). ``init_seed_offset``: added to
+    ``run.seed`` for the ParScale conversion only (another init of prefixes and aggregator, the same
+    data order)."""
 
     def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False,
-                 streams: list[int] | None = None, report: bool = True, stage2_root: Path | None = None):
+                 streams: list[int] | None = None, report: bool = True, stage2_root: Path | None = None,
+                 init_seed_offset: int = 0):
         loaded.require("run", "model", "train", "stage2")
         self.loaded, self.cfg = loaded, loaded.config
         self.path, self.overrides, self.dry_run, self.with_report = config_path, list(overrides), dry_run, report
         self.stage2 = self.cfg.stage2
         self.streams = streams or [self.stage2.parscale.streams]
         self.layout = Layout(Path(self.cfg.run.output_dir), stage2_root)
+        self.init_seed_offset = init_seed_offset
         self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
         self.configs = {"stage1": self._derive([f"run.output_dir={self.layout.stage1}"])}
         for p in self.streams:
@@ -227,7 +231,7 @@ class MainJob:
                   f"--streams {streams}")
             return
         result = convert(self.layout.consolidated, self.layout.init(streams), self.parscale(streams),
-                         seed=self.cfg.run.seed)
+                         seed=self.cfg.run.seed + self.init_seed_offset)
         print(result["verified"])
 
     def _finals(self) -> dict[str, Path]:

@@ -3,7 +3,9 @@
 control) is the baseline; each variant of ``ablation.variants`` trains stage 2 again at the same P
 from the same stage 1 with a few ``stage2.*`` / ``optimizer.*`` keys changed. Every model is
 evaluated on the same validation batches, with the stream diagnostics (spread, weights, prefix and
-update cosines, diversity gain), ``ablation.seeds`` seeds each.
+update cosines, diversity gain), ``ablation.seeds`` seeds each: seed i initialises the prefixes and
+the aggregator from ``run.seed + i``; the data order is the controls' for every run, so each
+difference is paired on the same tokens.
 
 Layout: the main job's folders under ``run.output_dir``; variant and extra-seed runs under
 ``run.output_dir/ablation/<variant>-seed<i>/``; results in ``ablation/eval.json``, the report in
@@ -64,13 +66,13 @@ class Stage2Ablation:
                 if name == BASELINE and i == 0:
                     self.variants.append(Variant(name, 0, self.main, sets))
                     continue
-                seeded = [*self.overrides, *sets, f"run.seed={self.cfg.run.seed + i}"]
+                seeded = [*self.overrides, *sets]
                 variant = load_config(config_path, seeded)
                 if variant.config.stage2.parscale.streams != self.main.streams[0]:
                     raise loaded.error("ablation.variants", f"{name}: a variant must keep stage2.parscale.streams "
                                                             f"({self.main.streams[0]})")
                 job = MainJob(variant, config_path, seeded, dry_run, report=False, streams=self.main.streams,
-                              stage2_root=self.root / f"{name}-seed{i}")
+                              stage2_root=self.root / f"{name}-seed{i}", init_seed_offset=i)
                 self.variants.append(Variant(name, i, job, sets))
 
     # ------------------------------------------------------------------ running

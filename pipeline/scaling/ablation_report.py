@@ -95,8 +95,9 @@ def write_report(ablation, results: dict[str, dict]) -> Path:
     lines = [f"# {cfg.run.name}: stage-2 ablations at P = {streams}", "",
              config_line(ablation.path, ablation.overrides)
              + f". Stage 1 dense on {cfg.train.tokens:,} tokens, shared; every variant's stage 2 on "
-               f"{cfg.stage2.tokens:,} tokens from it, {cfg.ablation.seeds} seeds each (seed i: run.seed + i, "
-               "the ParScale init and stage 2's data order); validation on the same "
+               f"{cfg.stage2.tokens:,} tokens from it, {cfg.ablation.seeds} seeds each (seed i: the prefixes' and "
+               "the aggregator's init from run.seed + i; the same data order for every run, the controls' "
+               "included, so differences are paired); validation on the same "
                f"{cfg.eval.max_batches} batches for every model. Measured on: {hardware()}.", "",
              "Controls on the same stage-2 tokens: "
              + ", ".join(f"{CONTROLS[c]} {v:.4f}" for c, v in controls.items()) + ".", "",
