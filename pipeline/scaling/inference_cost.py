@@ -39,7 +39,7 @@ def dense_equivalent(base: ModelConfig, vocab: int, factor: float, step: int = 1
         if heads % group:
             continue
         hidden = heads * head_dim
-        for ffn in range(max(step, 2 * hidden // step * step), 4 * hidden + 1, step):
+        for ffn in range(max(step, 2 * hidden // step * step), 8 * hidden + 1, step):
             cfg = base.model_copy(update={"hidden_size": hidden, "ffn_hidden_size": ffn, "num_attention_heads": heads,
                                           "num_kv_heads": heads // group, "head_dim": head_dim})
             gap = abs(non_embedding(cfg, vocab) - target)
