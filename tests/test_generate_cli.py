@@ -57,9 +57,13 @@ def test_bad_checkpoint_folders_are_refused(checkpoint, tmp_path):
     for name in ("config.json", "tokenizer.model"):
         (broken / name).write_bytes((checkpoint / name).read_bytes())
     (broken / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:100])
-    proc = run_cli("generate", str(broken), "--prompt", "x")
-    assert proc.returncode == 2 and "corrupt or truncated" in proc.stderr
+    proc = run_cli("generate", str(broken), "--prompt", "x")  # truncated since written: its recorded sha256 tells
+    assert proc.returncode == 2 and f"{broken / 'model.safetensors'}: sha256 differs from the one recorded" in proc.stderr
     config = json.loads((checkpoint / "config.json").read_text())
+    legacy = {k: v for k, v in config.items() if k != "sha256"}  # written before checksums: the loader tells
+    (broken / "config.json").write_text(json.dumps(legacy))
+    proc = run_cli("generate", str(broken), "--prompt", "x")
+    assert proc.returncode == 2 and "model.safetensors: corrupt or truncated" in proc.stderr
     config["parscale"]["streams"] = 3
     (broken / "config.json").write_text(json.dumps(config))
     (broken / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())

@@ -84,10 +84,10 @@ def verify_recorded(directory: str | Path, name: str) -> Path:
 
 def tokenizer_file(directory: str | Path) -> Path:
     """The checkpoint's ``tokenizer.model``, checked against its recorded sha256."""
-    path = verify_recorded(directory, TOKENIZER)
+    path = Path(directory) / TOKENIZER
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; the checkpoint carries no tokenizer")
-    return path
+    return verify_recorded(directory, TOKENIZER)
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -112,8 +112,9 @@ def load_portable(directory: str | Path, dtype: torch.dtype = torch.float32):
     model = ParScaleLM(ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"]),
                        config["vocab_size"], tp_rank=ps.get_tensor_model_parallel_rank(),
                        tp_size=ps.get_tensor_model_parallel_world_size(), params_dtype=dtype)
+    weights = read_weights(directory)  # its own errors name the file
     try:
-        load_full_state(model, read_weights(directory), f"{Path(directory) / WEIGHTS} (with {CONFIG})")
+        load_full_state(model, weights, f"{Path(directory) / WEIGHTS} (with {CONFIG})")
     except JobError as exc:
         raise CheckpointError(f"weights do not match the config: {exc}") from None
     return model.to(dtype), config
