@@ -18,7 +18,7 @@ from pipeline.errors import JobError
 from pipeline.utils.fs import out_of_space
 
 from . import tokenizer as tok
-from .filters import normalize, reject_reason
+from .filters import clean
 from .manifest import FORMAT, write_manifest
 from .pack_stage import ShardProgress, pack_source, unit_path
 from .progress import Reporter
@@ -33,11 +33,22 @@ class PrepError(JobError):
     """A prep job that cannot start; the message names the config key or file."""
 
 
+# Keys added after prepared folders existed, each with the value that reproduces what those folders
+# hold: a key at that value stays out of the fingerprint, so those folders stay valid; a folder
+# whose job lacks the key was prepared with that value.
+ADDED_LATER = {"data.control_chars": "keep"}
+
+
 def _fingerprint_sections(cfg: JobConfig) -> dict:
     """What determines the output bytes (not where Ray runs, nor how many workers)."""
     data = cfg.data.model_dump(mode="json", exclude={"ray_address", "num_workers", "output_dir"})
-    return {"data": data, "tokenizer": cfg.tokenizer.model_dump(mode="json"),
-            "packing": cfg.packing.model_dump(mode="json"), "seed": cfg.run.seed}
+    sections = {"data": data, "tokenizer": cfg.tokenizer.model_dump(mode="json"),
+                "packing": cfg.packing.model_dump(mode="json"), "seed": cfg.run.seed}
+    for key, value in ADDED_LATER.items():
+        section, name = key.split(".")
+        if sections[section].get(name) == value:
+            del sections[section][name]
+    return sections
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -57,9 +68,11 @@ def _claim_output(work: Path, cfg: JobConfig) -> None:
         if before != sections:
             old, new = _flatten(before), _flatten(sections)
             changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            older = [f"{k}: {ADDED_LATER[k]}" for k in changed if k in ADDED_LATER and k not in old]
+            hint = f", or set {' and '.join(older)} to use it as it was prepared" if older else ""
             raise PrepError(
                 f"data.output_dir: {work.parent} holds a prep job with a different config "
-                f"(changed: {', '.join(changed[:8])}); use another output_dir or delete this one"
+                f"(changed: {', '.join(changed[:8])}); use another output_dir or delete this one{hint}"
             )
         return
     work.mkdir(parents=True, exist_ok=True)
@@ -75,8 +88,8 @@ def _sample_documents(plans: list[SourcePlan], cfg: JobConfig) -> list[str]:
         field = getattr(cfg.data.sources[unit.source], "text_field", "text")
         for record in read_unit(unit, field):
             if record.text is not None:
-                text = normalize(record.text)
-                if reject_reason(text, cfg.data) is None:
+                text, reason, _ = clean(record.text, cfg.data)
+                if reason is None:
                     sample.append(text)
                     if len(sample) >= cfg.tokenizer.sample_docs:
                         return sample
@@ -213,7 +226,8 @@ def _local_cpus() -> int:
 
 
 def _totals(sources: list[dict], row_len: int) -> dict:
-    totals: dict = {"documents_read": 0, "documents_kept": 0, "documents_rejected": 0, "rejected_by_reason": {}}
+    totals: dict = {"documents_read": 0, "documents_kept": 0, "documents_rejected": 0, "rejected_by_reason": {},
+                    "stripped_by_filter": {}}
     for split in ("train", "val"):
         totals[split] = {k: 0 for k in ("rows", "tokens", "padding", "truncated_documents")}
     for src in sources:
@@ -222,6 +236,8 @@ def _totals(sources: list[dict], row_len: int) -> dict:
         totals["documents_rejected"] += src["documents"]["rejected"]
         for reason, n in src["rejected"]["counts"].items():
             totals["rejected_by_reason"][reason] = totals["rejected_by_reason"].get(reason, 0) + n
+        for name, n in src["stripped"]["counts"].items():
+            totals["stripped_by_filter"][name] = totals["stripped_by_filter"].get(name, 0) + n
         for split in ("train", "val"):
             for k in totals[split]:
                 totals[split][k] += src["splits"][split][k]
@@ -229,4 +245,5 @@ def _totals(sources: list[dict], row_len: int) -> dict:
         rows = totals[split]["rows"]
         totals[split]["padding_fraction"] = totals[split]["padding"] / (rows * row_len) if rows else 0.0
     totals["rejected_by_reason"] = dict(sorted(totals["rejected_by_reason"].items()))
+    totals["stripped_by_filter"] = dict(sorted(totals["stripped_by_filter"].items()))
     return totals

@@ -46,11 +46,12 @@ def pack_source(plan: SourcePlan, index: int, cfg: JobConfig, out: Path, work: P
     packers = {s: make_packer(cfg.packing.strategy, row_len, cfg.packing.best_fit_window) for s in SPLITS}
     writers = {s: ShardWriter(out, f"{s}/{plan.name}", dtype, cfg.packing.sequences_per_shard,
                               progress.done, progress.record) for s in SPLITS}
-    rejected, read, kept = RejectLog(), 0, 0
+    rejected, stripped, read, kept = RejectLog(), RejectLog(), 0, 0
     for unit in plan.units:
         result = UnitResult.load(unit_path(work, unit.key))
         read += result.read
         rejected.merge(result.rejected)
+        stripped.merge(result.stripped)
         ends = np.cumsum(result.lengths)
         for end, length, doc_hash, where in zip(ends, result.lengths, result.hashes.tolist(), result.wheres):
             if seen is not None:
@@ -76,5 +77,6 @@ def pack_source(plan: SourcePlan, index: int, cfg: JobConfig, out: Path, work: P
         "name": plan.name, "type": src.type, "weight": src.weight, "units": len(plan.units),
         "documents": {"read": read, "kept": kept, "rejected": rejected.total},
         "rejected": rejected.to_dict(),
+        "stripped": stripped.to_dict(),
         "splits": splits,
     }

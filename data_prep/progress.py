@@ -65,3 +65,6 @@ class Reporter:
         if reasons:
             self.console.print("rejected: " + ", ".join(f"{r} {n}" for r, n in reasons.items())
                                + " (first examples per reason in manifest.json)")
+        for name, n in manifest["totals"].get("stripped_by_filter", {}).items():
+            self.console.print(f"{name}: stripped from {n:,} kept documents (data.{name}: strip; "
+                               "first examples in manifest.json)")

@@ -1,4 +1,4 @@
-"""Tokenize one work unit: read -> normalize -> filter -> hash -> batched sentencepiece -> EOD.
+"""Tokenize one work unit: read -> clean and filter -> hash -> batched sentencepiece -> EOD.
 The result (tokens, per-document lengths and hashes, rejections) is written atomically to one
 .npz file per unit, so a killed job resumes from the units already done."""
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.config.data import DataConfig
 
-from .filters import content_hash, normalize, reject_reason
+from .filters import CONTROL_CHARS, clean, content_hash
 from .readers import read_unit
 from .rejects import RejectLog
 from .units import WorkUnit
@@ -29,10 +29,11 @@ class UnitResult:
     wheres: list[str] = field(default_factory=list)  # where each kept document came from
     read: int = 0  # records read (kept + rejected)
     rejected: RejectLog = field(default_factory=RejectLog)
+    stripped: RejectLog = field(default_factory=RejectLog)  # kept documents changed by a filter, by filter
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        meta = json.dumps({"read": self.read, "rejected": self.rejected.to_dict()})
+        meta = json.dumps({"read": self.read, "rejected": self.rejected.to_dict(), "stripped": self.stripped.to_dict()})
         wheres = np.frombuffer("\n".join(self.wheres).encode("utf-8"), np.uint8)
         with open(tmp, "wb") as handle:
             np.savez(handle, tokens=self.tokens, lengths=self.lengths, hashes=self.hashes, wheres=wheres,
@@ -44,8 +45,9 @@ class UnitResult:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             wheres = data["wheres"].tobytes().decode("utf-8").split("\n") if data["lengths"].size else []
+            stripped = RejectLog.from_dict(meta["stripped"]) if "stripped" in meta else RejectLog()
             return cls(data["tokens"], data["lengths"], data["hashes"], wheres, meta["read"],
-                       RejectLog.from_dict(meta["rejected"]))
+                       RejectLog.from_dict(meta["rejected"]), stripped)
 
 
 def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int, threads: int = 1) -> UnitResult:
@@ -59,11 +61,12 @@ def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int
         if record.text is None:
             result.rejected.note(record.reason, record.where)
             continue
-        text = normalize(record.text)
-        reason = reject_reason(text, data)
+        text, reason, stripped = clean(record.text, data)
         if reason:
             result.rejected.note(reason, record.where)
             continue
+        if stripped:
+            result.stripped.note(CONTROL_CHARS, record.where)
         texts.append(text)
         hashes.append(content_hash(text))
         wheres.append(record.where)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from data_prep.filters import clean
 from data_prep.readers import read_unit
+from data_prep.tokenize_units import process_unit
 from data_prep.units import InputError, WorkUnit, plan, stdlib_root
 from pipeline.config.data import DataConfig
 
@@ -156,3 +159,34 @@ def test_a_broken_compressed_file_is_named_up_front_or_where_its_stream_breaks(t
     kept, last = [r for r in records if r.text is not None], records[-1]
     assert 0 < len(kept) < 200 and last.reason == "corrupt_compressed_stream"
     assert last.where.startswith(f"{tmp_path / 'cut.jsonl.gz'}:{len(kept) + 1} (")
+
+
+CONTROL_DOCS = ["a NUL\x00here", "colour \x1b[31mred\x1b[0m", "tab\tand\nnewline\x0cform feed", "DEL\x7f C1\x85",
+                "\x00\x00"]
+
+
+@pytest.mark.parametrize("mode", ["strip", "reject", "keep"])
+def test_control_characters_are_stripped_rejected_or_kept(tmp_path, mode):
+    class Chars:  # a tokenizer of one id per character, enough to read back what was kept
+        def encode(self, texts, num_threads=1):
+            return [[ord(c) for c in t] for t in texts]
+
+    write_jsonl(tmp_path / "c.jsonl", CONTROL_DOCS)
+    data = DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}], control_chars=mode)
+    (src,) = plan(data)
+    result = process_unit(src.units[0], Chars(), data, np.dtype(np.int32), eod=-1)
+    kept = "".join(chr(t) if t >= 0 else "|" for t in result.tokens.tolist()).split("|")[:-1]
+    where = [f"{tmp_path / 'c.jsonl'}:{i}" for i in range(1, 6)]
+    if mode == "strip":  # the default
+        assert kept == ["a NULhere", "colour [31mred[0m", "tab\tand\nnewline\x0cform feed", "DEL C1"]
+        assert result.stripped.to_dict() == {"counts": {"control_chars": 3},
+                                             "examples": {"control_chars": where[:2] + where[3:4]}}
+        assert result.rejected.to_dict()["counts"] == {"too_short": 1}  # nothing left of the NUL-only one
+    elif mode == "reject":
+        assert kept == [CONTROL_DOCS[2]]
+        assert result.rejected.to_dict() == {"counts": {"control_chars": 4},
+                                             "examples": {"control_chars": where[:2] + where[3:]}}
+    else:
+        assert kept == CONTROL_DOCS and result.rejected.total == 0 and result.stripped.total == 0
+    assert DataConfig().control_chars == "strip"
+    assert clean("x\r\ny\x00", data)[0] == ("x\ny\x00" if mode != "strip" else "x\ny")

@@ -341,3 +341,31 @@ def test_slurm_prep_script_runs_on_its_ray_cluster_with_the_same_outputs(tmp_pat
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert yaml.safe_load((remote / "config.resolved.yaml").read_text())["data"]["ray_address"] == f"127.0.0.1:{port}"
     _assert_same_tree(local, remote, same_config=False)
+
+
+def test_stripped_control_characters_are_counted_and_an_older_folder_is_named(mixed_job, tmp_path):
+    docs = [text_doc(i) for i in range(30)]
+    docs[3], docs[7] = "NUL\x00" + docs[3], "\x1b[1m" + docs[7]
+    write_jsonl(tmp_path / "a.jsonl", docs)
+    src = [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}]
+    model = {"model_path": str(mixed_job["out"] / "tokenizer.model")}
+    out = tmp_path / "o"
+    manifest = prepare(load_config(_config(tmp_path, out, src, tokenizer=model)), QUIET)
+    assert manifest["totals"]["stripped_by_filter"] == {"control_chars": 2}
+    assert manifest["sources"][0]["stripped"]["examples"]["control_chars"] == [f"{tmp_path / 'a.jsonl'}:{i}"
+                                                                               for i in (4, 8)]
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    text = "".join(sp.decode(row[row != sp.eos_id()].tolist()) for split in ("train", "val")
+                   for row, _ in _read_split(out, manifest, "jsonl-a", split))
+    assert "\x00" not in text and "\x1b" not in text and "NUL" + docs[3][4:] in text
+
+    # a folder prepared before the filter existed (its job has no control_chars: 'keep' is left out)
+    older = tmp_path / "older"
+    keep = _config(tmp_path, older, src, tokenizer=model, data={"control_chars": "keep"})
+    prepare(load_config(keep), QUIET)
+    assert "control_chars" not in json.loads((older / "work" / "job.json").read_text())["data"]
+    assert "\x00" in "".join(sp.decode(r.tolist()) for s in ("train", "val")
+                             for r, _ in _read_split(older, read_manifest(older), "jsonl-a", s))
+    with pytest.raises(PrepError, match=r"changed: data.control_chars\); use another output_dir or delete this "
+                                        r"one, or set data.control_chars: keep to use it as it was prepared"):
+        prepare(load_config(_config(tmp_path, older, src, tokenizer=model)), QUIET)

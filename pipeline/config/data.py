@@ -87,6 +87,11 @@ class DataConfig(StrictModel):
     min_chars: int = Field(1, ge=0)
     max_chars: int | None = Field(None, gt=0)
     dedup: bool = Field(False, description="Drop exact duplicate documents (content hash).")
+    control_chars: Literal["strip", "reject", "keep"] = Field(
+        "strip",
+        description="Control characters other than tab, newline and form feed (NUL, ESC, DEL, C1...): strip them "
+        "from the document (counted), reject the document, or keep them.",
+    )
     ray_address: str | None = Field(None, description="Existing Ray cluster; None starts a local one.")
     num_workers: int | None = Field(None, ge=1, description="Tokenizer actors; None = CPUs available.")
     unit_mb: float = Field(4.0, gt=0, description="Work unit size: input bytes read and tokenized as one task.")
