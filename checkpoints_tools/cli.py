@@ -23,13 +23,30 @@ def _verify(args) -> int:
     return 1 if problems else 0
 
 
+#: ParScaleConfig fields ``to-parscale`` takes as options; unset ones keep the config's defaults
+_PARSCALE_OPTIONS = ("prefix_len", "eps", "prefix_init", "prefix_init_std")
+
+
+def _parscale_options(parser) -> None:
+    from typing import get_args
+
+    from pipeline.config.model import ParScaleConfig
+
+    for key in _PARSCALE_OPTIONS:
+        field = ParScaleConfig.model_fields[key]
+        choices = get_args(field.annotation) or None
+        kind = None if choices else field.annotation
+        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, choices=choices,
+                            help=f"{field.description.rstrip('.')} (default: {field.default}, as parscale.{key})")
+
+
 def _to_parscale(args) -> int:
     from pipeline.config.model import ParScaleConfig
 
     from .to_parscale import convert
 
-    parscale = ParScaleConfig(streams=args.streams, prefix_len=args.prefix_len, eps=args.eps,
-                              prefix_init=args.prefix_init)
+    given = {key: getattr(args, key) for key in _PARSCALE_OPTIONS if getattr(args, key) is not None}
+    parscale = ParScaleConfig(streams=args.streams, **given)
     print(json.dumps(convert(args.source, args.target, parscale, seed=args.seed,
                              allow_more_streams=args.allow_more_streams, verify=not args.no_verify), indent=2))
     return 0
@@ -103,9 +120,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("source")
     p.add_argument("target")
     p.add_argument("--streams", type=int, required=True, help="P")
-    p.add_argument("--prefix-len", type=int, default=48)
-    p.add_argument("--eps", type=float, default=0.1, help="aggregation smoothing")
-    p.add_argument("--prefix-init", choices=["normal", "mlp"], default="normal")
+    _parscale_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-more-streams", action="store_true", help="accept a ParScale source (P -> larger P)")
     p.add_argument("--no-verify", action="store_true", help="skip the backbone logits check")

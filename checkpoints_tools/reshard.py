@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from pipeline.checkpoint import tp_layout
 from pipeline.checkpoint.portable import CheckpointError
 from pipeline.checkpoint import integrity
-from pipeline.checkpoint.trainer_ckpt import COMPLETE, CONFIG, LATEST, RESHARDED, STATE, TrainerCheckpoint
+from pipeline.checkpoint.layout import COMPLETE, CONFIG, LATEST, RESHARDED, STATE
+from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.utils.fs import atomic_write_text, staged_dir
 
 from . import logits_check

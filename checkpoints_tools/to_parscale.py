@@ -17,12 +17,13 @@ from pipeline.checkpoint.portable import (
     TOKENIZER, CheckpointError, read_config, read_weights, save_portable_state, tokenizer_file,
 )
 from pipeline.config.model import ModelConfig, ParScaleConfig
+from pipeline.model.param_groups import is_prefix, parscale_parameter
 
 from . import logits_check
 
 
 def _backbone(state: dict) -> dict:
-    return {k: v for k, v in state.items() if ".prefix." not in k and "aggregate_layer" not in k}
+    return {k: v for k, v in state.items() if not parscale_parameter(k)}
 
 
 def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, seed: int = 0,
@@ -45,13 +46,13 @@ def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, se
     state = read_weights(source)
     carried = _backbone(state)
     if old.streams > 1 and old.prefix_init == parscale.prefix_init == "normal" and old.prefix_len == parscale.prefix_len:
-        carried |= {k: v for k, v in state.items() if ".prefix." in k}  # the first P streams, widened below
+        carried |= {k: v for k, v in state.items() if is_prefix(k)}  # the first P streams, widened below
     with single_process(seed=seed):
         torch.manual_seed(seed)
         model = ParScaleLM(model_cfg, parscale, config["vocab_size"])
         fresh = dict(model.named_parameters())
         for name, value in list(carried.items()):
-            if ".prefix." in name:  # widen [P_old, ...] to [P_new, ...] with the fresh streams appended
+            if is_prefix(name):  # widen [P_old, ...] to [P_new, ...] with the fresh streams appended
                 carried[name] = torch.cat([value, fresh[name].detach()[value.shape[0]:]])
         new = load_full_state(model, carried, str(source), allow_new_parscale=True)
         out_state = {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands.common import add_config_args, load_from_args
+from pipeline.config.cli_args import add_config_args, load_from_args
 
 
 def _run(args: argparse.Namespace) -> int:

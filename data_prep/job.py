@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.config import LoadedConfig, write_resolved
 from pipeline.config.job import JobConfig
 from pipeline.errors import JobError
-from pipeline.utils.fs import out_of_space
+from pipeline.utils.fs import out_of_space, staged_file
 
 from . import tokenizer as tok
 from .filters import clean
@@ -108,12 +108,11 @@ def _tokenizer(plans, cfg: JobConfig, out: Path, reporter: Reporter) -> tok.Toke
             sample = _sample_documents(plans, cfg)
             if not sample:
                 raise PrepError("data.sources: no document passes the filters; nothing to train a tokenizer on")
-            tmp = path.with_name(f".{path.name}.tmp")
             try:
-                tok.train(cfg.tokenizer, sample, cfg.run.seed, tmp)
+                with staged_file(path) as tmp:
+                    tok.train(cfg.tokenizer, sample, cfg.run.seed, tmp)
             except RuntimeError as exc:  # sentencepiece explains what to change
                 raise PrepError(f"tokenizer: sentencepiece training failed: {str(exc).split('] ')[-1]}") from None
-            tmp.replace(path)
     try:
         info = tok.describe(path, cfg.tokenizer.type)
     except ValueError as exc:

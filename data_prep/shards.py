@@ -6,14 +6,13 @@ renamed when complete; shards a previous run finished (same checksum on disk) ar
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .packing import Row
-from pipeline.utils.fs import file_sha256
+from pipeline.utils.fs import file_sha256, staged_file
 
 
 def shard_entry_ok(root: Path, entry: dict) -> bool:
@@ -64,17 +63,14 @@ class ShardWriter:
 
         final_bin, final_idx = self.root / f"{name}.bin", self.root / f"{name}.idx"
         final_bin.parent.mkdir(parents=True, exist_ok=True)
-        tmp_bin = final_bin.with_name(f".{final_bin.name}.tmp")
-        tmp_idx = final_idx.with_name(f".{final_idx.name}.tmp")
-        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=self.dtype.type)
-        for row in rows:
-            builder.add_document(row.tokens, row.segments)
-        builder.finalize(str(tmp_idx))
-        entry = {"prefix": name, "sequences": len(rows), "bin_sha256": file_sha256(tmp_bin),
-                 "idx_sha256": file_sha256(tmp_idx), "bin_bytes": tmp_bin.stat().st_size,
-                 "idx_bytes": tmp_idx.stat().st_size}
-        os.replace(tmp_bin, final_bin)
-        os.replace(tmp_idx, final_idx)
+        with staged_file(final_bin) as tmp_bin, staged_file(final_idx) as tmp_idx:
+            builder = IndexedDatasetBuilder(str(tmp_bin), dtype=self.dtype.type)
+            for row in rows:
+                builder.add_document(row.tokens, row.segments)
+            builder.finalize(str(tmp_idx))
+            entry = {"prefix": name, "sequences": len(rows), "bin_sha256": file_sha256(tmp_bin),
+                     "idx_sha256": file_sha256(tmp_idx), "bin_bytes": tmp_bin.stat().st_size,
+                     "idx_bytes": tmp_idx.stat().st_size}
         return entry
 
 

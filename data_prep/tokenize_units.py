@@ -5,13 +5,13 @@ The result (tokens, per-document lengths and hashes, rejections) is written atom
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config.data import DataConfig
+from pipeline.utils.fs import staged_file
 
 from .filters import CONTROL_CHARS, clean, content_hash
 from .readers import read_unit
@@ -32,13 +32,11 @@ class UnitResult:
     stripped: RejectLog = field(default_factory=RejectLog)  # kept documents changed by a filter, by filter
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         meta = json.dumps({"read": self.read, "rejected": self.rejected.to_dict(), "stripped": self.stripped.to_dict()})
         wheres = np.frombuffer("\n".join(self.wheres).encode("utf-8"), np.uint8)
-        with open(tmp, "wb") as handle:
+        with staged_file(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, tokens=self.tokens, lengths=self.lengths, hashes=self.hashes, wheres=wheres,
                      meta=np.array(meta))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> "UnitResult":

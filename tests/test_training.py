@@ -161,7 +161,7 @@ def test_sigterm_saves_and_the_rerun_resumes(tmp_path, data):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "stop requested: saved step" in out
-    from pipeline.training.checkpointing import latest_tag
+    from pipeline.checkpoint.layout import latest_tag
 
     tag = latest_tag(tmp_path / "preempt" / "checkpoints")
     assert tag is not None
@@ -279,7 +279,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_newest_intact_one_resumes(tmp
 
 
 def test_latest_skips_an_incomplete_save(tmp_path):
-    from pipeline.training.checkpointing import COMPLETE, latest_tag
+    from pipeline.checkpoint.layout import COMPLETE, latest_tag
 
     for step in (4, 8):
         (tmp_path / f"step{step:08d}").mkdir()

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..utils import collectives
+from .layout import COMPLETE
 from ..utils.fs import atomic_write_text, file_sha256
 
 FILES = "files.json"
 #: written after the record (the completion marker) or never hashed (the record itself)
-UNRECORDED = ("COMPLETE", FILES)
+UNRECORDED = (COMPLETE, FILES)
 
 
 def _files(folder: Path) -> list[str]:

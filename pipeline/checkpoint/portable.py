@@ -6,7 +6,6 @@ It is written to a temporary sibling folder and renamed into place."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from ..config.model import ModelConfig, ParScaleConfig
 from ..errors import JobError
-from ..utils.fs import file_sha256, read_format_json
+from ..model.param_groups import VOCAB_ROWS
+from ..utils.fs import file_sha256, read_format_json, staged_dir
 
 FORMAT = "parscale-portable/1"
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"
@@ -42,12 +42,7 @@ def save_portable_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, 
     """Write full weights (e.g. gathered from a TP/ZeRO run) as a portable checkpoint; the
     vocabulary rows are trimmed to the real vocabulary (padding depends on the TP it loads at)."""
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: (v[:vocab_size] if k in ("model.embed_tokens.weight", "lm_head.weight") else v).contiguous()
-             for k, v in state.items()}
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    state = {k: (v[:vocab_size] if k in VOCAB_ROWS else v).contiguous() for k, v in state.items()}
     config = {
         "format": FORMAT,
         "model": model_cfg.identity(),
@@ -55,13 +50,12 @@ def save_portable_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, 
         "vocab_size": vocab_size,
         **(meta or {}),
     }
-    if tokenizer is not None:
-        shutil.copyfile(tokenizer, tmp / TOKENIZER)
-    config["sha256"] = {name: file_sha256(tmp / name) for name in (WEIGHTS, TOKENIZER) if (tmp / name).exists()}
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    with staged_dir(directory) as tmp:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / TOKENIZER)
+        config["sha256"] = {name: file_sha256(tmp / name) for name in (WEIGHTS, TOKENIZER) if (tmp / name).exists()}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory
 
 

@@ -8,13 +8,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import JobError
+from ..model.param_groups import VOCAB_ROWS, parscale_parameter
 from ..utils.collectives import all_gather_cat
-
-VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
-
-
-def _is_parscale(name: str) -> bool:
-    return ".prefix." in name or "aggregate_layer" in name
 
 
 def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -50,26 +45,43 @@ def load_full_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     rank, size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     params = dict(model.named_parameters())
     missing = [n for n in params if n not in state]
-    new = [n for n in missing if _is_parscale(n)]
+    new = [n for n in missing if parscale_parameter(n)]
     if (missing and not allow_new_parscale) or len(new) != len(missing):
         raise JobError(f"{source}: lacks {', '.join(sorted(set(missing) - set(new if allow_new_parscale else []))[:6])}")
     unexpected = [n for n in state if n not in params and state[n] is not None]
     if unexpected:
         raise JobError(f"{source}: has parameters this model does not: {', '.join(unexpected[:6])} "
                        "(a ParScale checkpoint into a dense config? set parscale.streams to match)")
-    with torch.no_grad():
-        for name, param in params.items():
-            if name not in state:
-                continue
-            full = state[name]
-            if name in VOCAB_ROWS:
-                full = _fit_rows(full, param.shape[0] * (size if getattr(param, "tensor_model_parallel", False) else 1))
-            if size > 1 and getattr(param, "tensor_model_parallel", False):
-                dim = param.partition_dim
-                chunk = full.shape[dim] // size
-                full = full.narrow(dim, rank * chunk, chunk)
-            if full.shape != param.shape:
-                raise JobError(f"{source}: {name} has shape {tuple(full.shape)}, the model expects "
-                               f"{tuple(param.shape)} at TP={size} (check the model section of the config)")
-            param.copy_(full.to(param.dtype))
+    slices = {}
+    for name, param in params.items():
+        if name not in state:
+            continue
+        full = state[name]
+        if name in VOCAB_ROWS:
+            full = _fit_rows(full, param.shape[0] * (size if getattr(param, "tensor_model_parallel", False) else 1))
+        if size > 1 and getattr(param, "tensor_model_parallel", False):
+            dim = param.partition_dim
+            chunk = full.shape[dim] // size
+            full = full.narrow(dim, rank * chunk, chunk)
+        slices[name] = full
+    _copy_checked(params, slices, source, f" at TP={size}")
     return new
+
+
+def load_rank_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy this TP rank's own slices (e.g. from ``parscale convert reshard``) into the model: the
+    same names and shapes, or an error naming ``source``."""
+    params = dict(model.named_parameters())
+    if state.keys() != params.keys():
+        raise JobError(f"{source}: its tensors do not match this model ({sorted(state.keys() ^ params.keys())[:4]})")
+    _copy_checked(params, state, source, "")
+
+
+def _copy_checked(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str, where: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.shape != params[name].shape:
+            raise JobError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                           f"{tuple(params[name].shape)}{where} (check the model section of the config)")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor.to(params[name].dtype))

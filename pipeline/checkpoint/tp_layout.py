@@ -14,8 +14,8 @@ import torch
 
 from ..config.model import ModelConfig
 from ..errors import JobError
+from ..model.param_groups import VOCAB_ROWS
 
-VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 _DIM0 = (".q_proj.", ".k_proj.", ".v_proj.", ".gate_proj.", ".up_proj.")
 _DIM1 = (".o_proj.weight", ".down_proj.weight", ".prefix.prefix_k", ".prefix.prefix_v")
 

@@ -24,11 +24,10 @@ import yaml
 
 from ..config.job import JobConfig
 from ..config.model import ModelConfig, ParScaleConfig
-from ..training.checkpointing import COMPLETE, LATEST, RESHARDED, STATE  # noqa: F401 (re-exported)
+from ..model.param_groups import group_names
 from . import integrity
+from .layout import COMPLETE, CONFIG, RESHARDED, STATE, latest_tag
 from .portable import CheckpointError
-
-CONFIG = "config.resolved.yaml"
 
 
 def safe_load(path: Path) -> dict:
@@ -54,8 +53,6 @@ def safe_load(path: Path) -> dict:
 
 def find_step_folder(path: str | Path) -> Path:
     """A ``stepN`` folder from itself, a checkpoints folder (its latest complete one) or a run folder."""
-    from ..training.checkpointing import latest_tag
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
@@ -121,8 +118,6 @@ class TrainerCheckpoint:
         if self.zero == 0:
             fp32 = (states.get("optimizer") or {}).get("fp32_groups")
             if fp32 is not None:  # bf16 at ZeRO 0: the masters, one tensor per parameter, by group
-                from ..training.optim import group_names
-
                 for (names, *_), tensors in zip(group_names(module.items(), self.config), fp32):
                     full |= dict(zip(names, (t.float() for t in tensors)))
             return full

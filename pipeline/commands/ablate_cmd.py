@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_config_args, load_from_args
+from ..config.cli_args import add_config_args, load_from_args
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,6 +11,10 @@ from .base import StrictModel
 
 #: the key prefixes a variant may set (stage 1 is trained once, with the job's own settings)
 VARIANT_KEYS = ("stage2.", "optimizer.")
+#: the main job's own stage 2, which every variant is measured against
+BASELINE = "baseline"
+#: the controls the main job trains on the same stage-2 tokens (its config keys), as the report names them
+CONTROLS = {"dense": "the dense model continued", "prefix1": "P = 1 with one learned prefix"}
 
 
 class AblationVariant(StrictModel):
@@ -38,6 +42,6 @@ class AblationConfig(StrictModel):
     @classmethod
     def _unique_names(cls, variants: list[AblationVariant]) -> list[AblationVariant]:
         names = [v.name for v in variants]
-        if len(set(names)) != len(names) or "baseline" in names:
-            raise ValueError(f"variant names must be unique and not 'baseline' (got {names})")
+        if len(set(names)) != len(names) or BASELINE in names:
+            raise ValueError(f"variant names must be unique and not '{BASELINE}' (got {names})")
         return variants

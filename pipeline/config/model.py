@@ -71,8 +71,9 @@ class ParScaleConfig(StrictModel):
     streams: int = Field(1, ge=1, le=64, description="P; 1 is exactly the dense model.")
     prefix_len: int = Field(48, ge=1, description="Prefix tokens per layer and stream.")
     eps: float = Field(0.1, ge=0, lt=1, description="Aggregation smoothing: w*(1-eps) + eps/P.")
-    prefix_init: Literal["normal", "mlp"] = "normal"
-    prefix_init_std: float = Field(0.02, gt=0)
+    prefix_init: Literal["normal", "mlp"] = Field(
+        "normal", description="Prefixes as free tensors ('normal') or produced by a small MLP ('mlp' reparameterisation).")
+    prefix_init_std: float = Field(0.02, gt=0, description="Std of the prefixes' normal initialisation.")
     prefix_mlp_hidden: int = Field(512, ge=1, description="Hidden width of the 'mlp' reparameterisation.")
     aggregator_init_std: float = Field(1e-3, ge=0, description="Init std of the aggregator's last layer "
                                                                 "(small: near-uniform weights at the start).")

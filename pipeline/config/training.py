@@ -3,6 +3,7 @@ evaluation and logging."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -90,6 +91,10 @@ class TrainConfig(StrictModel):
     verify_data: Literal["size", "sha256"] = Field(
         "size", description="Before reading the prepared data: every shard's size against its manifest (and the "
                             "tokenizer's sha256), or also every shard's sha256 (reads all the data once).")
+
+    def steps(self, tokens_per_step: int) -> int:
+        """Optimizer steps that cover ``tokens``: whole steps, at least one."""
+        return max(1, math.ceil(self.tokens / tokens_per_step))
 
 
 class CheckpointConfig(StrictModel):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.manifest import read_manifest
+from data_prep.manifest import ManifestError, read_manifest
 from data_prep.verify import dataset_problems
 
 from ..config.job import JobConfig
@@ -60,6 +60,40 @@ def dataset_entries(cfg: JobConfig) -> list[BlendEntry]:
     if cfg.train is not None and cfg.train.datasets:
         return list(cfg.train.datasets)
     return [BlendEntry(path=cfg.data.output_dir, weight=1.0)]
+
+
+def planned_seq_len(cfg: JobConfig) -> int:
+    """The seq_len training will read: the first dataset's manifest once prepared; before that (a job
+    that prepares its own data), the ``packing.seq_len`` its prep will write."""
+    try:
+        return read_manifest(dataset_entries(cfg)[0].path)["seq_len"]
+    except ManifestError:
+        return cfg.packing.seq_len
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the model and the batches take from the prepared data (the first dataset's manifest;
+    SplitStream refuses datasets that disagree with it)."""
+
+    path: Path
+    seq_len: int
+    tokenizer_vocab: int
+    pad_id: int  # padding id of the batches: the tokenizer's pad, or 0 when it has none
+
+    @classmethod
+    def of(cls, cfg: JobConfig) -> "DataSpec":
+        path = Path(dataset_entries(cfg)[0].path)
+        manifest = read_manifest(path)
+        tokenizer = manifest["tokenizer"]
+        return cls(path, manifest["seq_len"], tokenizer["vocab_size"], max(tokenizer["pad_id"], 0))
+
+    def vocab_size(self, cfg: JobConfig) -> int:
+        """The model's vocabulary: ``model.vocab_size``, or the tokenizer's when unset."""
+        return cfg.model.vocab_size or self.tokenizer_vocab
+
+    def collate(self, rows: list[tuple[np.ndarray, list[int]]], cfg: JobConfig) -> Batch:
+        return collate(rows, self.seq_len, self.pad_id, cfg.model.document_attention)
 
 
 class EmptySplit(JobError):

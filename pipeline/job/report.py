@@ -10,7 +10,7 @@ from pathlib import Path
 from ..training.metrics import read_records
 from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
-from .stages import stage2_key
+from .layout import stage2_key
 
 LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control", "prefix1": "stage 2 P=1 + one prefix"}
 

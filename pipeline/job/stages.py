@@ -9,50 +9,15 @@ config is written as ``<stage>/config.resolved.yaml``."""
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import LoadedConfig, load_config, write_resolved
 from ..config.model import ModelConfig, ParScaleConfig
 from ..errors import JobError
-
-
-@dataclass(frozen=True)
-class Layout:
-    root: Path
-    stage2_root: Path | None = None  # where the ParScale conversions and stage-2 runs go (default: root)
-
-    @property
-    def stage1(self) -> Path:
-        return self.root / "stage1"
-
-    @property
-    def consolidated(self) -> Path:
-        return self.root / "convert" / "stage1-fp32"
-
-    def init(self, streams: int) -> Path:
-        return (self.stage2_root or self.root) / "convert" / f"stage2-init-p{streams}"
-
-    def stage2(self, streams: int) -> Path:
-        return (self.stage2_root or self.root) / f"stage2-p{streams}"
-
-    @property
-    def dense(self) -> Path:
-        return self.root / "stage2-dense"
-
-    @property
-    def prefix_control(self) -> Path:
-        return self.root / "stage2-p1-prefix"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
+from ..data.loader import planned_seq_len
+from .layout import Layout, stage2_key
+from .report import write_report
 
 
 def _portable_meta(directory: Path) -> dict | None:
@@ -96,10 +61,6 @@ def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> N
         raise JobError(f"{name} training failed (exit {rc}); rerun the same command to resume from its last checkpoint")
 
 
-def stage2_key(streams: int) -> str:
-    return f"stage2-p{streams}"
-
-
 class MainJob:
     """``streams``: the stage-2 stream counts to train (default: ``stage2.parscale.streams``); each
     gets its own conversion and run. ``report``: whether the job writes its own report.
@@ -139,8 +100,8 @@ class MainJob:
 
     def _stage1_tokens(self) -> int:
         """Tokens stage 1 trains on (whole steps), where stage 2's data begins."""
-        per_step = self.cfg.parallel.global_batch_size * self.cfg.packing.seq_len
-        return math.ceil(self.cfg.train.tokens / per_step) * per_step
+        per_step = self.cfg.parallel.global_batch_size * planned_seq_len(self.cfg)
+        return self.cfg.train.steps(per_step) * per_step
 
     def _stage2_sets(self, out: Path, parscale: dict, init: Path) -> list[str]:
         sets = [f"run.output_dir={out}", f"parscale={json.dumps(parscale)}", f"train.tokens={self.stage2.tokens}",
@@ -246,7 +207,7 @@ class MainJob:
         return {k: v.get("tokens_seen") for k, v in saved.items()} == finals
 
     def _evaluate(self) -> None:
-        from ..commands.eval_cmd import evaluate_portable
+        from ..training.evaluation import evaluate_portable
         from ..utils.fs import atomic_write_text
 
         if self.dry_run:
@@ -257,7 +218,5 @@ class MainJob:
             print(f"{key}: val loss {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f}) on {result['tokens']} tokens")
 
     def _report(self) -> None:
-        from .report import write_report
-
         if not self.dry_run:
             write_report(self)

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import LoadedConfig, load_config
-from ..job.stages import MainJob, stage2_key
+from ..config.ablation import BASELINE, CONTROLS
+from ..job.layout import stage2_key
+from ..job.stages import MainJob
+from .ablation_report import write_report
 
-BASELINE = "baseline"
-#: the controls the main job trains on the same stage-2 tokens (its config keys), as the report names them
-CONTROLS = {"dense": "the dense model continued", "prefix1": "P = 1 with one learned prefix"}
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,6 @@ class Stage2Ablation:
             return report
         console.rule("evaluation")
         results = self.evaluate(console)
-        from .ablation_report import write_report
-
         return write_report(self, results)
 
     def _eval_path(self) -> Path:
@@ -104,7 +102,7 @@ class Stage2Ablation:
     def evaluate(self, console) -> dict[str, dict]:
         """Every model on the main job's validation batches, cached by the tokens its export saw:
         the variants, the dense control and the one-prefix control."""
-        from ..commands.eval_cmd import evaluate_portable
+        from ..training.evaluation import evaluate_portable
         from ..utils.fs import atomic_write_text
 
         try:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..job.report import config_line
 from ..utils.fs import atomic_write_text
-from .ablation import BASELINE, CONTROLS
+from ..utils.hardware import hardware
+from ..config.ablation import BASELINE, CONTROLS
 
 #: the diagnostics averaged over seeds, in table order: (key, column title, format)
 DIAGNOSTICS = (("diversity_gain", "diversity gain", "{:+.4f}"), ("stream_spread", "stream spread", "{:.4f}"),
@@ -86,7 +87,6 @@ def findings(rows: list[dict]) -> list[str]:
 
 
 def write_report(ablation, results: dict[str, dict]) -> Path:
-    from .experiment import hardware
 
     cfg = ablation.cfg
     streams = cfg.stage2.parscale.streams

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from pathlib import Path
 
 from ..config import LoadedConfig, load_config
 from ..job.stages import MainJob, stage2_key
 from .inference_cost import non_embedding
 from .law import PAPER_K, LawFit, Point, fit_law
+from .report import write_report
 
 
 class ScalingExperiment:
@@ -45,8 +45,6 @@ class ScalingExperiment:
         if self.dry_run:
             return report
         console.rule("scaling law fit, inference cost, report")
-        from .report import write_report
-
         return write_report(self, console)
 
     # ------------------------------------------------------------------ results
@@ -90,19 +88,3 @@ class ScalingExperiment:
 def _shape(job: MainJob) -> str:
     m = job.cfg.model
     return f"{m.num_layers} layers x {m.hidden_size} hidden, FFN {m.ffn_hidden_size}, {m.num_attention_heads} heads"
-
-
-def hardware() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, decoding in bf16, torch {torch.__version__} (CUDA {torch.version.cuda})"
-    return f"CPU ({cpu}), {torch.get_num_threads()} torch threads, fp32, torch {torch.__version__}"

@@ -21,6 +21,7 @@ from ..config import LoadedConfig, load_config
 from ..job.stages import is_trained, train_stage
 from ..model.counting import parameter_counts
 from .inference_cost import dense_equivalent, non_embedding
+from .from_scratch_report import write_report
 from .law import PAPER_K, LawFit, Point, fit_law
 
 
@@ -120,8 +121,6 @@ class FromScratchExperiment:
         for size in self.bases:
             self._evaluate(size, console)
         console.rule("scaling law fit, report")
-        from .from_scratch_report import write_report
-
         return write_report(self, console)
 
     def _eval_path(self, size: str) -> Path:
@@ -130,7 +129,7 @@ class FromScratchExperiment:
     def _evaluate(self, size: str, console) -> None:
         """Every run of ``size`` on the same validation batches (the size's base config); cached per
         run by the tokens its export saw."""
-        from ..commands.eval_cmd import evaluate_portable
+        from ..training.evaluation import evaluate_portable
         from ..utils.fs import atomic_write_text
 
         path = self._eval_path(size)
@@ -178,11 +177,4 @@ class FromScratchExperiment:
                 "bootstrap_k": sorted(ks)}
 
 
-def k_interval(ks: list[float]) -> tuple[float, float] | None:
-    """The central 90% of the bootstrap's k values (None without refits)."""
-    if not ks:
-        return None
-    return ks[int(0.05 * (len(ks) - 1))], ks[math.ceil(0.95 * (len(ks) - 1))]
-
-
-__all__ = ["FromScratchExperiment", "LawFit", "Run", "k_interval"]
+__all__ = ["FromScratchExperiment", "LawFit", "Run"]

@@ -12,9 +12,9 @@ from pathlib import Path
 from ..training.metrics import read_records
 from ..job.report import config_line
 from ..utils.fs import atomic_write_text
+from ..utils.hardware import hardware
 from ..utils.plots import save, two_panels
-from .from_scratch import k_interval
-from .law import PAPER_K
+from .law import PAPER_K, k_interval
 from .report import plot
 
 
@@ -148,7 +148,6 @@ def targets(exp, rows: list[dict], fits: dict) -> list[str]:
 
 
 def write_report(exp, console) -> Path:
-    from .experiment import hardware
 
     out = exp.report_dir
     rows = exp.results()

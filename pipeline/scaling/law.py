@@ -85,3 +85,10 @@ def fit_law(points: list[Point], delta: float = 1e-3, fixed_k: float | None = No
     e, a, alpha, log_k = theta.tolist()
     return LawFit(E=math.exp(e), A=math.exp(a), alpha=alpha, k=fixed_k if fixed_k is not None else math.exp(log_k),
                   huber=value, rms_log_residual=residual, k_fixed=fixed_k is not None)
+
+
+def k_interval(ks: list[float]) -> tuple[float, float] | None:
+    """The central 90% of the bootstrap's k values (None without refits)."""
+    if not ks:
+        return None
+    return ks[int(0.05 * (len(ks) - 1))], ks[math.ceil(0.95 * (len(ks) - 1))]

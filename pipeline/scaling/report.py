@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..job.report import config_line
 from ..utils.fs import atomic_write_text
+from ..utils.hardware import hardware
 from ..utils.plots import save, two_panels
 from .budget import budget_curve, budget_lines
 from .inference_cost import PAPER
@@ -140,7 +141,6 @@ def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[di
 
 
 def write_report(exp, console) -> Path:
-    from .experiment import hardware
 
     out = exp.report_dir
     rows = exp.results()

@@ -18,15 +18,10 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import integrity
+from ..checkpoint.layout import CONFIG, COMPLETE, LATEST, STATE, complete_tags, latest_tag, tag_for
 from ..errors import JobError
 from ..utils.collectives import barrier
 from ..utils.fs import atomic_write_text, out_of_space
-
-LATEST, COMPLETE, STATE, RESHARDED = "latest", "COMPLETE", "trainer_state.json", "resharded.json"
-
-
-def tag_for(step: int) -> str:
-    return f"step{step:08d}"
 
 
 def rng_state() -> dict:
@@ -41,22 +36,6 @@ def restore_rng(state: dict) -> None:
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
-
-
-def complete_tags(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.glob("step*") if (p / COMPLETE).exists())
-
-
-def latest_tag(directory: str | Path) -> str | None:
-    """The tag ``latest`` points at if that checkpoint is complete, else the newest complete one."""
-    directory = Path(directory)
-    pointer = directory / LATEST
-    if pointer.exists():
-        tag = pointer.read_text().strip()
-        if (directory / tag / COMPLETE).exists():
-            return tag
-    tags = complete_tags(directory)
-    return tags[-1] if tags else None
 
 
 def _aside(directory: Path, tag: str) -> Path:
@@ -110,7 +89,7 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
     folder = directory / tag
     if dist.get_rank() == 0:
         atomic_write_text(folder / STATE, json.dumps(state, indent=2))
-        atomic_write_text(folder / "config.resolved.yaml", resolved_config)
+        atomic_write_text(folder / CONFIG, resolved_config)
     barrier()
     integrity.record(folder, distributed=True)  # sizes and sha256 of every file, before the marker
     if dist.get_rank() == 0:
@@ -122,14 +101,6 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
     return directory / tag
 
 
-def read_state(folder: Path) -> dict:
-    """The trainer state a complete checkpoint folder carries (readable without loading it)."""
-    try:
-        return json.loads((folder / STATE).read_text())
-    except (OSError, ValueError) as exc:
-        raise JobError(f"{folder / STATE}: unreadable ({exc})") from None
-
-
 def load(engine, directory: str | Path, tag: str) -> dict:
     """Collective: restore the engine at ``tag``; returns the trainer state saved with it."""
     path, client = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
@@ -139,11 +110,6 @@ def load(engine, directory: str | Path, tag: str) -> dict:
     state = client["trainer"]
     restore_rng(state.pop("rng"))
     return state
-
-
-def is_resharded(folder: Path) -> bool:
-    """Written by ``parscale convert reshard`` (per-TP-rank safetensors, no DeepSpeed files)."""
-    return (folder / RESHARDED).exists()
 
 
 def check_compatible(saved: dict, expected: dict, where: Path, ignore: tuple[str, ...] = ()) -> None:

@@ -16,8 +16,10 @@ import torch
 from ..config import LoadedConfig, dump_resolved, write_resolved
 from ..errors import JobError
 from ..utils import collectives
+from ..checkpoint import layout
 from . import checkpointing as ckpt
 from .engine import build_engine, set_lr
+from .evaluation import loss_pass, validation_rows
 from .metrics import MetricsSink, format_seconds
 from .optim import apply_trainable
 from .schedule import WSD
@@ -50,9 +52,7 @@ def optimizer_step_skipped(optimizer):
 
 class Trainer:
     def __init__(self, loaded: LoadedConfig):
-        from data_prep.manifest import read_manifest
-
-        from ..data.loader import EmptySplit, SplitStream, dataset_entries
+        from ..data.loader import DataSpec, EmptySplit, SplitStream
         from ..distributed import init_distributed
         from ..model import ParScaleLM
 
@@ -60,26 +60,22 @@ class Trainer:
         loaded.require("train", "model", "train")
         self.loaded, self.resolved = loaded, dump_resolved(loaded)
         self.ctx = init_distributed(loaded)
-        data_dir = dataset_entries(cfg)[0].path  # tokenizer and seq_len (the others must match)
-        manifest = read_manifest(data_dir)
-        self.data_dir = Path(data_dir)
-        self.seq_len = manifest["seq_len"]
+        self.data_spec = DataSpec.of(cfg)
+        self.data_dir, self.seq_len = self.data_spec.path, self.data_spec.seq_len
         if self.seq_len > cfg.model.max_seq_len:
             raise loaded.error("model.max_seq_len", f"{cfg.model.max_seq_len} is below the data's seq_len {self.seq_len}")
-        self.vocab = cfg.model.vocab_size or manifest["tokenizer"]["vocab_size"]
-        if self.vocab < manifest["tokenizer"]["vocab_size"]:
-            raise loaded.error("model.vocab_size", f"{self.vocab} is below the tokenizer's {manifest['tokenizer']['vocab_size']}")
-        self.pad_id = max(manifest["tokenizer"]["pad_id"], 0)
+        self.vocab = self.data_spec.vocab_size(cfg)
+        if self.vocab < self.data_spec.tokenizer_vocab:
+            raise loaded.error("model.vocab_size", f"{self.vocab} is below the tokenizer's {self.data_spec.tokenizer_vocab}")
         par = cfg.parallel
         self.dp, self.gas = self.ctx.dp_size, par.grad_accum_steps(self.ctx.dp_size)
         self.tokens_per_step = par.global_batch_size * self.seq_len
-        self.total_steps = max(1, math.ceil(cfg.train.tokens / self.tokens_per_step))
+        self.total_steps = cfg.train.steps(self.tokens_per_step)
         self.skip_rows = cfg.train.skip_tokens // self.seq_len
         self.train_data = SplitStream(cfg, "train", self.skip_rows + self.total_steps * par.global_batch_size,
                                       cfg.run.seed)
         try:
-            samples = cfg.eval.max_batches * par.micro_batch_size  # the rows parscale eval reads
-            self.val_data = SplitStream(cfg, "val", samples, cfg.run.seed + 1)
+            self.val_data = validation_rows(cfg, cfg.run.seed + 1)  # the rows parscale eval reads
         except EmptySplit:  # no validation split: training runs without evaluation
             self.val_data = None
 
@@ -89,7 +85,7 @@ class Trainer:
                            activation_checkpointing=par.activation_checkpointing)
         self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.run.output_dir) / "checkpoints")
         resume_tag = self._resume_tag() if cfg.checkpoint.resume else None
-        if resume_tag and ckpt.is_resharded(self.ckpt_dir / resume_tag):
+        if resume_tag and layout.is_resharded(self.ckpt_dir / resume_tag):
             self._load_resharded(model, self.ckpt_dir / resume_tag)
         elif cfg.train.init_from and not resume_tag:
             self._init_from(model, cfg.train.init_from)
@@ -151,26 +147,21 @@ class Trainer:
         tag = ckpt.intact_tag(self.ckpt_dir, hashes=self.cfg.checkpoint.verify_on_resume == "sha256")
         if tag is not None:
             folder = self.ckpt_dir / tag
-            ckpt.check_compatible(ckpt.read_state(folder)["identity"], self._identity(), folder,
-                                  ignore=("parallel.zero_stage",) if ckpt.is_resharded(folder) else ())
+            ckpt.check_compatible(layout.read_state(folder)["identity"], self._identity(), folder,
+                                  ignore=("parallel.zero_stage",) if layout.is_resharded(folder) else ())
         return tag
 
     def _load_resharded(self, model, folder: Path) -> None:
         """Weights of this TP rank from a ``convert reshard`` output (before the engine is built)."""
+        from ..checkpoint.sharding import load_rank_state
         from ..checkpoint.trainer_ckpt import TrainerCheckpoint
 
-        state = TrainerCheckpoint(folder).rank_state(self.ctx.tp_rank)
-        params = dict(model.named_parameters())
-        if state.keys() != params.keys():
-            raise JobError(f"{folder}: its tensors do not match this model ({sorted(state.keys() ^ params.keys())[:4]})")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(state[name])
+        load_rank_state(model, TrainerCheckpoint(folder).rank_state(self.ctx.tp_rank), str(folder))
 
     def _resume(self, tag: str) -> str:
         folder = self.ckpt_dir / tag
-        if ckpt.is_resharded(folder):
-            saved = ckpt.read_state(folder)
+        if layout.is_resharded(folder):
+            saved = layout.read_state(folder)
             note = " (resharded: weights, step and data position restored; Adam moments start afresh)"
         else:
             saved, note = ckpt.load(self.engine, self.ckpt_dir, tag), ""
@@ -185,10 +176,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def _batch(self, data, start: int, count: int):
-        from ..data.loader import collate
-
-        rows = data.rows(start, count)
-        return collate(rows, self.seq_len, self.pad_id, self.cfg.model.document_attention).to(self.ctx.device)
+        return self.data_spec.collate(data.rows(start, count), self.cfg).to(self.ctx.device)
 
     def _forward(self, batch, **extra):
         return self.engine(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
@@ -276,25 +264,12 @@ class Trainer:
     # ------------------------------------------------------------------ eval, checkpoints
 
     def _eval_pass(self, stats=None) -> float:
-        """Mean validation loss over every DP rank's batches; ``stats`` (StreamStats) collects the
-        streams' diagnostics on the way."""
-        par, batches = self.cfg.parallel, self.cfg.eval.max_batches
-        total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # loss x tokens, tokens
-        with torch.no_grad():
-            # the first eval.max_batches micro-batches of the split, dealt over the DP ranks (the
-            # rows parscale eval reads); every rank runs as many forwards (ZeRO 3 gathers in them),
-            # one past the end counts nothing
-            for b in range(math.ceil(batches / self.dp)):
-                index = b * self.dp + self.ctx.dp_rank
-                batch = self._batch(self.val_data, min(index, batches - 1) * par.micro_batch_size, par.micro_batch_size)
-                out = self._forward(batch) if stats is None else self._forward(batch, return_stream_states=True)
-                mask = batch.loss_mask * (index < batches)
-                tokens = mask.sum().double()
-                total += torch.stack([out.loss.double() * tokens, tokens])
-                if stats is not None:
-                    stats.add(out.stream_states, out.stream_weights, mask)
-        collectives.all_reduce(total, "sum", self._dp_group())
-        return (total[0] / total[1].clamp(min=1)).item()
+        """Mean validation loss over every DP rank's batches (the loop parscale eval runs);
+        ``stats`` (StreamStats) collects the streams' diagnostics on the way."""
+        return loss_pass(lambda batch, states: self._forward(batch, return_stream_states=states),
+                         lambda start, count: self._batch(self.val_data, start, count), self.cfg.eval.max_batches,
+                         self.cfg.parallel.micro_batch_size, self.ctx.device, self.ctx.dp_rank, self.dp,
+                         self._dp_group(), stats)[0]
 
     def evaluate(self) -> dict | None:
         if self.val_data is None:

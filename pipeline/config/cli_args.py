@@ -1,10 +1,10 @@
-"""Pieces every subcommand shares: the config arguments and the errors handlers raise."""
+"""The command-line arguments every config-driven subcommand takes (a config file, --set overrides)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..config import LoadedConfig, load_config
+from .loader import LoadedConfig, load_config
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -1,0 +1,74 @@
+"""The code's shape: the layer order of pyproject.toml's import-linter contract holds, no module
+imports itself back through another, and each rule issue 17 found copied lives in one place."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+from conftest import REPO
+
+PACKAGES = ("pipeline", "data_prep", "checkpoints_tools")
+
+
+def test_layer_contract_is_kept():
+    """``lint-imports`` (import-linter) with the contract in pyproject.toml: CLI > commands > scaling >
+    job > checkpoints_tools > training > checkpoint > data > model > data_prep > distributed >
+    config > utils > errors; a lower layer never imports a higher one (function-local imports count)."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "Contracts: 1 kept, 0 broken." in proc.stdout, proc.stdout + proc.stderr
+
+
+def _import_cycles(graph) -> list[tuple[str, ...]]:
+    cycles = []
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            chain = graph.find_shortest_chain(importer=imported, imported=module)
+            if chain:
+                cycles.append((module, *chain))
+    return cycles
+
+
+def test_no_module_imports_itself_back():
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    assert len(graph.modules) > 100  # the whole tree was read
+    assert _import_cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    for name, body in {"__init__": "", "a": "def f():\n    from . import b\n", "b": "from . import a\n"}.items():
+        (tmp_path / "loop_pkg").mkdir(exist_ok=True)
+        (tmp_path / "loop_pkg" / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _import_cycles(grimp.build_graph("loop_pkg", cache_dir=None)) == [
+        ("loop_pkg.a", "loop_pkg.b", "loop_pkg.a"), ("loop_pkg.b", "loop_pkg.a", "loop_pkg.b")]
+
+
+#: (what the rule is, a pattern of its definition, the one file allowed to hold it)
+ONE_PLACE = [
+    ("which parameters are ParScale's", r'"\.prefix\."|"aggregate_layer"', "pipeline/model/param_groups.py"),
+    ("the vocabulary-row parameters", r'"model\.embed_tokens\.weight",\s*"lm_head\.weight"',
+     "pipeline/model/param_groups.py"),
+    ("the checkpoint folder's file names", r'"trainer_state\.json"|"resharded\.json"|"COMPLETE"|= "latest"',
+     "pipeline/checkpoint/layout.py"),
+    ("the batches' pad id", r'\["pad_id"\]', "pipeline/data/loader.py"),
+    ("steps from a token budget", r"math\.ceil\([^)]*\.tokens\b", "pipeline/config/training.py"),
+    ("the config arguments of a command", r"def add_config_args", "pipeline/config/cli_args.py"),
+    ("the validation loss loop", r"out\.loss\.double\(\) \* tokens|out\.loss\.item\(\) \*",
+     "pipeline/training/evaluation.py"),
+    ("a file or folder written under a temporary name", r'\.staging"|\.tmp"|mkstemp\(', "pipeline/utils/fs.py"),
+    ("TP divisibility of the model", r"(?<!world_size )% (tp|tp_size|tensor_parallel_size)\b", "pipeline/config/model.py"),
+]
+
+
+@pytest.mark.parametrize("rule, pattern, home", ONE_PLACE, ids=[r[0] for r in ONE_PLACE])
+def test_each_rule_lives_in_one_place(rule, pattern, home):
+    found = sorted({str(p.relative_to(REPO)) for package in (*PACKAGES, "benchmarks")
+                    for p in (REPO / package).rglob("*.py") if re.search(pattern, p.read_text(), re.M)})
+    assert found == [home], f"{rule}: {found}"
