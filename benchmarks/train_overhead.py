@@ -60,7 +60,7 @@ def time_trainer(config: Path, steps: int):
     from pipeline.config import load_config
     from pipeline.training.loop import Trainer
 
-    trainer = Trainer(load_config(config))
+    trainer = Trainer.from_loaded(load_config(config))
     trainer.train_step()  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
@@ -78,7 +78,7 @@ def time_plain(trainer, steps: int) -> float:
     model = ParScaleLM(cfg.model, cfg.parscale, trainer.vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, weight_decay=0.1)
     micro, gas = cfg.parallel.micro_batch_size, trainer.gas
-    batches = [collate(trainer.train_data.rows(i * micro, micro), trainer.seq_len, 0, cfg.model.document_attention)
+    batches = [collate(trainer.data.train.rows(i * micro, micro), trainer.seq_len, 0, cfg.model.document_attention)
                for i in range(gas)]
 
     def step():

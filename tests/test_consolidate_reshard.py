@@ -18,15 +18,15 @@ from pipeline.checkpoint.portable import CheckpointError
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 
 from conftest import run_cli
-from train_helpers import job_config, prepare_data, step_losses, train
+from train_helpers import job_config, step_losses, train
 
 PARSCALE = {"streams": 2, "prefix_len": 4}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, prepared_data):
     root = tmp_path_factory.mktemp("runs")
-    data = prepare_data(root)
+    data = prepared_data
     specs = {
         "tp2": (2, {"parallel": {"tensor_parallel_size": 2, "zero_stage": 3}, "parscale": PARSCALE}),
         "tp1": (1, {"parallel": {"tensor_parallel_size": 1, "zero_stage": 3}, "parscale": PARSCALE}),

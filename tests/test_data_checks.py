@@ -13,12 +13,12 @@ from conftest import run_cli
 from pipeline.config import load_config
 from pipeline.data.loader import EmptySplit, SplitStream
 from pipeline.errors import JobError
-from train_helpers import job_config, prepare_data, train
+from train_helpers import job_config, train
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare_data(tmp_path_factory.mktemp("checked-data"))
+def data(prepared_data):
+    return prepared_data
 
 
 def _copy(data, tmp_path, name):

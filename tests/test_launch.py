@@ -16,7 +16,7 @@ from conftest import CONFIGS, REPO
 from launch_helpers import LAUNCH, clean_env, fake_slurm, run_script, words
 from pipeline.distributed.hostlist import expand
 from pipeline.distributed.runtime import free_port
-from train_helpers import job_config, metrics, prepare_data, step_losses
+from train_helpers import job_config, metrics, step_losses
 
 SCRIPTS = ["local.sh", "node.sh", "deepspeed.sh", "slurm/train.sbatch", "slurm/prep.sbatch"]
 STAGE1 = str(CONFIGS / "stage1_dense.yaml")  # TP=2, data_parallel_size unset: every GPU of a node
@@ -164,8 +164,8 @@ def test_node_launcher_needs_the_rendezvous_host():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return prepare_data(tmp_path_factory.mktemp("launch"))
+def data(prepared_data) -> Path:
+    return prepared_data
 
 
 @pytest.mark.multiprocess

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from train_helpers import job_config, metrics, prepare_data, step_losses, train, train_command
+from train_helpers import job_config, metrics, step_losses, train, train_command
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return prepare_data(tmp_path_factory.mktemp("train-data"))
+def data(prepared_data):
+    return prepared_data
 
 
 def _plain_pytorch_losses(config_path, steps: int) -> list[float]:
@@ -204,7 +204,7 @@ def test_a_skipped_step_under_zero0_fp32_moves_neither_weights_nor_optimizer_sta
         monkeypatch.delenv(key, raising=False)
     config = job_config(tmp_path, data, "skip0", parallel={"zero_stage": 0, "precision": "fp32"},
                         optimizer={"weight_decay": 0.1})
-    trainer = Trainer(load_config(config))
+    trainer = Trainer.from_loaded(load_config(config))
 
     def snapshot():
         opt = trainer.engine.optimizer
@@ -326,7 +326,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monk
         monkeypatch.delenv(key, raising=False)
     config = job_config(tmp_path, data, "nosync", parscale={"streams": 2, "prefix_len": 4},
                         logging={"interval_steps": 100})
-    trainer = Trainer(load_config(config))
+    trainer = Trainer.from_loaded(load_config(config))
     ours = str(REPO / "pipeline")
     reads = []
 
@@ -350,7 +350,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monk
         trainer._resolve()
         assert len(reads) == 1 and "tolist" in reads[0]  # one read for the three steps
         assert [o.step for o in [trainer._last]] == [3] and trainer.skipped == 0
-        assert math.isfinite(trainer._window["loss"]) and trainer._window["n"] == 3
+        assert math.isfinite(trainer.progress.window_loss) and trainer.progress.window_n == 3
     finally:
         monkeypatch.undo()
         destroy_distributed()

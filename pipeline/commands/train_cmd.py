@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
 
     loaded = load_from_args(args)
     try:
-        Trainer(loaded).run()
+        Trainer.from_loaded(loaded).run()
     finally:
         destroy_distributed()
     return 0

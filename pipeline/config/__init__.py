@@ -4,7 +4,7 @@ overrides, and the resolved copy written next to every output."""
 from .errors import ConfigError, Problem
 from .job import JobConfig, RunConfig
 from .loader import LoadedConfig, load_config, parse_override
-from .resolved import RESOLVED_NAME, dump_resolved, write_resolved
+from .resolved import RESOLVED_NAME, dump_config, dump_resolved, write_resolved
 
 __all__ = [
     "ConfigError",
@@ -13,6 +13,7 @@ __all__ = [
     "Problem",
     "RESOLVED_NAME",
     "RunConfig",
+    "dump_config",
     "dump_resolved",
     "load_config",
     "parse_override",

@@ -3,6 +3,7 @@ command-line override) and the dotted key it concerns."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import JobError
@@ -36,3 +37,13 @@ def dotted(path: tuple) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+#: how code that checks a config against the world (data, world size, checkpoints) raises: the
+#: dotted key and the message in, an error naming where the key was set out (``LoadedConfig.error``)
+ErrorAt = Callable[[str, str], ConfigError]
+
+
+def key_error(key: str, message: str) -> ConfigError:
+    """The ErrorAt of a config built in code: there is no file to point into, so only the key."""
+    return ConfigError("(built in code)", [Problem("config", key, message)])

@@ -8,18 +8,23 @@ from pathlib import Path
 import yaml
 
 from ..utils.fs import atomic_write_text
+from .job import JobConfig
 from .loader import LoadedConfig
 
 RESOLVED_NAME = "config.resolved.yaml"
 
 
-def dump_resolved(loaded: LoadedConfig) -> str:
+def dump_config(cfg: JobConfig, provenance: list[str] | None = None) -> str:
+    """The whole config as YAML (every default filled in), under a header saying where it came from."""
     header = ["# Fully resolved job config (every default filled in). Reproduce with this file alone."]
-    header.append(f"# from: {' <- '.join(loaded.files)}")
-    for text in loaded.overrides:
-        header.append(f"# override: --set {text}")
-    body = yaml.safe_dump(loaded.config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+    header += provenance if provenance is not None else ["# from: a config built in code"]
+    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
     return "\n".join(header) + "\n" + body
+
+
+def dump_resolved(loaded: LoadedConfig) -> str:
+    provenance = [f"# from: {' <- '.join(loaded.files)}"] + [f"# override: --set {t}" for t in loaded.overrides]
+    return dump_config(loaded.config, provenance)
 
 
 def write_resolved(loaded: LoadedConfig, directory: str | Path, name: str = RESOLVED_NAME) -> Path:

@@ -12,7 +12,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from ..config.loader import LoadedConfig
+from ..config.errors import ErrorAt, key_error
+from ..config.job import JobConfig
 from ..utils import collectives
 from ..utils.known_warnings import quiet_known_warnings
 from . import runtime
@@ -46,9 +47,9 @@ def _pick_backend(requested: str) -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init_distributed(loaded: LoadedConfig, *, timeout_minutes: int = 30) -> ParallelContext:
-    """Bring up every process group for ``loaded.config.parallel``; errors name the config key."""
-    cfg = loaded.config
+def init_distributed(cfg: JobConfig, error_at: ErrorAt = key_error, *, timeout_minutes: int = 30) -> ParallelContext:
+    """Bring up every process group for ``cfg.parallel``; errors name the config key (``error_at``:
+    ``LoadedConfig.error`` points at its file and line)."""
     par = cfg.parallel
     runtime.ensure_launcher_env()
     runtime.set_cache_defaults()
@@ -60,20 +61,20 @@ def init_distributed(loaded: LoadedConfig, *, timeout_minutes: int = 30) -> Para
 
     tp = par.tensor_parallel_size
     if world_size % tp:
-        raise loaded.error("parallel.tensor_parallel_size", f"{tp} does not divide the world size {world_size}")
+        raise error_at("parallel.tensor_parallel_size", f"{tp} does not divide the world size {world_size}")
     dp = world_size // tp
     if par.data_parallel_size is not None and par.data_parallel_size != dp:
-        raise loaded.error(
+        raise error_at(
             "parallel.data_parallel_size",
             f"{par.data_parallel_size} x tensor_parallel_size {tp} != world size {world_size} "
             f"(launch {par.data_parallel_size * tp} processes, or unset it to derive {dp})",
         )
     if problem := par.batch_problem(dp):
-        raise loaded.error("parallel.global_batch_size", problem)
+        raise error_at("parallel.global_batch_size", problem)
 
     backend = _pick_backend(par.backend)
     if backend == "nccl" and not torch.cuda.is_available():
-        raise loaded.error("parallel.backend", "nccl needs CUDA, and no GPU is visible")
+        raise error_at("parallel.backend", "nccl needs CUDA, and no GPU is visible")
     device = _start_groups(tp, backend, rank, world_size, local_rank, timeout_minutes)
     seed_everything(cfg.run.seed)
     return _context(rank, world_size, local_rank, tp, backend, device, threads)

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError
+from ..config.cli_args import add_config_args, load_from_args
 from ..utils import collectives
 from ..utils.fs import atomic_write_text
 from .bootstrap import ParallelContext, destroy_distributed, init_distributed
@@ -96,14 +97,13 @@ def _deepspeed_step(ctx: ParallelContext, zero_stage: int, seed: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.distributed.healthcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="job config (YAML)")
+    add_config_args(parser)
     parser.add_argument("--out", required=True, help="directory for topology.json")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-deepspeed", action="store_true", help="skip the DeepSpeed ZeRO step")
     args = parser.parse_args(argv)
     try:
-        loaded = load_config(args.config, args.overrides)
-        ctx = init_distributed(loaded)
+        loaded = load_from_args(args)
+        ctx = init_distributed(loaded.config, loaded.error)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

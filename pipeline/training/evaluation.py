@@ -1,36 +1,52 @@
-"""The validation loss loop, one for the trainer's evaluations and for ``parscale eval`` of a
-portable checkpoint: the first ``eval.max_batches`` micro-batches of the validation split, dealt
-over the data-parallel ranks, every token weighted once; stream statistics collected on the way."""
+"""Evaluation, one for the trainer and for ``parscale eval`` of a portable checkpoint: the mean
+loss over the first ``eval.max_batches`` micro-batches of the validation split (dealt over the
+data-parallel ranks, every token weighted once) and, for P > 1, the stream diagnostics: spread,
+merge weights, the prefixes' pairwise cosine (and of their updates) and the diversity gain."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from ..config import LoadedConfig
+from ..config.job import JobConfig
 from ..data.loader import Batch, DataSpec, EmptySplit, SplitStream, collate
 from ..model.stream_stats import StreamStats, mean_pairwise_cosine, mean_prefix, stream_vectors
 from ..utils import collectives
 
+Forward = Callable[[Batch, bool], object]  # (batch, return stream states) -> the model's output
+MakeBatch = Callable[[int, int], Batch]  # (first row, rows) -> a batch on the device
 
-def validation_rows(cfg, seed: int) -> SplitStream:
-    """The validation rows both loops read: ``eval.max_batches`` micro-batches of the split."""
+
+def validation_rows(cfg: JobConfig, seed: int) -> SplitStream:
+    """The validation rows every evaluation reads: ``eval.max_batches`` micro-batches of the split."""
     return SplitStream(cfg, "val", cfg.eval.max_batches * cfg.parallel.micro_batch_size, seed)
 
 
-def loss_pass(forward: Callable[[Batch, bool], object], make_batch: Callable[[int, int], Batch], batches: int,
-              micro: int, device, dp_rank: int = 0, dp_size: int = 1, group=None,
+@dataclass(frozen=True)
+class Ranks:
+    """Where an evaluation runs: this rank's DP index among ``dp_size``, the groups it reduces over."""
+
+    device: str
+    dp_rank: int = 0
+    dp_size: int = 1
+    dp_group: object = None  # None: a single process (nothing to reduce)
+    tp_group: object = None
+
+
+def loss_pass(forward: Forward, make_batch: MakeBatch, batches: int, micro: int, ranks: Ranks,
               stats: StreamStats | None = None) -> tuple[float, int]:
     """(mean per-token loss, tokens) over micro-batches 0..batches-1, rank r taking r, r + dp_size, ...
     Every rank runs as many forwards (ZeRO 3 gathers parameters in them); one past the end counts
-    nothing. ``forward(batch, stream_states)`` returns the model's output; the sums stay on the
-    device and are reduced over ``group`` once at the end."""
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # loss x tokens, tokens
+    nothing. The sums stay on the device and are reduced once at the end."""
+    total = torch.zeros(2, dtype=torch.float64, device=ranks.device)  # loss x tokens, tokens
     with torch.no_grad():
-        for b in range(math.ceil(batches / dp_size)):
-            index = b * dp_size + dp_rank
+        for b in range(math.ceil(batches / ranks.dp_size)):
+            index = b * ranks.dp_size + ranks.dp_rank
             batch = make_batch(min(index, batches - 1) * micro, micro)
             out = forward(batch, stats is not None)
             mask = batch.loss_mask * (index < batches)
@@ -38,16 +54,52 @@ def loss_pass(forward: Callable[[Batch, bool], object], make_batch: Callable[[in
             total += torch.stack([out.loss.double() * tokens, tokens])
             if stats is not None:
                 stats.add(out.stream_states, out.stream_weights, mask)
-    if group is not None:
-        collectives.all_reduce(total, "sum", group)
+    if ranks.dp_group is not None:
+        collectives.all_reduce(total, "sum", ranks.dp_group)
     loss_sum, tokens = total.tolist()
     return loss_sum / max(tokens, 1.0), int(tokens)
 
 
+class PrefixDrift:
+    """The streams' prefixes: their mean pairwise cosine, and that of their change since the first
+    call (``update_cosine``: whether the streams move apart or together)."""
+
+    def __init__(self, zero_stage: int = 0):
+        self.zero_stage = zero_stage
+        self.start: torch.Tensor | None = None
+
+    def __call__(self, module, tp_group=None) -> dict:
+        import deepspeed
+
+        params = [p for layer in module.model.layers for p in layer.self_attn.prefix.parameters()]
+        gather = deepspeed.zero.GatheredParameters(params) if self.zero_stage == 3 else contextlib.nullcontext()
+        with gather:
+            vectors = stream_vectors(module)
+        out = {"prefix_cosine": mean_pairwise_cosine(vectors, tp_group)}
+        if self.start is None:
+            self.start = vectors
+        else:
+            out["update_cosine"] = mean_pairwise_cosine(vectors - self.start, tp_group)
+        return out
+
+
+def evaluate_model(module, forward: Forward, make_batch: MakeBatch, cfg: JobConfig, ranks: Ranks,
+                   drift: PrefixDrift) -> dict:
+    """The validation loss of ``module`` (in eval mode) and, for P > 1, its stream diagnostics."""
+    batches, micro = cfg.eval.max_batches, cfg.parallel.micro_batch_size
+    stats = StreamStats(module.streams, ranks.device) if module.streams > 1 else None
+    loss, tokens = loss_pass(forward, make_batch, batches, micro, ranks, stats)
+    result = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "tokens": tokens}
+    if stats is not None:
+        result |= stats.result(ranks.dp_group) | drift(module, ranks.tp_group)
+        if cfg.eval.stream_diagnostics:
+            with mean_prefix(module):
+                result["diversity_gain"] = loss_pass(forward, make_batch, batches, micro, ranks)[0] - loss
+    return result
+
+
 def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | None = None) -> dict:
-    """Mean per-token loss of a portable checkpoint over the validation rows (``eval.max_batches``
-    micro-batches); for P > 1 also the stream statistics, the prefixes' pairwise cosine and
-    (``eval.stream_diagnostics``) the diversity gain."""
+    """``evaluate_model`` of a portable checkpoint, in this process, on the config's validation rows."""
     from ..checkpoint.portable import load_portable
     from ..distributed import single_process
 
@@ -55,7 +107,6 @@ def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | 
     if max_batches:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_batches": max_batches})})
     spec = DataSpec.of(cfg)
-    micro, batches = cfg.parallel.micro_batch_size, cfg.eval.max_batches
     try:
         rows = validation_rows(cfg, cfg.run.seed + 1)
     except EmptySplit as exc:
@@ -63,7 +114,7 @@ def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | 
     with single_process(seed=cfg.run.seed) as ctx:
         model, meta = load_portable(checkpoint)
         model.to(ctx.device).eval()
-        document_attention = model.config.document_attention
+        document_attention = model.config.document_attention  # the checkpoint's model, not the config's
 
         def make_batch(start: int, count: int) -> Batch:
             return collate(rows.rows(start, count), spec.seq_len, spec.pad_id, document_attention).to(ctx.device)
@@ -72,13 +123,6 @@ def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | 
             return model(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
                          segment_ids=batch.segment_ids, return_stream_states=stream_states)
 
-        stats = StreamStats(model.streams, ctx.device) if model.streams > 1 else None
-        loss, tokens = loss_pass(forward, make_batch, batches, micro, ctx.device, stats=stats)
-        streams = {"stream_spread": None}
-        if stats is not None:
-            streams = stats.result() | {"prefix_cosine": mean_pairwise_cosine(stream_vectors(model))}
-            if cfg.eval.stream_diagnostics:
-                with mean_prefix(model):
-                    streams["diversity_gain"] = loss_pass(forward, make_batch, batches, micro, ctx.device)[0] - loss
-    return {"checkpoint": str(checkpoint), "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "tokens": tokens,
-            "streams": meta["parscale"]["streams"], "tokens_seen": meta.get("tokens_seen"), **streams}
+        result = evaluate_model(model, forward, make_batch, cfg, Ranks(ctx.device), PrefixDrift())
+    return {"checkpoint": str(checkpoint), **result, "streams": meta["parscale"]["streams"],
+            "tokens_seen": meta.get("tokens_seen"), **({} if model.streams > 1 else {"stream_spread": None})}

@@ -25,7 +25,7 @@ class FaultyTrainer(Trainer):
 def main() -> int:
     FaultyTrainer.nan_steps = {int(s) for s in sys.argv[2].split(",")}
     try:
-        FaultyTrainer(load_config(sys.argv[1])).run()
+        FaultyTrainer.from_loaded(load_config(sys.argv[1])).run()
     except JobError as exc:
         print(f"JobError: {exc}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ def full_grad(param: torch.nn.Parameter, tp_group, tp_size: int) -> torch.Tensor
 
 def main() -> None:
     out_dir, configs = Path(sys.argv[1]), sys.argv[2:]
-    ctx = init_distributed(load_config(configs[0]))
+    ctx = init_distributed(load_config(configs[0]).config)
     for config in configs:
         run(load_config(config).config, ctx, out_dir / f"{Path(config).stem}.pt")
     destroy_distributed()
