@@ -30,21 +30,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TINY = {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128, "num_attention_heads": 4, "num_kv_heads": 2,
-        "max_seq_len": 256}
+TINY = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "ffn_hidden_size": 128,
+    "num_attention_heads": 4,
+    "num_kv_heads": 2,
+    "max_seq_len": 256,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python benchmarks/gpu_step.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "configs" / "models" / "paper-0.5b.yaml"),
-                        help="a YAML file with a model: section (default: the 0.5B preset)")
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/gpu_step.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        default=str(REPO / "configs" / "models" / "paper-0.5b.yaml"),
+        help="a YAML file with a model: section (default: the 0.5B preset)",
+    )
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size (default 32000)")
     parser.add_argument("--streams", default="1,2,4,8", help="ParScale P values, comma-separated")
     parser.add_argument("--prefix-len", type=int, default=48)
     parser.add_argument("--backends", default="flex,sdpa", help="attention backends to measure")
-    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both",
-                        help="activation checkpointing")
+    parser.add_argument(
+        "--checkpointing", choices=["off", "on", "both"], default="both", help="activation checkpointing"
+    )
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--micro", type=int, default=4, help="sequences per micro-batch")
     parser.add_argument("--doc-len", type=int, default=512, help="mean document length in a packed row")
@@ -75,22 +86,36 @@ def packed_batch(micro: int, seq: int, doc_len: int, vocab: int, device, seed: i
             left -= n
         lengths.append(row)
     ids = torch.randint(0, vocab, (micro, seq + 1), generator=g)
-    return {"input_ids": ids[:, :-1].to(device), "labels": ids[:, 1:].to(device),
-            "loss_mask": torch.ones(micro, seq, device=device),
-            "segment_ids": segment_ids_from_lengths(lengths, seq).to(device)}
+    return {
+        "input_ids": ids[:, :-1].to(device),
+        "labels": ids[:, 1:].to(device),
+        "loss_mask": torch.ones(micro, seq, device=device),
+        "segment_ids": segment_ids_from_lengths(lengths, seq).to(device),
+    }
 
 
 def job_config(model: dict, args, streams: int, micro: int, checkpointing: bool, backend: str):
     from pipeline.config.job import JobConfig
 
-    return JobConfig.model_validate({
-        "model": {**model, "max_seq_len": max(model.get("max_seq_len", 0), args.seq), "vocab_size": args.vocab,
-                  "attention_backend": backend},
-        "parscale": {"streams": streams, "prefix_len": args.prefix_len},
-        "parallel": {"micro_batch_size": micro, "global_batch_size": micro, "zero_stage": args.zero_stage,
-                     "precision": "fp32" if args.cpu else "bf16", "activation_checkpointing": checkpointing},
-        "train": {"tokens": 10**9},
-    })
+    return JobConfig.model_validate(
+        {
+            "model": {
+                **model,
+                "max_seq_len": max(model.get("max_seq_len", 0), args.seq),
+                "vocab_size": args.vocab,
+                "attention_backend": backend,
+            },
+            "parscale": {"streams": streams, "prefix_len": args.prefix_len},
+            "parallel": {
+                "micro_batch_size": micro,
+                "global_batch_size": micro,
+                "zero_stage": args.zero_stage,
+                "precision": "fp32" if args.cpu else "bf16",
+                "activation_checkpointing": checkpointing,
+            },
+            "train": {"tokens": 10**9},
+        }
+    )
 
 
 def _sync(device) -> None:
@@ -135,13 +160,16 @@ def measure_engine(cfg, args, device, micro: int) -> dict:
 
     _memory_reset(device)
     torch.manual_seed(0)
-    model = ParScaleLM(cfg.model, cfg.parscale, args.vocab, activation_checkpointing=cfg.parallel.activation_checkpointing)
+    model = ParScaleLM(
+        cfg.model, cfg.parscale, args.vocab, activation_checkpointing=cfg.parallel.activation_checkpointing
+    )
     engine = build_engine(model.to(device), cfg, 1)
     batch = packed_batch(micro, args.seq, args.doc_len, args.vocab, device, seed=1)
 
     def step():
-        loss = engine(batch["input_ids"], labels=batch["labels"], loss_mask=batch["loss_mask"],
-                      segment_ids=batch["segment_ids"]).loss
+        loss = engine(
+            batch["input_ids"], labels=batch["labels"], loss_mask=batch["loss_mask"], segment_ids=batch["segment_ids"]
+        ).loss
         engine.backward(loss)
         engine.step()
 
@@ -166,8 +194,9 @@ def measure_plain(cfg, args, device, micro: int) -> dict:
     batch = packed_batch(micro, args.seq, args.doc_len, args.vocab, device, seed=1)
 
     def step():
-        loss = model(batch["input_ids"], labels=batch["labels"], loss_mask=batch["loss_mask"],
-                     segment_ids=batch["segment_ids"]).loss
+        loss = model(
+            batch["input_ids"], labels=batch["labels"], loss_mask=batch["loss_mask"], segment_ids=batch["segment_ids"]
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -200,9 +229,11 @@ def main(argv=None) -> int:
 
     args.cpu = not torch.cuda.is_available()
     if args.cpu and not args.allow_cpu:
-        print("gpu_step.py: no CUDA device is visible (torch.cuda.is_available() is False); this benchmark "
-              "measures GPU training. Run it on a GPU machine (README: 'Installing on a GPU machine').",
-              file=sys.stderr)
+        print(
+            "gpu_step.py: no CUDA device is visible (torch.cuda.is_available() is False); this benchmark "
+            "measures GPU training. Run it on a GPU machine (README: 'Installing on a GPU machine').",
+            file=sys.stderr,
+        )
         return 2
     from pipeline.distributed import single_process
     from pipeline.model.counting import train_flops_per_token
@@ -217,17 +248,29 @@ def main(argv=None) -> int:
     rows = []
     with single_process() as ctx:
         device = torch.device(ctx.device)
-        header = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                  "torch": torch.__version__, "cuda": torch.version.cuda, "seq": args.seq, "micro": args.micro,
-                  "vocab": args.vocab, "peak_tflops": args.peak_tflops, "zero_stage": args.zero_stage}
+        header = {
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "seq": args.seq,
+            "micro": args.micro,
+            "vocab": args.vocab,
+            "peak_tflops": args.peak_tflops,
+            "zero_stage": args.zero_stage,
+        }
         print(json.dumps(header))
-        print(f"{'P':>2} {'attention':>9} {'ckpt':>4} {'step s':>8} {'tok/s':>10} {'MFU':>6} {'peak GiB':>8} "
-              f"{'vs plain':>8}")
+        print(
+            f"{'P':>2} {'attention':>9} {'ckpt':>4} {'step s':>8} {'tok/s':>10} {'MFU':>6} {'peak GiB':>8} "
+            f"{'vs plain':>8}"
+        )
         for p in streams:
             base_cfg = job_config(model, args, p, args.micro, False, "sdpa")
-            flops = train_flops_per_token(base_cfg.model, base_cfg.parscale,
-                                          padded_vocab_size(args.vocab, base_cfg.model.pad_vocab_to_multiple_of, 1),
-                                          args.seq)
+            flops = train_flops_per_token(
+                base_cfg.model,
+                base_cfg.parscale,
+                padded_vocab_size(args.vocab, base_cfg.model.pad_vocab_to_multiple_of, 1),
+                args.seq,
+            )
             tokens = args.micro * args.seq
             plain = None if args.no_baseline else measure_plain(base_cfg, args, device, args.micro)
             _memory_reset(device)
@@ -239,14 +282,23 @@ def main(argv=None) -> int:
                     _memory_reset(device)
             for backend, ckpt, result in runs:
                 tok_s = tokens / result["step_s"]
-                row = {"streams": p, "attention": backend, "checkpointing": ckpt, **result, "tokens_per_s": tok_s,
-                       "mfu": tok_s * flops / (args.peak_tflops * 1e12),
-                       "vs_plain": plain["step_s"] / result["step_s"] if plain else None}
+                row = {
+                    "streams": p,
+                    "attention": backend,
+                    "checkpointing": ckpt,
+                    **result,
+                    "tokens_per_s": tok_s,
+                    "mfu": tok_s * flops / (args.peak_tflops * 1e12),
+                    "vs_plain": plain["step_s"] / result["step_s"] if plain else None,
+                }
                 rows.append(row)
                 peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
                 ratio = "-" if row["vs_plain"] is None else f"{row['vs_plain']:.2f}x"
-                print(f"{p:>2} {backend:>9} {'on' if ckpt else 'off':>4} {row['step_s']:>8.3f} {tok_s:>10,.0f} "
-                      f"{row['mfu']:>6.1%} {peak:>8} {ratio:>8}", flush=True)
+                print(
+                    f"{p:>2} {backend:>9} {'on' if ckpt else 'off':>4} {row['step_s']:>8.3f} {tok_s:>10,.0f} "
+                    f"{row['mfu']:>6.1%} {peak:>8} {ratio:>8}",
+                    flush=True,
+                )
             if args.max_micro and device.type == "cuda":
                 for backend in backends:
                     fits = largest_micro(model, args, p, backend, device)

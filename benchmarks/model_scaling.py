@@ -37,8 +37,15 @@ def model_config(hidden: int, layers: int) -> ModelConfig:
     heads = max(2, hidden // 64)
     kv = 2 if heads % 2 == 0 else 1
     ffn = int(round(hidden * 2.75 / 64)) * 64
-    return ModelConfig(num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn, num_attention_heads=heads,
-                       num_kv_heads=kv, vocab_size=VOCAB, max_seq_len=4096)
+    return ModelConfig(
+        num_layers=layers,
+        hidden_size=hidden,
+        ffn_hidden_size=ffn,
+        num_attention_heads=heads,
+        num_kv_heads=kv,
+        vocab_size=VOCAB,
+        max_seq_len=4096,
+    )
 
 
 def build(cfg: ModelConfig, streams: int) -> ParScaleLM:
@@ -72,30 +79,40 @@ def main() -> None:
     args = parser.parse_args()
     base = model_config(args.hidden, args.layers)
     n = parameter_counts(base, ParScaleConfig(), VOCAB).non_embedding
-    print(f"base: {args.layers} layers, hidden {base.hidden_size}, ffn {base.ffn_hidden_size}, heads "
-          f"{base.num_attention_heads}/{base.num_kv_heads}, {n / 1e6:.1f}M non-embedding params; vocab {VOCAB}; "
-          f"torch threads {torch.get_num_threads()}; fp32 on CPU")
+    print(
+        f"base: {args.layers} layers, hidden {base.hidden_size}, ffn {base.ffn_hidden_size}, heads "
+        f"{base.num_attention_heads}/{base.num_kv_heads}, {n / 1e6:.1f}M non-embedding params; vocab {VOCAB}; "
+        f"torch threads {torch.get_num_threads()}; fp32 on CPU"
+    )
     with single_process():
         print(f"\nforward+backward, batch {args.batch} x {args.seq} tokens")
         dense_tps = train_throughput(base, 1, args.batch, args.seq, args.steps)
         print(f"  P=1 (dense)  {dense_tps:8.0f} tok/s")
         for p in (2, 4, 8):
             tps = train_throughput(base, p, args.batch, args.seq, args.steps)
-            print(f"  P={p}          {tps:8.0f} tok/s   throughput ratio to dense {tps / dense_tps:.3f} "
-                  f"(step-time ratio {dense_tps / tps:.2f}x)")
+            print(
+                f"  P={p}          {tps:8.0f} tok/s   throughput ratio to dense {tps / dense_tps:.3f} "
+                f"(step-time ratio {dense_tps / tps:.2f}x)"
+            )
 
-    print(f"\ndecoding at batch 1: prompt {args.prompt}, {args.new} new tokens; dense equivalent of P streams: "
-          f"N x ({K} ln P + 1)")
+    print(
+        f"\ndecoding at batch 1: prompt {args.prompt}, {args.new} new tokens; dense equivalent of P streams: "
+        f"N x ({K} ln P + 1)"
+    )
     rows = compare(base, ParScaleConfig(prefix_len=48), VOCAB, list(range(1, 9)), K, [1], args.prompt, args.new)
     b = rows[0].base
     print(f"  P=1 base: {b.seconds_per_token * 1e3:.2f} ms/token, {b.bytes / 2**20:.1f} MiB")
     print("  P   ParScale ms/tok  MiB    | dense-equiv params  ms/tok  MiB    | mem incr ratio  latency incr ratio")
     for r in rows:
-        print(f"  {r.streams}   {r.parscale.seconds_per_token * 1e3:10.2f}  {r.parscale.bytes / 2**20:8.1f}   | "
-              f"{r.dense_params / 1e6:7.1f}M ({r.dense_shape})  {r.dense.seconds_per_token * 1e3:7.2f}  "
-              f"{r.dense.bytes / 2**20:7.1f}  | {r.memory_ratio:8.1f}x  {r.latency_ratio:10.2f}x")
-    print("\nratios > 1: parameter scaling costs that many times more extra memory / latency than ParScale "
-          "for the same predicted loss. Paper (1.6B, GPU, batch 1): 22x memory, 6x latency.")
+        print(
+            f"  {r.streams}   {r.parscale.seconds_per_token * 1e3:10.2f}  {r.parscale.bytes / 2**20:8.1f}   | "
+            f"{r.dense_params / 1e6:7.1f}M ({r.dense_shape})  {r.dense.seconds_per_token * 1e3:7.2f}  "
+            f"{r.dense.bytes / 2**20:7.1f}  | {r.memory_ratio:8.1f}x  {r.latency_ratio:10.2f}x"
+        )
+    print(
+        "\nratios > 1: parameter scaling costs that many times more extra memory / latency than ParScale "
+        "for the same predicted loss. Paper (1.6B, GPU, batch 1): 22x memory, 6x latency."
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ all measured in one run on this machine:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -23,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_prep import tokenizer as tok  # noqa: E402
-from data_prep.filters import normalize, reject_reason  # noqa: E402
+from data_prep.filters import clean  # noqa: E402
 from data_prep.ray_runtime import ray_session  # noqa: E402
 from data_prep.tokenize_units import process_unit  # noqa: E402
 from data_prep.units import plan, stdlib_root  # noqa: E402
@@ -50,8 +50,7 @@ def bench_single(cfg, plans, model, threads: int) -> tuple[int, float]:
     sp = tok.load(model)
     dtype = tok.token_dtype(sp.get_piece_size(), "auto")
     start = time.perf_counter()
-    tokens = sum(process_unit(u, sp, cfg.data, dtype, sp.eos_id(), threads).tokens.size
-                 for p in plans for u in p.units)
+    tokens = sum(process_unit(u, sp, cfg.data, dtype, sp.eos_id(), threads).tokens.size for p in plans for u in p.units)
     return tokens, time.perf_counter() - start
 
 
@@ -79,6 +78,11 @@ def bench_ray(cfg, plans, model, workers: int, work: Path) -> tuple[int, float, 
     return tokens, done - warm, done - t0
 
 
+@functools.cache
+def _processor(model: str):
+    return tok.load(model)
+
+
 def bench_datasets(cfg, plans, model, workers: int) -> tuple[int, float, float]:
     import datasets
 
@@ -88,17 +92,17 @@ def bench_datasets(cfg, plans, model, workers: int) -> tuple[int, float, float]:
     texts = []
     for f in files:
         try:
-            text = normalize(Path(f).read_bytes().decode("utf-8"))
+            text, reason, _ = clean(Path(f).read_bytes().decode("utf-8"), cfg.data)
         except (OSError, UnicodeDecodeError):
             continue
-        if reject_reason(text, cfg.data) is None:
+        if reason is None:
             texts.append(text)
     ds = datasets.Dataset.from_dict({"text": texts})
     loaded = time.perf_counter()
     eos = tok.load(model).eos_id()
 
-    def encode(batch, _sp={}):
-        sp = _sp.setdefault("sp", tok.load(model))
+    def encode(batch):
+        sp = _processor(str(model))  # one per datasets worker process
         return {"ids": [ids + [eos] for ids in sp.encode(batch["text"], num_threads=1)]}
 
     out = ds.map(encode, batched=True, batch_size=64, num_proc=workers, remove_columns=["text"])
@@ -129,10 +133,16 @@ def peak_memory_of_prep(sources_root: Path, out: Path, copies: int) -> tuple[int
     corpus = sources_root / f"x{copies}"
     if not corpus.exists():
         for i in range(copies):
-            shutil.copytree(stdlib_root(), corpus / f"copy{i}",
-                            ignore=shutil.ignore_patterns("site-packages", "dist-packages", "__pycache__"))
-    overrides = ["data.sources=[{type: code, path: '%s', glob: '**/*.py'}]" % corpus, f"data.output_dir={out}",
-                 "data.dedup=false"]
+            shutil.copytree(
+                stdlib_root(),
+                corpus / f"copy{i}",
+                ignore=shutil.ignore_patterns("site-packages", "dist-packages", "__pycache__"),
+            )
+    overrides = [
+        f"data.sources=[{{type: code, path: '{corpus}', glob: '**/*.py'}}]",
+        f"data.output_dir={out}",
+        "data.dedup=false",
+    ]
     cmd = [str(Path(sys.executable).parent / "parscale"), "prep", str(CONFIG)]
     for o in overrides:
         cmd += ["--set", o]
@@ -158,16 +168,21 @@ def main() -> None:
         cfg, plans, model = _train_tokenizer(work)
         n_files = sum(len(u.files) for p in plans for u in p.units)
         size = sum(u.size for p in plans for u in p.units)
-        print(f"corpus: {n_files} files, {size / 1e6:.1f} MB ({stdlib_root()}); tokenizer vocab "
-              f"{tok.load(model).get_piece_size()}; {os.cpu_count()} CPUs; workers {args.workers}")
+        print(
+            f"corpus: {n_files} files, {size / 1e6:.1f} MB ({stdlib_root()}); tokenizer vocab "
+            f"{tok.load(model).get_piece_size()}; {os.cpu_count()} CPUs; workers {args.workers}"
+        )
         single_tok, single_s = bench_single(cfg, plans, model, threads=1)
         threaded_tok, threaded_s = bench_single(cfg, plans, model, threads=os.cpu_count() or 1)
         ray_tok, ray_s, ray_total = bench_ray(cfg, plans, model, args.workers, work)
         ds_tok, ds_s, ds_total = bench_datasets(cfg, plans, model, args.workers)
         assert ray_tok == single_tok, (ray_tok, single_tok)
-        rows = [("single process loop", single_tok, single_s),
-                (f"1 process, spm {os.cpu_count()} threads", threaded_tok, threaded_s), ("Ray actors", ray_tok, ray_s),
-                (f"datasets.map(num_proc={args.workers})", ds_tok, ds_s)]
+        rows = [
+            ("single process loop", single_tok, single_s),
+            (f"1 process, spm {os.cpu_count()} threads", threaded_tok, threaded_s),
+            ("Ray actors", ray_tok, ray_s),
+            (f"datasets.map(num_proc={args.workers})", ds_tok, ds_s),
+        ]
         print(f"\n{'tokenization':<28}{'tokens':>12}{'seconds':>10}{'M tok/s':>10}")
         for name, n, s in rows:
             print(f"{name:<28}{n:>12,}{s:>10.2f}{n / s / 1e6:>10.2f}")
@@ -175,13 +190,17 @@ def main() -> None:
         print(f"\nratio Ray / single process:   {ray_tps / single_tps:.2f}x  (goal >= 1.7)")
         print(f"ratio Ray / datasets.map:     {ray_tps / ds_tps:.2f}x  (goal >= 1.0)")
         print(f"ratio Ray / 1 process with sentencepiece threads: {ray_tps / (threaded_tok / threaded_s):.2f}x")
-        print(f"  with Ray start-up included: {ray_tok / ray_total / 1e6:.2f}M tok/s; datasets with its load from "
-              f"files: {ds_tok / ds_total / 1e6:.2f}M tok/s")
+        print(
+            f"  with Ray start-up included: {ray_tok / ray_total / 1e6:.2f}M tok/s; datasets with its load from "
+            f"files: {ds_tok / ds_total / 1e6:.2f}M tok/s"
+        )
         if not args.skip_memory:
             peak1, s1 = peak_memory_of_prep(work, work / "out1", 1)
             peak4, s4 = peak_memory_of_prep(work, work / "out4", 4)
-            print(f"\npeak RSS of a full prep job: 1x corpus {peak1 / 2**30:.2f} GiB ({s1:.0f}s), "
-                  f"4x corpus {peak4 / 2**30:.2f} GiB ({s4:.0f}s)")
+            print(
+                f"\npeak RSS of a full prep job: 1x corpus {peak1 / 2**30:.2f} GiB ({s1:.0f}s), "
+                f"4x corpus {peak4 / 2**30:.2f} GiB ({s4:.0f}s)"
+            )
             print(f"ratio peak memory 4x / 1x:    {peak4 / peak1:.2f}  (goal <= 1.3)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

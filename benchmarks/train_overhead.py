@@ -28,11 +28,19 @@ sys.path.insert(0, str(REPO))
 
 def prepare(root: Path, seq: int) -> Path:
     out = root / "data"
-    cfg = {"data": {"sources": [{"type": "stdlib", "glob": "[a-e]*.py"}], "output_dir": str(out), "val_fraction": 0.0},
-           "tokenizer": {"vocab_size": 4096, "sample_docs": 300}, "packing": {"seq_len": seq, "strategy": "concat"}}
+    cfg = {
+        "data": {"sources": [{"type": "stdlib", "glob": "[a-e]*.py"}], "output_dir": str(out), "val_fraction": 0.0},
+        "tokenizer": {"vocab_size": 4096, "sample_docs": 300},
+        "packing": {"seq_len": seq, "strategy": "concat"},
+    }
     (root / "prep.yaml").write_text(yaml.safe_dump(cfg))
-    subprocess.run([str(Path(sys.executable).parent / "parscale"), "prep", str(root / "prep.yaml")], check=True,
-                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "parscale"), "prep", str(root / "prep.yaml")],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return out
 
 
@@ -41,9 +49,15 @@ def job(root: Path, data: Path, args, streams: int) -> Path:
         "run": {"name": f"bench-p{streams}", "output_dir": str(root / f"run-p{streams}")},
         "data": {"output_dir": str(data)},
         "packing": {"seq_len": args.seq},
-        "model": {"num_layers": args.layers, "hidden_size": args.hidden, "ffn_hidden_size": int(args.hidden * 2.75),
-                  "num_attention_heads": args.hidden // 64, "num_kv_heads": 2, "max_seq_len": args.seq,
-                  "pad_vocab_to_multiple_of": 64},
+        "model": {
+            "num_layers": args.layers,
+            "hidden_size": args.hidden,
+            "ffn_hidden_size": int(args.hidden * 2.75),
+            "num_attention_heads": args.hidden // 64,
+            "num_kv_heads": 2,
+            "max_seq_len": args.seq,
+            "pad_vocab_to_multiple_of": 64,
+        },
         "parscale": {"streams": streams, "prefix_len": 48},
         "parallel": {"micro_batch_size": args.micro, "global_batch_size": args.micro * args.gas, "zero_stage": 1},
         "train": {"tokens": 10**9},
@@ -78,8 +92,10 @@ def time_plain(trainer, steps: int) -> float:
     model = ParScaleLM(cfg.model, cfg.parscale, trainer.vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, weight_decay=0.1)
     micro, gas = cfg.parallel.micro_batch_size, trainer.gas
-    batches = [collate(trainer.data.train.rows(i * micro, micro), trainer.seq_len, 0, cfg.model.document_attention)
-               for i in range(gas)]
+    batches = [
+        collate(trainer.data.train.rows(i * micro, micro), trainer.seq_len, 0, cfg.model.document_attention)
+        for i in range(gas)
+    ]
 
     def step():
         for b in batches:
@@ -122,18 +138,26 @@ def main() -> None:
         trainer_s, trainer = time_trainer(job(root, data, args, 1), args.steps)
         plain_s = time_plain(trainer, args.steps)
         tokens = args.micro * args.gas * args.seq
-        flops = train_flops_per_token(trainer.cfg.model, trainer.cfg.parscale, trainer.engine.module.padded_vocab_size,
-                                      args.seq) * tokens
+        flops = (
+            train_flops_per_token(
+                trainer.cfg.model, trainer.cfg.parscale, trainer.engine.module.padded_vocab_size, args.seq
+            )
+            * tokens
+        )
         peak = matmul_flops()
         p4_s, _ = time_trainer(job(root, data, args, 4), args.steps)
-    print(f"model: {args.layers} layers x hidden {args.hidden}, seq {args.seq}, batch {args.micro} x {args.gas} "
-          f"accumulation = {tokens} tokens/step, fp32, torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {args.layers} layers x hidden {args.hidden}, seq {args.seq}, batch {args.micro} x {args.gas} "
+        f"accumulation = {tokens} tokens/step, fp32, torch threads {torch.get_num_threads()}"
+    )
     print(f"plain PyTorch loop   {plain_s * 1e3:8.1f} ms/step")
     print(f"our trainer          {trainer_s * 1e3:8.1f} ms/step")
     print(f"overhead ratio (trainer / plain): {trainer_s / plain_s:.3f}  (goal <= 1.15)")
     print(f"\nmatmul fp32 (2048^2): {peak / 1e9:.1f} GFLOP/s")
-    print(f"model FLOP/s: trainer {flops / trainer_s / 1e9:.1f} GFLOP/s = {flops / trainer_s / peak:.2f} of matmul "
-          f"(goal >= 0.5); plain loop {flops / plain_s / peak:.2f}")
+    print(
+        f"model FLOP/s: trainer {flops / trainer_s / 1e9:.1f} GFLOP/s = {flops / trainer_s / peak:.2f} of matmul "
+        f"(goal >= 0.5); plain loop {flops / plain_s / peak:.2f}"
+    )
     print(f"\nParScale P=4 step {p4_s * 1e3:.1f} ms: step-time ratio P=4 / dense = {p4_s / trainer_s:.2f}x")
 
 

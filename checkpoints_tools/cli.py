@@ -36,8 +36,12 @@ def _parscale_options(parser) -> None:
         field = ParScaleConfig.model_fields[key]
         choices = get_args(field.annotation) or None
         kind = None if choices else field.annotation
-        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, choices=choices,
-                            help=f"{field.description.rstrip('.')} (default: {field.default}, as parscale.{key})")
+        parser.add_argument(
+            f"--{key.replace('_', '-')}",
+            type=kind,
+            choices=choices,
+            help=f"{field.description.rstrip('.')} (default: {field.default}, as parscale.{key})",
+        )
 
 
 def _to_parscale(args) -> int:
@@ -47,8 +51,19 @@ def _to_parscale(args) -> int:
 
     given = {key: getattr(args, key) for key in _PARSCALE_OPTIONS if getattr(args, key) is not None}
     parscale = ParScaleConfig(streams=args.streams, **given)
-    print(json.dumps(convert(args.source, args.target, parscale, seed=args.seed,
-                             allow_more_streams=args.allow_more_streams, verify=not args.no_verify), indent=2))
+    print(
+        json.dumps(
+            convert(
+                args.source,
+                args.target,
+                parscale,
+                seed=args.seed,
+                allow_more_streams=args.allow_more_streams,
+                verify=not args.no_verify,
+            ),
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -82,13 +97,14 @@ def _import_hf(args) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "convert", help="checkpoint tools: consolidate, reshard, to-parscale, export-hf, import-hf, inspect, verify",
+        "convert",
+        help="checkpoint tools: consolidate, reshard, to-parscale, export-hf, import-hf, inspect, verify",
         description="Checkpoint tools. Trainer checkpoints (<run>/checkpoints/stepN: DeepSpeed ZeRO files) are "
-                    "consolidated to portable ones (model.safetensors + config.json + tokenizer.model, the folder "
-                    "every run also exports at its end) or resharded to another TP; portable ones convert to "
-                    "ParScale and to/from Hugging Face folders (qwen2, llama, the official qwen2_parscale). Each "
-                    "converter checks the result's logits against the source's unless --no-verify; nothing is "
-                    "unpickled except DeepSpeed's plain data classes, with torch.load(weights_only=True).",
+        "consolidated to portable ones (model.safetensors + config.json + tokenizer.model, the folder "
+        "every run also exports at its end) or resharded to another TP; portable ones convert to "
+        "ParScale and to/from Hugging Face folders (qwen2, llama, the official qwen2_parscale). Each "
+        "converter checks the result's logits against the source's unless --no-verify; nothing is "
+        "unpickled except DeepSpeed's plain data classes, with torch.load(weights_only=True).",
     )
     tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
     p = tools.add_parser("inspect", help="shapes, parameter counts, P, dtype, tokens seen, config (JSON)")
@@ -97,26 +113,35 @@ def add_parser(subparsers) -> None:
     p = tools.add_parser("verify", help="checksums and shapes against the config; exit 1 on a mismatch")
     p.add_argument("checkpoint")
     p.set_defaults(func=_verify)
-    p = tools.add_parser("consolidate", help="trainer checkpoint (any ZeRO stage, TP, DP) -> portable (fp32)",
-                         description="Merge a DeepSpeed ZeRO checkpoint (stages 0-3, any TP and DP, fp32 or bf16: "
-                                     "the fp32 masters) into a portable checkpoint.")
+    p = tools.add_parser(
+        "consolidate",
+        help="trainer checkpoint (any ZeRO stage, TP, DP) -> portable (fp32)",
+        description="Merge a DeepSpeed ZeRO checkpoint (stages 0-3, any TP and DP, fp32 or bf16: "
+        "the fp32 masters) into a portable checkpoint.",
+    )
     p.add_argument("source", help="a stepN folder, a checkpoints folder (its latest) or a run folder")
     p.add_argument("target", help="the portable checkpoint folder to write")
     p.add_argument("--tokenizer", help="tokenizer.model to ship (default: the run's prepared data)")
     p.add_argument("--no-verify", action="store_true", help="skip the logits check (source at its TP vs result)")
     p.set_defaults(func=_consolidate)
-    p = tools.add_parser("reshard", help="trainer checkpoint at TP=a -> TP=b (resumable by parscale train)",
-                         description="Split and merge every layer along its partition dimension for a new TP "
-                                     "size; writes TARGET/stepN and TARGET/latest. Adam moments restart.")
+    p = tools.add_parser(
+        "reshard",
+        help="trainer checkpoint at TP=a -> TP=b (resumable by parscale train)",
+        description="Split and merge every layer along its partition dimension for a new TP "
+        "size; writes TARGET/stepN and TARGET/latest. Adam moments restart.",
+    )
     p.add_argument("source", help="a stepN folder, a checkpoints folder (its latest) or a run folder")
     p.add_argument("target", help="a checkpoints folder (e.g. <new run>/checkpoints)")
     p.add_argument("--tp", type=int, required=True, help="the new tensor-parallel size")
     p.add_argument("--no-verify", action="store_true", help="skip the logits check (TP=a vs TP=b)")
     p.set_defaults(func=_reshard)
-    p = tools.add_parser("to-parscale", help="dense -> ParScale: add per-layer prefixes and the aggregator",
-                         description="Convert a dense portable checkpoint to ParScale with P streams (the backbone is "
-                                     "copied bit for bit and verified); a ParScale one to a larger P only with "
-                                     "--allow-more-streams.")
+    p = tools.add_parser(
+        "to-parscale",
+        help="dense -> ParScale: add per-layer prefixes and the aggregator",
+        description="Convert a dense portable checkpoint to ParScale with P streams (the backbone is "
+        "copied bit for bit and verified); a ParScale one to a larger P only with "
+        "--allow-more-streams.",
+    )
     p.add_argument("source")
     p.add_argument("target")
     p.add_argument("--streams", type=int, required=True, help="P")
@@ -128,17 +153,24 @@ def add_parser(subparsers) -> None:
     p = tools.add_parser("export-hf", help="portable -> Hugging Face folder (qwen2, llama, official qwen2_parscale)")
     p.add_argument("source")
     p.add_argument("target")
-    p.add_argument("--layout", choices=["auto", "qwen2", "llama", "qwen2_parscale"], default="auto",
-                   help="auto: qwen2_parscale for P > 1, else qwen2 with QKV biases, else llama")
+    p.add_argument(
+        "--layout",
+        choices=["auto", "qwen2", "llama", "qwen2_parscale"],
+        default="auto",
+        help="auto: qwen2_parscale for P > 1, else qwen2 with QKV biases, else llama",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the check (transformers' logits vs ours)")
     p.set_defaults(func=_export_hf)
-    p = tools.add_parser("import-hf", help="Hugging Face qwen2 / llama / qwen2_parscale folder -> portable",
-                         description="Refuses config.json settings that change what the model computes and are not "
-                                     "implemented here (rope_scaling, sliding windows, other activations ...), naming "
-                                     "them. Verification: qwen2 and llama load in transformers and their logits are "
-                                     "compared with ours; qwen2_parscale (its modeling code is remote, not run here) "
-                                     "is verified by reading the written tensors back, which checks the weights, not "
-                                     "what its config means.")
+    p = tools.add_parser(
+        "import-hf",
+        help="Hugging Face qwen2 / llama / qwen2_parscale folder -> portable",
+        description="Refuses config.json settings that change what the model computes and are not "
+        "implemented here (rope_scaling, sliding windows, other activations ...), naming "
+        "them. Verification: qwen2 and llama load in transformers and their logits are "
+        "compared with ours; qwen2_parscale (its modeling code is remote, not run here) "
+        "is verified by reading the written tensors back, which checks the weights, not "
+        "what its config means.",
+    )
     p.add_argument("source")
     p.add_argument("target")
     p.add_argument("--no-verify", action="store_true", help="skip the check (transformers' logits vs ours)")

@@ -13,30 +13,37 @@ from pathlib import Path
 from pipeline.checkpoint import tp_layout
 from pipeline.checkpoint.portable import TOKENIZER, CheckpointError, save_portable_state
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
+from pipeline.data.loader import dataset_entries
 from pipeline.utils.fs import staged_dir
 
 from . import logits_check
 
 
 def tokenizer_of(ck: TrainerCheckpoint, override: str | Path | None) -> Path:
-    from pipeline.data.loader import dataset_entries
-
     path = Path(override) if override else Path(dataset_entries(ck.config)[0].path) / TOKENIZER
     if not path.is_file():
         raise CheckpointError(f"{path}: tokenizer not found (the run's data folder moved?); pass --tokenizer")
     return path
 
 
-def consolidate(source: str | Path, target: str | Path, tokenizer: str | Path | None = None,
-                verify: bool = True) -> dict:
+def consolidate(
+    source: str | Path, target: str | Path, tokenizer: str | Path | None = None, verify: bool = True
+) -> dict:
     ck = TrainerCheckpoint(source)
     tok = tokenizer_of(ck, tokenizer)
     full, drift = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
     result = ck.describe() | {"target": str(target), "replicated_drift": drift}
-    result["verified"] = (logits_check.check(ck, logits_check.FullWeights(full, ck.model, ck.parscale, ck.vocab),
-                                             "consolidated") if verify else "skipped (--no-verify)")
-    meta = {"step": ck.state["step"], "tokens_seen": ck.state["tokens_seen"], "consolidated_from": str(ck.folder),
-            "source_layout": {k: result[k] for k in ("tp", "zero_stage", "precision")}}
+    result["verified"] = (
+        logits_check.check(ck, logits_check.FullWeights(full, ck.model, ck.parscale, ck.vocab), "consolidated")
+        if verify
+        else "skipped (--no-verify)"
+    )
+    meta = {
+        "step": ck.state["step"],
+        "tokens_seen": ck.state["tokens_seen"],
+        "consolidated_from": str(ck.folder),
+        "source_layout": {k: result[k] for k in ("tp", "zero_stage", "precision")},
+    }
     with staged_dir(target) as out:
         save_portable_state(full, ck.model, ck.parscale, ck.vocab, out, tok, meta)
     return result

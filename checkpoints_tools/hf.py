@@ -31,8 +31,15 @@ from pipeline.utils.fs import staged_dir
 from . import logits_check
 from .inspect_ckpt import expected_shapes
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 LAYOUTS = ("qwen2", "llama", "qwen2_parscale")
 _ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen2_parscale": "Qwen2ParScaleForCausalLM"}
 
@@ -48,14 +55,24 @@ def _layer_prefixes(model: ModelConfig) -> list[str]:
 
 def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
     config = {
-        "architectures": [_ARCH[layout]], "model_type": layout, "vocab_size": vocab,
-        "hidden_size": model.hidden_size, "intermediate_size": model.ffn_hidden_size,
-        "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_attention_heads,
-        "num_key_value_heads": model.num_kv_heads, "head_dim": model.kv_channels,
-        "max_position_embeddings": model.max_seq_len, "rms_norm_eps": model.norm_eps, "rope_theta": model.rope_base,
+        "architectures": [_ARCH[layout]],
+        "model_type": layout,
+        "vocab_size": vocab,
+        "hidden_size": model.hidden_size,
+        "intermediate_size": model.ffn_hidden_size,
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": model.num_attention_heads,
+        "num_key_value_heads": model.num_kv_heads,
+        "head_dim": model.kv_channels,
+        "max_position_embeddings": model.max_seq_len,
+        "rms_norm_eps": model.norm_eps,
+        "rope_theta": model.rope_base,
         "rope_parameters": {"rope_type": "default", "rope_theta": model.rope_base},
-        "tie_word_embeddings": model.tie_embeddings, "hidden_act": "silu", "torch_dtype": "float32",
-        "attention_dropout": 0.0, "initializer_range": model.init_std,
+        "tie_word_embeddings": model.tie_embeddings,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+        "attention_dropout": 0.0,
+        "initializer_range": model.init_std,
     }
     if layout == "llama":
         return config | {"attention_bias": model.qkv_bias, "mlp_bias": False}
@@ -63,8 +80,12 @@ def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -
     if layout == "qwen2_parscale":
         if ps.prefix_init != "normal":
             raise CheckpointError("the official ParScale layout holds prefix_k/prefix_v: convert an 'mlp' prefix first")
-        config |= {"parscale_n": ps.streams, "parscale_n_tokens": ps.prefix_len, "parscale_attn_smooth": ps.eps,
-                   "auto_map": dict(OFFICIAL_AUTO_MAP)}
+        config |= {
+            "parscale_n": ps.streams,
+            "parscale_n_tokens": ps.prefix_len,
+            "parscale_attn_smooth": ps.eps,
+            "auto_map": dict(OFFICIAL_AUTO_MAP),
+        }
     return config
 
 
@@ -74,8 +95,10 @@ def _pick_layout(layout: str, model: ModelConfig, ps: ParScaleConfig) -> str:
     if layout == "auto":
         return "qwen2_parscale" if ps.streams > 1 else ("qwen2" if model.qkv_bias else "llama")
     if (layout == "qwen2_parscale") != (ps.streams > 1):
-        raise CheckpointError(f"layout {layout} is for {'ParScale' if layout == 'qwen2_parscale' else 'dense'} models; "
-                              f"this one has P={ps.streams}")
+        raise CheckpointError(
+            f"layout {layout} is for {'ParScale' if layout == 'qwen2_parscale' else 'dense'} models; "
+            f"this one has P={ps.streams}"
+        )
     return layout
 
 
@@ -145,8 +168,9 @@ def _read_hf(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{source / 'config.json'}: unreadable ({exc})") from None
     if config.get("model_type") not in LAYOUTS:
-        raise CheckpointError(f"{source / 'config.json'}: model_type {config.get('model_type')!r}; import-hf reads "
-                              f"{', '.join(LAYOUTS)}")
+        raise CheckpointError(
+            f"{source / 'config.json'}: model_type {config.get('model_type')!r}; import-hf reads {', '.join(LAYOUTS)}"
+        )
     files = sorted(source.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{source}: no *.safetensors weights (pickled .bin files are not read)")
@@ -161,8 +185,10 @@ def _read_hf(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 #: where transformers finds the official ParScale classes (trust_remote_code): the two module files
 #: of the official ParScale release, copied next to config.json (the README's "Loading an export")
-OFFICIAL_AUTO_MAP = {"AutoConfig": "configuration_qwen2_parscale.Qwen2ParScaleConfig",
-                     "AutoModelForCausalLM": "modeling_qwen2_parscale.Qwen2ParScaleForCausalLM"}
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": "configuration_qwen2_parscale.Qwen2ParScaleConfig",
+    "AutoModelForCausalLM": "modeling_qwen2_parscale.Qwen2ParScaleForCausalLM",
+}
 
 #: what the official ParScale modeling code assumes for a key its config.json leaves out
 OFFICIAL_DEFAULTS = {"parscale_n_tokens": 48, "parscale_attn_smooth": 0.01}
@@ -170,16 +196,25 @@ OFFICIAL_DEFAULTS = {"parscale_n_tokens": 48, "parscale_attn_smooth": 0.01}
 
 #: config.json keys that change what a model computes, with the values that change nothing; any
 #: other value is something this pipeline does not implement, so the import refuses it by name
-NEUTRAL = {"rope_scaling": (None,), "use_sliding_window": (None, False), "hidden_act": ("silu",),
-           "pretraining_tp": (None, 1), "attn_logit_softcapping": (None,), "final_logit_softcapping": (None,),
-           "partial_rotary_factor": (None, 1, 1.0), "use_qk_norm": (None, False), "qk_layernorm": (None, False)}
+NEUTRAL = {
+    "rope_scaling": (None,),
+    "use_sliding_window": (None, False),
+    "hidden_act": ("silu",),
+    "pretraining_tp": (None, 1),
+    "attn_logit_softcapping": (None,),
+    "final_logit_softcapping": (None,),
+    "partial_rotary_factor": (None, 1, 1.0),
+    "use_qk_norm": (None, False),
+    "qk_layernorm": (None, False),
+}
 
 
 def unimplemented(config: dict) -> list[str]:
     """``key=value`` for each setting of ``config`` (a config.json) that changes the model's meaning
     and is not implemented here."""
-    found = [f"{key}={config[key]!r}" for key, neutral in NEUTRAL.items()
-             if key in config and config[key] not in neutral]
+    found = [
+        f"{key}={config[key]!r}" for key, neutral in NEUTRAL.items() if key in config and config[key] not in neutral
+    ]
     rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
     if rope_type != "default":
         found.append(f"rope_parameters.rope_type={rope_type!r}")
@@ -188,27 +223,36 @@ def unimplemented(config: dict) -> list[str]:
 
 def _our_configs(config: dict, source: Path) -> tuple[ModelConfig, ParScaleConfig]:
     if found := unimplemented(config):
-        raise CheckpointError(f"{source / 'config.json'}: {', '.join(found)}: changes what the model computes and is "
-                              "not implemented here (importing it would give another model's logits)")
+        raise CheckpointError(
+            f"{source / 'config.json'}: {', '.join(found)}: changes what the model computes and is "
+            "not implemented here (importing it would give another model's logits)"
+        )
     kind = config["model_type"]
     if kind == "llama" and config.get("mlp_bias"):
         raise CheckpointError(f"{source / 'config.json'}: mlp_bias is true; this model family has no MLP biases")
     rope = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
     try:
         model = ModelConfig(
-            num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
-            ffn_hidden_size=config["intermediate_size"], num_attention_heads=config["num_attention_heads"],
+            num_layers=config["num_hidden_layers"],
+            hidden_size=config["hidden_size"],
+            ffn_hidden_size=config["intermediate_size"],
+            num_attention_heads=config["num_attention_heads"],
             num_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-            head_dim=config.get("head_dim"), vocab_size=config["vocab_size"],
-            max_seq_len=config.get("max_position_embeddings", 4096), rope_base=rope,
+            head_dim=config.get("head_dim"),
+            vocab_size=config["vocab_size"],
+            max_seq_len=config.get("max_position_embeddings", 4096),
+            rope_base=rope,
             qkv_bias=kind != "llama" or bool(config.get("attention_bias")),
-            tie_embeddings=config.get("tie_word_embeddings", False), norm_eps=config.get("rms_norm_eps", 1e-6),
+            tie_embeddings=config.get("tie_word_embeddings", False),
+            norm_eps=config.get("rms_norm_eps", 1e-6),
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{source / 'config.json'}: {exc}") from None
-    ps = ParScaleConfig(streams=config.get("parscale_n", 1),
-                        prefix_len=config.get("parscale_n_tokens", OFFICIAL_DEFAULTS["parscale_n_tokens"]),
-                        eps=config.get("parscale_attn_smooth", OFFICIAL_DEFAULTS["parscale_attn_smooth"]))
+    ps = ParScaleConfig(
+        streams=config.get("parscale_n", 1),
+        prefix_len=config.get("parscale_n_tokens", OFFICIAL_DEFAULTS["parscale_n_tokens"]),
+        eps=config.get("parscale_attn_smooth", OFFICIAL_DEFAULTS["parscale_attn_smooth"]),
+    )
     return model, ps
 
 
@@ -223,15 +267,26 @@ def import_hf(source: str | Path, target: str | Path, verify: bool = True) -> di
             raise CheckpointError(f"{source}: {p}o_proj.bias is non-zero; this model family has no o_proj bias")
     if model.tie_embeddings:
         state.pop("lm_head.weight", None)
-    expected = expected_shapes({"model": model.model_dump(), "parscale": ps.model_dump(), "vocab_size": config["vocab_size"]})
+    expected = expected_shapes(
+        {"model": model.model_dump(), "parscale": ps.model_dump(), "vocab_size": config["vocab_size"]}
+    )
     if state.keys() != expected.keys():
-        raise CheckpointError(f"{source}: tensors do not match its config.json (missing "
-                              f"{sorted(expected.keys() - state.keys())[:4]}, unexpected {sorted(state.keys() - expected.keys())[:4]})")
+        raise CheckpointError(
+            f"{source}: tensors do not match its config.json (missing "
+            f"{sorted(expected.keys() - state.keys())[:4]}, unexpected {sorted(state.keys() - expected.keys())[:4]})"
+        )
     tokenizer = source / "tokenizer.model"
     result = {"source": str(source), "target": str(target), "layout": config["model_type"]}
     with staged_dir(target) as out:
-        save_portable_state(state, model, ps, config["vocab_size"], out, tokenizer if tokenizer.exists() else None,
-                            {"imported_from": str(source)})
+        save_portable_state(
+            state,
+            model,
+            ps,
+            config["vocab_size"],
+            out,
+            tokenizer if tokenizer.exists() else None,
+            {"imported_from": str(source)},
+        )
         for name in TOKENIZER_FILES[1:]:
             if (source / name).exists():
                 shutil.copyfile(source / name, out / name)

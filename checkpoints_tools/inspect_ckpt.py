@@ -9,6 +9,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from pipeline.checkpoint import tp_layout
 from pipeline.checkpoint.portable import CONFIG, TOKENIZER, WEIGHTS, CheckpointError, read_config
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.config.model import ModelConfig, ParScaleConfig
@@ -33,13 +34,16 @@ def _portable(directory: Path) -> bool:
 
 def _counts(model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
     counts = parameter_counts(model, ps, vocab)
-    return {"total": counts.total, "non_embedding": counts.non_embedding, "parscale_extra": counts.parscale,
-            "parscale_extra_pct": 100 * counts.parscale_fraction}
+    return {
+        "total": counts.total,
+        "non_embedding": counts.non_embedding,
+        "parscale_extra": counts.parscale,
+        "parscale_extra_pct": 100 * counts.parscale_fraction,
+    }
 
 
 def _trainer_config(ck: TrainerCheckpoint) -> dict:
-    return {"model": ck.model.identity(), "parscale": ck.parscale.model_dump(mode="json"),
-            "vocab_size": ck.vocab}
+    return {"model": ck.model.identity(), "parscale": ck.parscale.model_dump(mode="json"), "vocab_size": ck.vocab}
 
 
 def inspect(directory: str | Path) -> dict:
@@ -47,20 +51,32 @@ def inspect(directory: str | Path) -> dict:
     if not _portable(directory):
         ck = TrainerCheckpoint(directory)
         files = sorted(f for f in ck.folder.iterdir() if f.suffix in (".pt", ".safetensors"))
-        return ck.describe() | {
-            "streams": ck.parscale.streams, "prefix_len": ck.parscale.prefix_len if ck.parscale.has_prefix else 0,
-            "parameters": _counts(ck.model, ck.parscale, ck.vocab), "files": {f.name: f.stat().st_size for f in files},
-        } | _trainer_config(ck)
+        return (
+            ck.describe()
+            | {
+                "streams": ck.parscale.streams,
+                "prefix_len": ck.parscale.prefix_len if ck.parscale.has_prefix else 0,
+                "parameters": _counts(ck.model, ck.parscale, ck.vocab),
+                "files": {f.name: f.stat().st_size for f in files},
+            }
+            | _trainer_config(ck)
+        )
     config = read_config(directory)
     model, ps = ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"])
     shapes = tensor_shapes(directory)
     return {
         "path": str(directory),
-        "streams": ps.streams, "prefix_len": ps.prefix_len if ps.has_prefix else 0, "tp": 1,
+        "streams": ps.streams,
+        "prefix_len": ps.prefix_len if ps.has_prefix else 0,
+        "tp": 1,
         "dtype": sorted({dtype for _, dtype in shapes.values()}),
-        "parameters": _counts(model, ps, config["vocab_size"]) | {"in_file": sum(_numel(s) for s, _ in shapes.values())},
-        "tokens_seen": config.get("tokens_seen"), "step": config.get("step"),
-        "model": config["model"], "parscale": config["parscale"], "vocab_size": config["vocab_size"],
+        "parameters": _counts(model, ps, config["vocab_size"])
+        | {"in_file": sum(_numel(s) for s, _ in shapes.values())},
+        "tokens_seen": config.get("tokens_seen"),
+        "step": config.get("step"),
+        "model": config["model"],
+        "parscale": config["parscale"],
+        "vocab_size": config["vocab_size"],
     }
 
 
@@ -103,15 +119,15 @@ def verify(directory: str | Path) -> list[str]:
         elif name not in expected:
             problems.append(f"{directory / WEIGHTS}: unexpected {name}")
         elif list(shapes[name][0]) != list(expected[name]):
-            problems.append(f"{directory / WEIGHTS}: {name} has shape {shapes[name][0]}, config implies {expected[name]}")
+            problems.append(
+                f"{directory / WEIGHTS}: {name} has shape {shapes[name][0]}, config implies {expected[name]}"
+            )
     return problems
 
 
 def _verify_trainer(ck: TrainerCheckpoint) -> list[str]:
     """Every TP rank's tensors load (ZeRO partitions complete, nothing truncated) and, merged, have
     the shapes the checkpoint's config implies."""
-    from pipeline.checkpoint import tp_layout
-
     try:
         full, _ = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
     except CheckpointError as exc:
@@ -119,8 +135,11 @@ def _verify_trainer(ck: TrainerCheckpoint) -> list[str]:
     expected = expected_shapes(_trainer_config(ck))
     problems = [f"{ck.folder}: missing {n}" for n in sorted(expected.keys() - full.keys())]
     problems += [f"{ck.folder}: unexpected {n}" for n in sorted(full.keys() - expected.keys())]
-    problems += [f"{ck.folder}: {n} merges to {list(full[n].shape)}, its config implies {expected[n]}"
-                 for n in sorted(expected.keys() & full.keys()) if list(full[n].shape) != list(expected[n])]
+    problems += [
+        f"{ck.folder}: {n} merges to {list(full[n].shape)}, its config implies {expected[n]}"
+        for n in sorted(expected.keys() & full.keys())
+        if list(full[n].shape) != list(expected[n])
+    ]
     return problems
 
 
@@ -134,25 +153,43 @@ def expected_shapes(config: dict) -> dict[str, list[int]]:
         shapes["lm_head.weight"] = [v, h]
     for i in range(m.num_layers):
         p = f"model.layers.{i}."
-        shapes |= {p + "input_layernorm.weight": [h], p + "post_attention_layernorm.weight": [h],
-                   p + "self_attn.q_proj.weight": [q, h], p + "self_attn.k_proj.weight": [kv, h],
-                   p + "self_attn.v_proj.weight": [kv, h], p + "self_attn.o_proj.weight": [h, q],
-                   p + "mlp.gate_proj.weight": [m.ffn_hidden_size, h], p + "mlp.up_proj.weight": [m.ffn_hidden_size, h],
-                   p + "mlp.down_proj.weight": [h, m.ffn_hidden_size]}
+        shapes |= {
+            p + "input_layernorm.weight": [h],
+            p + "post_attention_layernorm.weight": [h],
+            p + "self_attn.q_proj.weight": [q, h],
+            p + "self_attn.k_proj.weight": [kv, h],
+            p + "self_attn.v_proj.weight": [kv, h],
+            p + "self_attn.o_proj.weight": [h, q],
+            p + "mlp.gate_proj.weight": [m.ffn_hidden_size, h],
+            p + "mlp.up_proj.weight": [m.ffn_hidden_size, h],
+            p + "mlp.down_proj.weight": [h, m.ffn_hidden_size],
+        }
         if m.qkv_bias:
-            shapes |= {p + "self_attn.q_proj.bias": [q], p + "self_attn.k_proj.bias": [kv], p + "self_attn.v_proj.bias": [kv]}
+            shapes |= {
+                p + "self_attn.q_proj.bias": [q],
+                p + "self_attn.k_proj.bias": [kv],
+                p + "self_attn.v_proj.bias": [kv],
+            }
         if ps.has_prefix:
             if ps.prefix_init == "normal":
                 for kind in ("k", "v"):
                     shapes[p + f"self_attn.prefix.prefix_{kind}"] = [ps.streams, m.num_kv_heads, ps.prefix_len, d]
             else:
                 r = ps.prefix_mlp_hidden
-                shapes |= {p + "self_attn.prefix.seed": [ps.streams, ps.prefix_len, r],
-                           p + "self_attn.prefix.mlp.0.weight": [r, r], p + "self_attn.prefix.mlp.0.bias": [r],
-                           p + "self_attn.prefix.mlp.2.weight": [2 * kv, r], p + "self_attn.prefix.mlp.2.bias": [2 * kv]}
+                shapes |= {
+                    p + "self_attn.prefix.seed": [ps.streams, ps.prefix_len, r],
+                    p + "self_attn.prefix.mlp.0.weight": [r, r],
+                    p + "self_attn.prefix.mlp.0.bias": [r],
+                    p + "self_attn.prefix.mlp.2.weight": [2 * kv, r],
+                    p + "self_attn.prefix.mlp.2.bias": [2 * kv],
+                }
     if ps.streams > 1:
-        shapes |= {"model.aggregate_layer.0.weight": [h, ps.streams * h], "model.aggregate_layer.0.bias": [h],
-                   "model.aggregate_layer.2.weight": [ps.streams, h], "model.aggregate_layer.2.bias": [ps.streams]}
+        shapes |= {
+            "model.aggregate_layer.0.weight": [h, ps.streams * h],
+            "model.aggregate_layer.0.bias": [h],
+            "model.aggregate_layer.2.weight": [ps.streams, h],
+            "model.aggregate_layer.2.bias": [ps.streams],
+        }
     return shapes
 
 

@@ -12,24 +12,34 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 
 from pipeline.checkpoint import tp_layout
 from pipeline.checkpoint.portable import CheckpointError, read_config, read_weights
 from pipeline.config.model import ModelConfig, ParScaleConfig
+from pipeline.distributed import local_group
+from pipeline.distributed.runtime import free_port, select_deepspeed_accelerator
+from pipeline.model import ParScaleLM
 
 
 class FullWeights:
     """Full (unsharded) weights, split for ``tp`` ranks on demand."""
 
-    def __init__(self, state: dict[str, torch.Tensor], model: ModelConfig, parscale: ParScaleConfig, vocab: int,
-                 tp: int = 1):
+    def __init__(
+        self, state: dict[str, torch.Tensor], model: ModelConfig, parscale: ParScaleConfig, vocab: int, tp: int = 1
+    ):
         self.state, self.model, self.parscale, self.vocab, self.tp = state, model, parscale, vocab, tp
 
     @classmethod
-    def portable(cls, directory: str | Path, tp: int = 1) -> "FullWeights":
+    def portable(cls, directory: str | Path, tp: int = 1) -> FullWeights:
         meta = read_config(directory)
-        return cls(read_weights(directory), ModelConfig.model_validate(meta["model"]),
-                   ParScaleConfig.model_validate(meta["parscale"]), meta["vocab_size"], tp)
+        return cls(
+            read_weights(directory),
+            ModelConfig.model_validate(meta["model"]),
+            ParScaleConfig.model_validate(meta["parscale"]),
+            meta["vocab_size"],
+            tp,
+        )
 
     def rank_state(self, rank: int) -> dict[str, torch.Tensor]:
         return tp_layout.split(self.state, self.tp, self.model, self.vocab)[rank]
@@ -40,21 +50,22 @@ def fixed_input(vocab: int) -> torch.Tensor:
 
 
 def _rank_logits(source, rank: int, port: int | None, ids: torch.Tensor) -> torch.Tensor:
-    from pipeline.distributed import local_group
-    from pipeline.model import ParScaleLM
-
     with local_group(rank, source.tp, source.tp, port):
         model = ParScaleLM(source.model, source.parscale, source.vocab, tp_rank=rank, tp_size=source.tp).eval()
         tp_layout.check_model(model)
         state, params = source.rank_state(rank), dict(model.named_parameters())
         if state.keys() != params.keys():
-            raise CheckpointError(f"TP rank {rank}: missing {sorted(params.keys() - state.keys())[:4]}, "
-                                  f"unexpected {sorted(state.keys() - params.keys())[:4]}")
+            raise CheckpointError(
+                f"TP rank {rank}: missing {sorted(params.keys() - state.keys())[:4]}, "
+                f"unexpected {sorted(state.keys() - params.keys())[:4]}"
+            )
         with torch.no_grad():
             for name, param in params.items():
                 if state[name].shape != param.shape:
-                    raise CheckpointError(f"TP rank {rank}: {name} has shape {tuple(state[name].shape)}, "
-                                          f"the model expects {tuple(param.shape)}")
+                    raise CheckpointError(
+                        f"TP rank {rank}: {name} has shape {tuple(state[name].shape)}, "
+                        f"the model expects {tuple(param.shape)}"
+                    )
                 param.copy_(state[name])
             return model.full_logits(model(ids).logits)
 
@@ -69,9 +80,6 @@ def _worker(rank: int, source, port: int, ids: torch.Tensor, out: str) -> None:
 def logits(source, ids: torch.Tensor) -> torch.Tensor:
     if source.tp == 1:
         return _rank_logits(source, 0, None, ids)
-    import torch.multiprocessing as mp
-
-    from pipeline.distributed.runtime import free_port, select_deepspeed_accelerator
 
     select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # inherited by the workers
 
@@ -88,8 +96,10 @@ def check(before, after, what: str) -> str:
     a, b = logits(before, ids), logits(after, ids)
     diff = (a - b).abs().max().item()
     tolerance = 0.0 if before.tp == after.tp else 1e-4 * max(1.0, a.abs().max().item())
-    message = (f"{what}: logits on a fixed [2, 16] input, TP={before.tp} vs TP={after.tp}: "
-               f"max |diff| {diff:.2e} (tolerance {tolerance:.1e})")
+    message = (
+        f"{what}: logits on a fixed [2, 16] input, TP={before.tp} vs TP={after.tp}: "
+        f"max |diff| {diff:.2e} (tolerance {tolerance:.1e})"
+    )
     if diff > tolerance:
         raise CheckpointError(f"verification failed: {message}")
     return message

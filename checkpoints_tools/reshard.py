@@ -18,10 +18,9 @@ from pathlib import Path
 import yaml
 from safetensors.torch import save_file
 
-from pipeline.checkpoint import tp_layout
-from pipeline.checkpoint.portable import CheckpointError
-from pipeline.checkpoint import integrity
+from pipeline.checkpoint import integrity, tp_layout
 from pipeline.checkpoint.layout import COMPLETE, CONFIG, LATEST, RESHARDED, STATE
+from pipeline.checkpoint.portable import CheckpointError
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.utils.fs import atomic_write_text, staged_dir
 
@@ -44,12 +43,26 @@ def reshard(source: str | Path, target: str | Path, tp: int, verify: bool = True
         config = yaml.safe_load((ck.folder / CONFIG).read_text())
         config["parallel"] |= {"tensor_parallel_size": tp, "data_parallel_size": None}
         (out / STATE).write_text(json.dumps(state, indent=2))
-        (out / CONFIG).write_text(f"# resharded from {ck.folder} (TP={ck.tp} -> {tp})\n" + yaml.safe_dump(config, sort_keys=False))
-        (out / RESHARDED).write_text(json.dumps({"source": str(ck.folder), "source_tp": ck.tp, "tp": tp,
-                                                 "optimizer_state": "not carried; Adam moments restart"}, indent=2))
+        (out / CONFIG).write_text(
+            f"# resharded from {ck.folder} (TP={ck.tp} -> {tp})\n" + yaml.safe_dump(config, sort_keys=False)
+        )
+        (out / RESHARDED).write_text(
+            json.dumps(
+                {
+                    "source": str(ck.folder),
+                    "source_tp": ck.tp,
+                    "tp": tp,
+                    "optimizer_state": "not carried; Adam moments restart",
+                },
+                indent=2,
+            )
+        )
         integrity.record(out)
         (out / COMPLETE).write_text("")
-        result["verified"] = (logits_check.check(ck, TrainerCheckpoint(out, check_files=False), "resharded") if verify
-                              else "skipped (--no-verify)")
+        result["verified"] = (
+            logits_check.check(ck, TrainerCheckpoint(out, check_files=False), "resharded")
+            if verify
+            else "skipped (--no-verify)"
+        )
     atomic_write_text(target / LATEST, tag)
     return result

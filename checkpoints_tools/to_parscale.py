@@ -14,9 +14,17 @@ from pathlib import Path
 import torch
 
 from pipeline.checkpoint.portable import (
-    TOKENIZER, CheckpointError, read_config, read_weights, save_portable_state, tokenizer_file,
+    TOKENIZER,
+    CheckpointError,
+    read_config,
+    read_weights,
+    save_portable_state,
+    tokenizer_file,
 )
+from pipeline.checkpoint.sharding import load_full_state
 from pipeline.config.model import ModelConfig, ParScaleConfig
+from pipeline.distributed import single_process
+from pipeline.model import ParScaleLM
 from pipeline.model.param_groups import is_prefix, parscale_parameter
 
 from . import logits_check
@@ -26,18 +34,21 @@ def _backbone(state: dict) -> dict:
     return {k: v for k, v in state.items() if not parscale_parameter(k)}
 
 
-def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, seed: int = 0,
-            allow_more_streams: bool = False, verify: bool = True) -> dict:
-    from pipeline.checkpoint.sharding import load_full_state
-    from pipeline.distributed import single_process
-    from pipeline.model import ParScaleLM
-
+def convert(
+    source: str | Path,
+    target: str | Path,
+    parscale: ParScaleConfig,
+    seed: int = 0,
+    allow_more_streams: bool = False,
+    verify: bool = True,
+) -> dict:
     source, target = Path(source), Path(target)
     config = read_config(source)
     old = ParScaleConfig.model_validate(config["parscale"])
     if old.streams > 1 and not allow_more_streams:
-        raise CheckpointError(f"{source}: already ParScale with P={old.streams}; pass --allow-more-streams to go to "
-                              f"P={parscale.streams}")
+        raise CheckpointError(
+            f"{source}: already ParScale with P={old.streams}; pass --allow-more-streams to go to P={parscale.streams}"
+        )
     if old.streams > 1 and parscale.streams <= old.streams:
         raise CheckpointError(f"{source}: has P={old.streams}; --streams must be larger, got {parscale.streams}")
     if parscale.streams < 2:
@@ -45,7 +56,11 @@ def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, se
     model_cfg = ModelConfig.model_validate(config["model"])
     state = read_weights(source)
     carried = _backbone(state)
-    if old.streams > 1 and old.prefix_init == parscale.prefix_init == "normal" and old.prefix_len == parscale.prefix_len:
+    if (
+        old.streams > 1
+        and old.prefix_init == parscale.prefix_init == "normal"
+        and old.prefix_len == parscale.prefix_len
+    ):
         carried |= {k: v for k, v in state.items() if is_prefix(k)}  # the first P streams, widened below
     with single_process(seed=seed):
         torch.manual_seed(seed)
@@ -53,7 +68,7 @@ def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, se
         fresh = dict(model.named_parameters())
         for name, value in list(carried.items()):
             if is_prefix(name):  # widen [P_old, ...] to [P_new, ...] with the fresh streams appended
-                carried[name] = torch.cat([value, fresh[name].detach()[value.shape[0]:]])
+                carried[name] = torch.cat([value, fresh[name].detach()[value.shape[0] :]])
         new = load_full_state(model, carried, str(source), allow_new_parscale=True)
         out_state = {k: v.detach().clone() for k, v in model.named_parameters()}
     result = {"source": str(source), "target": str(target), "streams": parscale.streams, "new_tensors": len(new)}
@@ -61,9 +76,10 @@ def convert(source: str | Path, target: str | Path, parscale: ParScaleConfig, se
         vocab, dense = config["vocab_size"], ParScaleConfig()
         result["verified"] = logits_check.check(
             logits_check.FullWeights(_backbone(state), model_cfg, dense, vocab),
-            logits_check.FullWeights(_backbone(out_state), model_cfg, dense, vocab), "backbone run as a dense model")
+            logits_check.FullWeights(_backbone(out_state), model_cfg, dense, vocab),
+            "backbone run as a dense model",
+        )
     tokenizer = tokenizer_file(source) if (source / TOKENIZER).exists() else None
     meta = {k: config[k] for k in ("step", "tokens_seen") if k in config} | {"converted_from": str(source)}
-    save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target,
-                        tokenizer, meta)
+    save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target, tokenizer, meta)
     return result

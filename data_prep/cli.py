@@ -16,10 +16,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "prep", help="tokenize and pack a corpus into training shards",
+        "prep",
+        help="tokenize and pack a corpus into training shards",
         description="Read the config's data sources, train or load a sentencepiece tokenizer, tokenize on "
-                    "Ray (local, or the cluster at data.ray_address), pack into seq_len+1 sequences, and write "
-                    "megatron-core .bin/.idx shards with a manifest. Rerunning resumes an interrupted job.",
+        "Ray (local, or the cluster at data.ray_address), pack into seq_len+1 sequences, and write "
+        "megatron-core .bin/.idx shards with a manifest. Rerunning resumes an interrupted job.",
     )
     add_config_args(parser)
     parser.set_defaults(func=_run)

@@ -14,16 +14,18 @@ from pathlib import Path
 
 from pipeline.config import LoadedConfig, write_resolved
 from pipeline.config.job import JobConfig
+from pipeline.distributed.runtime import cpu_threads_per_rank
 from pipeline.errors import JobError
 from pipeline.utils.fs import out_of_space, staged_file
 
 from . import tokenizer as tok
 from .filters import clean
-from .manifest import FORMAT, write_manifest
+from .manifest import FORMAT, ManifestError, read_manifest, write_manifest
 from .pack_stage import ShardProgress, pack_source, unit_path
 from .progress import Reporter
 from .ray_runtime import cluster_cpus, ray_session
 from .readers import read_unit
+from .tokenize_units import UnitTokenizer
 from .units import InputError, SourcePlan, plan
 
 JOB_NAME = "job.json"
@@ -42,8 +44,12 @@ ADDED_LATER = {"data.control_chars": "keep"}
 def _fingerprint_sections(cfg: JobConfig) -> dict:
     """What determines the output bytes (not where Ray runs, nor how many workers)."""
     data = cfg.data.model_dump(mode="json", exclude={"ray_address", "num_workers", "output_dir"})
-    sections = {"data": data, "tokenizer": cfg.tokenizer.model_dump(mode="json"),
-                "packing": cfg.packing.model_dump(mode="json"), "seed": cfg.run.seed}
+    sections = {
+        "data": data,
+        "tokenizer": cfg.tokenizer.model_dump(mode="json"),
+        "packing": cfg.packing.model_dump(mode="json"),
+        "seed": cfg.run.seed,
+    }
     for key, value in ADDED_LATER.items():
         section, name = key.split(".")
         if sections[section].get(name) == value:
@@ -122,12 +128,11 @@ def _tokenizer(plans, cfg: JobConfig, out: Path, reporter: Reporter) -> tok.Toke
     return info
 
 
-def _tokenize_units(plans, cfg: JobConfig, info: tok.TokenizerInfo, dtype, out: Path, work: Path,
-                    reporter: Reporter) -> None:
+def _tokenize_units(
+    plans, cfg: JobConfig, info: tok.TokenizerInfo, dtype, out: Path, work: Path, reporter: Reporter
+) -> None:
     import ray
     from ray.util import ActorPool
-
-    from .tokenize_units import UnitTokenizer
 
     todo = [u for p in plans for u in p.units if not unit_path(work, u.key).exists()]
     total = sum(u.size for p in plans for u in p.units)
@@ -169,8 +174,10 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
         sources = _tokenize_and_pack(plans, cfg, info, dtype, out, work, reporter)
     except Exception as exc:  # Ray wraps a worker's OSError: out_of_space looks through the wrapping
         if out_of_space(exc, out):
-            raise PrepError(f"no space left on device: {out}; free space and rerun 'parscale prep': finished "
-                            "units and shards are kept and not redone") from None
+            raise PrepError(
+                f"no space left on device: {out}; free space and rerun 'parscale prep': finished "
+                "units and shards are kept and not redone"
+            ) from None
         raise
 
     manifest = {
@@ -189,7 +196,9 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
     write_resolved(loaded, out)
     reporter.summary(manifest, time.perf_counter() - started, out)
     if manifest["totals"]["documents_kept"] == 0:
-        raise PrepError(f"data.sources: every document was rejected; the reasons are counted in {out / 'manifest.json'}")
+        raise PrepError(
+            f"data.sources: every document was rejected; the reasons are counted in {out / 'manifest.json'}"
+        )
     return manifest
 
 
@@ -210,8 +219,6 @@ def config_sha256(cfg: JobConfig) -> str:
 
 def is_complete(cfg: JobConfig) -> bool:
     """The output folder holds a finished job with exactly this config."""
-    from .manifest import ManifestError, read_manifest
-
     try:
         return read_manifest(cfg.data.output_dir).get("config_sha256") == config_sha256(cfg)
     except ManifestError:
@@ -219,14 +226,17 @@ def is_complete(cfg: JobConfig) -> bool:
 
 
 def _local_cpus() -> int:
-    from pipeline.distributed.runtime import cpu_threads_per_rank
-
     return cpu_threads_per_rank()
 
 
 def _totals(sources: list[dict], row_len: int) -> dict:
-    totals: dict = {"documents_read": 0, "documents_kept": 0, "documents_rejected": 0, "rejected_by_reason": {},
-                    "stripped_by_filter": {}}
+    totals: dict = {
+        "documents_read": 0,
+        "documents_kept": 0,
+        "documents_rejected": 0,
+        "rejected_by_reason": {},
+        "stripped_by_filter": {},
+    }
     for split in ("train", "val"):
         totals[split] = {k: 0 for k in ("rows", "tokens", "padding", "truncated_documents")}
     for src in sources:

@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.errors import JobError
-from pipeline.utils.fs import atomic_write_text, read_format_json
-
-from pipeline.utils.fs import file_sha256
+from pipeline.utils.fs import atomic_write_text, file_sha256, read_format_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "parscale-prep/1"
@@ -24,8 +22,9 @@ def write_manifest(out: Path, manifest: dict) -> Path:
 
 
 def read_manifest(directory: str | Path) -> dict:
-    return read_format_json(Path(directory) / MANIFEST_NAME, FORMAT, ManifestError,
-                            "run 'parscale prep' for this data first")
+    return read_format_json(
+        Path(directory) / MANIFEST_NAME, FORMAT, ManifestError, "run 'parscale prep' for this data first"
+    )
 
 
 def verify_tokenizer(directory: str | Path, tokenizer_path: str | Path) -> None:

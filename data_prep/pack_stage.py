@@ -38,14 +38,25 @@ class ShardProgress:
         atomic_write_text(self.path, json.dumps(self.done, indent=1))
 
 
-def pack_source(plan: SourcePlan, index: int, cfg: JobConfig, out: Path, work: Path, dtype: np.dtype,
-                progress: ShardProgress, seen: set[int] | None, advance) -> dict:
+def pack_source(
+    plan: SourcePlan,
+    index: int,
+    cfg: JobConfig,
+    out: Path,
+    work: Path,
+    dtype: np.dtype,
+    progress: ShardProgress,
+    seen: set[int] | None,
+    advance,
+) -> dict:
     """Pack one source; returns its manifest entry."""
     src = cfg.data.sources[index]
     row_len = cfg.packing.seq_len + 1
     packers = {s: make_packer(cfg.packing.strategy, row_len, cfg.packing.best_fit_window) for s in SPLITS}
-    writers = {s: ShardWriter(out, f"{s}/{plan.name}", dtype, cfg.packing.sequences_per_shard,
-                              progress.done, progress.record) for s in SPLITS}
+    writers = {
+        s: ShardWriter(out, f"{s}/{plan.name}", dtype, cfg.packing.sequences_per_shard, progress.done, progress.record)
+        for s in SPLITS
+    }
     rejected, stripped, read, kept = RejectLog(), RejectLog(), 0, 0
     for unit in plan.units:
         result = UnitResult.load(unit_path(work, unit.key))
@@ -53,7 +64,9 @@ def pack_source(plan: SourcePlan, index: int, cfg: JobConfig, out: Path, work: P
         rejected.merge(result.rejected)
         stripped.merge(result.stripped)
         ends = np.cumsum(result.lengths)
-        for end, length, doc_hash, where in zip(ends, result.lengths, result.hashes.tolist(), result.wheres):
+        for end, length, doc_hash, where in zip(
+            ends, result.lengths, result.hashes.tolist(), result.wheres, strict=True
+        ):
             if seen is not None:
                 if doc_hash in seen:
                     rejected.note(DUPLICATE, where)
@@ -70,11 +83,16 @@ def pack_source(plan: SourcePlan, index: int, cfg: JobConfig, out: Path, work: P
             writers[s].add(row)
         shards = writers[s].close()
         stats = packers[s].stats
-        splits[s] = {**stats.as_dict(),
-                     "padding_fraction": stats.padding / (stats.rows * row_len) if stats.rows else 0.0,
-                     "shards": shards}
+        splits[s] = {
+            **stats.as_dict(),
+            "padding_fraction": stats.padding / (stats.rows * row_len) if stats.rows else 0.0,
+            "shards": shards,
+        }
     return {
-        "name": plan.name, "type": src.type, "weight": src.weight, "units": len(plan.units),
+        "name": plan.name,
+        "type": src.type,
+        "weight": src.weight,
+        "units": len(plan.units),
         "documents": {"read": read, "kept": kept, "rejected": rejected.total},
         "rejected": rejected.to_dict(),
         "stripped": stripped.to_dict(),

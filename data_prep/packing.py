@@ -14,8 +14,8 @@ and mask attention at document boundaries. Rows shorter than ``row_len`` are pad
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -37,8 +37,13 @@ class Reporter:
         if not self.enabled:
             yield lambda n, tokens=0: None
             return
-        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeRemainingColumn()]
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+        ]
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(label, total=max(total, 1), completed=done, rate="")
 
@@ -57,14 +62,24 @@ class Reporter:
         for src in manifest["sources"]:
             tr, va = src["splits"]["train"], src["splits"]["val"]
             docs = src["documents"]
-            table.add_row(src["name"], f"{docs['read']:,}/{docs['kept']:,}", f"{docs['rejected']:,}",
-                          f"{tr['tokens']:,}", f"{tr['rows']:,}/{va['rows']:,}", f"{tr['padding_fraction']:.2%}",
-                          f"{tr['truncated_documents'] + va['truncated_documents']:,}")
+            table.add_row(
+                src["name"],
+                f"{docs['read']:,}/{docs['kept']:,}",
+                f"{docs['rejected']:,}",
+                f"{tr['tokens']:,}",
+                f"{tr['rows']:,}/{va['rows']:,}",
+                f"{tr['padding_fraction']:.2%}",
+                f"{tr['truncated_documents'] + va['truncated_documents']:,}",
+            )
         self.console.print(table)
         reasons = manifest["totals"]["rejected_by_reason"]
         if reasons:
-            self.console.print("rejected: " + ", ".join(f"{r} {n}" for r, n in reasons.items())
-                               + " (first examples per reason in manifest.json)")
+            self.console.print(
+                "rejected: "
+                + ", ".join(f"{r} {n}" for r, n in reasons.items())
+                + " (first examples per reason in manifest.json)"
+            )
         for name, n in manifest["totals"].get("stripped_by_filter", {}).items():
-            self.console.print(f"{name}: stripped from {n:,} kept documents (data.{name}: strip; "
-                               "first examples in manifest.json)")
+            self.console.print(
+                f"{name}: stripped from {n:,} kept documents (data.{name}: strip; first examples in manifest.json)"
+            )

@@ -47,8 +47,10 @@ def wait_for_nodes(address: str, nodes: int, timeout: float, poll: float = 1.0) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.ray_cluster",
-                                     description="Wait until a Ray cluster has NODES alive nodes (exit 1 on timeout).")
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.ray_cluster",
+        description="Wait until a Ray cluster has NODES alive nodes (exit 1 on timeout).",
+    )
     parser.add_argument("--address", required=True, help="the head's host:port")
     parser.add_argument("--nodes", type=int, default=1, help="nodes to wait for, the head included")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")

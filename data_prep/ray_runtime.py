@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOCAL_OBJECT_STORE = 512 * 1024**2  # only small summaries travel through it
 

@@ -4,8 +4,8 @@ rejection with its reason and where it was (file:line, file, or file#row)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from .compression import compression, open_binary, stream_errors
 from .units import WorkUnit

@@ -19,7 +19,7 @@ class RejectLog:
         if len(kept) < EXAMPLES_PER_REASON:
             kept.append(where)
 
-    def merge(self, other: "RejectLog") -> None:
+    def merge(self, other: RejectLog) -> None:
         """Add ``other`` (a later part of the same input), keeping the earliest examples."""
         self.counts.update(other.counts)
         for reason, wheres in other.examples.items():
@@ -32,8 +32,11 @@ class RejectLog:
 
     def to_dict(self) -> dict:
         reasons = sorted(self.counts)
-        return {"counts": {r: self.counts[r] for r in reasons}, "examples": {r: self.examples.get(r, []) for r in reasons}}
+        return {
+            "counts": {r: self.counts[r] for r in reasons},
+            "examples": {r: self.examples.get(r, []) for r in reasons},
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RejectLog":
+    def from_dict(cls, data: dict) -> RejectLog:
         return cls(Counter(data["counts"]), {k: list(v) for k, v in data["examples"].items()})

@@ -6,25 +6,37 @@ renamed when complete; shards a previous run finished (same checksum on disk) ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .packing import Row
 from pipeline.utils.fs import file_sha256, staged_file
+
+from .packing import Row
 
 
 def shard_entry_ok(root: Path, entry: dict) -> bool:
     """The shard's files exist and match the checksums recorded when it was written."""
     bin_path, idx_path = root / f"{entry['prefix']}.bin", root / f"{entry['prefix']}.idx"
-    return (bin_path.is_file() and idx_path.is_file() and file_sha256(bin_path) == entry["bin_sha256"]
-            and file_sha256(idx_path) == entry["idx_sha256"])
+    return (
+        bin_path.is_file()
+        and idx_path.is_file()
+        and file_sha256(bin_path) == entry["bin_sha256"]
+        and file_sha256(idx_path) == entry["idx_sha256"]
+    )
 
 
 class ShardWriter:
-    def __init__(self, root: Path, prefix: str, dtype: np.dtype, rows_per_shard: int,
-                 finished: dict[str, dict], on_shard: Callable[[dict], None]):
+    def __init__(
+        self,
+        root: Path,
+        prefix: str,
+        dtype: np.dtype,
+        rows_per_shard: int,
+        finished: dict[str, dict],
+        on_shard: Callable[[dict], None],
+    ):
         self.root, self.prefix, self.dtype = root, prefix, dtype
         self.rows_per_shard = rows_per_shard
         self.finished = finished  # prefix -> entry, from an earlier run
@@ -68,9 +80,14 @@ class ShardWriter:
             for row in rows:
                 builder.add_document(row.tokens, row.segments)
             builder.finalize(str(tmp_idx))
-            entry = {"prefix": name, "sequences": len(rows), "bin_sha256": file_sha256(tmp_bin),
-                     "idx_sha256": file_sha256(tmp_idx), "bin_bytes": tmp_bin.stat().st_size,
-                     "idx_bytes": tmp_idx.stat().st_size}
+            entry = {
+                "prefix": name,
+                "sequences": len(rows),
+                "bin_sha256": file_sha256(tmp_bin),
+                "idx_sha256": file_sha256(tmp_idx),
+                "bin_bytes": tmp_bin.stat().st_size,
+                "idx_bytes": tmp_idx.stat().st_size,
+            }
         return entry
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import sentencepiece as spm
 
 from pipeline.config.data import DataConfig
 from pipeline.utils.fs import staged_file
@@ -35,17 +36,25 @@ class UnitResult:
         meta = json.dumps({"read": self.read, "rejected": self.rejected.to_dict(), "stripped": self.stripped.to_dict()})
         wheres = np.frombuffer("\n".join(self.wheres).encode("utf-8"), np.uint8)
         with staged_file(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, tokens=self.tokens, lengths=self.lengths, hashes=self.hashes, wheres=wheres,
-                     meta=np.array(meta))
+            np.savez(
+                handle, tokens=self.tokens, lengths=self.lengths, hashes=self.hashes, wheres=wheres, meta=np.array(meta)
+            )
 
     @classmethod
-    def load(cls, path: Path) -> "UnitResult":
+    def load(cls, path: Path) -> UnitResult:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             wheres = data["wheres"].tobytes().decode("utf-8").split("\n") if data["lengths"].size else []
             stripped = RejectLog.from_dict(meta["stripped"]) if "stripped" in meta else RejectLog()
-            return cls(data["tokens"], data["lengths"], data["hashes"], wheres, meta["read"],
-                       RejectLog.from_dict(meta["rejected"]), stripped)
+            return cls(
+                data["tokens"],
+                data["lengths"],
+                data["hashes"],
+                wheres,
+                meta["read"],
+                RejectLog.from_dict(meta["rejected"]),
+                stripped,
+            )
 
 
 def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int, threads: int = 1) -> UnitResult:
@@ -74,7 +83,7 @@ def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int
     lengths = np.fromiter((len(p) + 1 for p in pieces), np.int64, len(pieces))
     tokens = np.empty(int(lengths.sum()), dtype)
     ends = np.cumsum(lengths)
-    for ids, end, n in zip(pieces, ends, lengths):
+    for ids, end, n in zip(pieces, ends, lengths, strict=True):
         tokens[end - n : end - 1] = ids
         tokens[end - 1] = eod
     result.tokens, result.lengths, result.hashes = tokens, lengths, np.array(hashes, np.uint64)
@@ -86,8 +95,6 @@ class UnitTokenizer:
     """Ray actor: holds the sentencepiece model, tokenizes units handed to it."""
 
     def __init__(self, model_path: str, data_json: str, dtype: str, eod: int):
-        import sentencepiece as spm
-
         self.sp = spm.SentencePieceProcessor(model_file=model_path)
         self.data = DataConfig.model_validate_json(data_json)
         self.dtype = np.dtype(dtype)
@@ -100,5 +107,9 @@ class UnitTokenizer:
         work = WorkUnit.from_dict(unit)
         result = process_unit(work, self.sp, self.data, self.dtype, self.eod)
         result.save(Path(out))
-        return {"key": work.key, "bytes": work.size, "tokens": int(result.tokens.size),
-                "docs": int(result.lengths.size)}
+        return {
+            "key": work.key,
+            "bytes": work.size,
+            "tokens": int(result.tokens.size),
+            "docs": int(result.lengths.size),
+        }

@@ -8,9 +8,9 @@ import io
 import random
 import shutil
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
@@ -65,18 +65,37 @@ def train(cfg: TokenizerConfig, sample: list[str], seed: int, out: Path) -> Path
     model = io.BytesIO()
     symbols = ALWAYS_WHOLE + [s for s in cfg.user_defined_symbols if s not in ALWAYS_WHOLE]
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_lines(sample), model_writer=model, model_type=cfg.type,
-        vocab_size=cfg.vocab_size, byte_fallback=cfg.byte_fallback, character_coverage=cfg.character_coverage,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True, split_digits=True, user_defined_symbols=symbols,
-        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, max_sentence_length=1 << 16,
-        hard_vocab_limit=False, num_threads=1, seed_sentencepiece_size=100_000, minloglevel=2,
+        sentence_iterator=_lines(sample),
+        model_writer=model,
+        model_type=cfg.type,
+        vocab_size=cfg.vocab_size,
+        byte_fallback=cfg.byte_fallback,
+        character_coverage=cfg.character_coverage,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        user_defined_symbols=symbols,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        max_sentence_length=1 << 16,
+        hard_vocab_limit=False,
+        num_threads=1,
+        seed_sentencepiece_size=100_000,
+        minloglevel=2,
     )
     got = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
     if got < cfg.vocab_size:
-        print(f"warning: tokenizer.vocab_size is {cfg.vocab_size}, but sentencepiece made {got} pieces from this "
-              f"sample (too few distinct pieces in it); the data and the model use {got}. Lower "
-              "tokenizer.vocab_size, or sample more documents (tokenizer.sample_docs).", file=sys.stderr, flush=True)
+        print(
+            f"warning: tokenizer.vocab_size is {cfg.vocab_size}, but sentencepiece made {got} pieces from this "
+            f"sample (too few distinct pieces in it); the data and the model use {got}. Lower "
+            "tokenizer.vocab_size, or sample more documents (tokenizer.sample_docs).",
+            file=sys.stderr,
+            flush=True,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model.getvalue())
     return out
@@ -107,6 +126,12 @@ def load(path: str | Path) -> spm.SentencePieceProcessor:
 def describe(path: Path, cfg_type: str) -> TokenizerInfo:
     sp = load(path)
     return TokenizerInfo(
-        path=path.name, sha256=file_sha256(path), vocab_size=sp.get_piece_size(), type=cfg_type,
-        pad_id=sp.pad_id(), eos_id=sp.eos_id(), bos_id=sp.bos_id(), unk_id=sp.unk_id(),
+        path=path.name,
+        sha256=file_sha256(path),
+        vocab_size=sp.get_piece_size(),
+        type=cfg_type,
+        pad_id=sp.pad_id(),
+        eos_id=sp.eos_id(),
+        bos_id=sp.bos_id(),
+        unk_id=sp.unk_id(),
     )

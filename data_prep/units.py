@@ -46,7 +46,7 @@ class WorkUnit:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "WorkUnit":
+    def from_dict(cls, data: dict) -> WorkUnit:
         return cls(**{**data, "files": tuple(data["files"])})
 
 
@@ -69,8 +69,14 @@ def _expand(path: str, patterns: str | tuple[str, ...], key: str, exclude: list[
         found = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     elif os.path.isdir(path):
         root = Path(path)
-        found = sorted({str(p) for pattern in patterns for p in root.glob(pattern)
-                        if p.is_file() and not any(fnmatch.fnmatch(str(p.relative_to(root)), x) for x in exclude)})
+        found = sorted(
+            {
+                str(p)
+                for pattern in patterns
+                for p in root.glob(pattern)
+                if p.is_file() and not any(fnmatch.fnmatch(str(p.relative_to(root)), x) for x in exclude)
+            }
+        )
     elif os.path.isfile(path):
         found = [path]
     else:
@@ -157,7 +163,15 @@ def _arrow_units(files: list[str], rows: int, nbytes: int, source: int, unit_byt
     per_row = max(1, nbytes // max(1, rows))
     step = max(1, unit_bytes // per_row)
     return [
-        WorkUnit(source, i, "arrow", tuple(files), start, min(rows, start + step), size=(min(rows, start + step) - start) * per_row)
+        WorkUnit(
+            source,
+            i,
+            "arrow",
+            tuple(files),
+            start,
+            min(rows, start + step),
+            size=(min(rows, start + step) - start) * per_row,
+        )
         for i, start in enumerate(range(0, rows, step))
     ]
 

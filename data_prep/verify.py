@@ -20,8 +20,9 @@ def dataset_problems(directory: str | Path, hashes: bool = False) -> list[str]:
     if not tokenizer.is_file():
         found.append(f"{tokenizer}: missing")
     elif file_sha256(tokenizer) != manifest["tokenizer"]["sha256"]:
-        found.append(f"{tokenizer}: not the tokenizer this data was tokenized with (sha256 differs from "
-                     f"{root / MANIFEST_NAME})")
+        found.append(
+            f"{tokenizer}: not the tokenizer this data was tokenized with (sha256 differs from {root / MANIFEST_NAME})"
+        )
     for source in manifest["sources"]:
         for split in source["splits"].values():
             for shard in split["shards"]:

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="parscale",
         description="Pretrain Parallel Scaling (ParScale) language models: Ray data prep, DeepSpeed ZeRO + "
-                    "megatron-core tensor parallelism (stage 1 dense, stage 2 ParScale), checkpoint tools.",
+        "megatron-core tensor parallelism (stage 1 dense, stage 2 ParScale), checkpoint tools.",
         epilog="Every subcommand has --help. Configs: configs/*.yaml; override any key with --set a.b=c.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        print(f"parscale {args.command}: no space left on device: {exc.filename or 'a file being written'}; free "
-              "space and rerun the same command (finished work is kept)", file=sys.stderr)
+        print(
+            f"parscale {args.command}: no space left on device: {exc.filename or 'a file being written'}; free "
+            "space and rerun the same command (finished work is kept)",
+            file=sys.stderr,
+        )
         return EXIT_USER_ERROR
 
 

@@ -12,8 +12,18 @@ from pathlib import Path
 from conftest import REPO
 
 LAUNCH = REPO / "launch"
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NNODES",
-                 "NPROC_PER_NODE", "OMP_NUM_THREADS", "DRY_RUN")
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NNODES",
+    "NPROC_PER_NODE",
+    "OMP_NUM_THREADS",
+    "DRY_RUN",
+)
 
 FAKE_SRUN = """#!/usr/bin/env bash
 # srun stand-in: runs the step's one task here, without srun's own options
@@ -37,10 +47,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def run_script(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
-               cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LAUNCH / script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=env if env is not None else clean_env())
+def run_script(
+    script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(LAUNCH / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+    )
 
 
 def fake_slurm(folder: Path) -> Path:

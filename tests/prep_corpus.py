@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
-         "upsilon phi chi psi omega").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+    "upsilon phi chi psi omega"
+).split()
 
 
 def text_doc(i: int, n_words: int = 0) -> str:
     n = n_words or 5 + (i * 7) % 60
     words = [WORDS[(i * 3 + k * k) % len(WORDS)] for k in range(n)]
-    return f"doc {i}: " + " ".join(words) + ("\n" + "    x = %d\n" % i if i % 3 == 0 else "")
+    return f"doc {i}: " + " ".join(words) + (f"\n    x = {i}\n" if i % 3 == 0 else "")
 
 
 def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:

@@ -13,19 +13,30 @@ from pipeline.config import ConfigError, load_config
 from pipeline.scaling.ablation import Stage2Ablation
 from pipeline.scaling.ablation_report import findings, summarize, table
 
-VARIANTS = [{"name": "eps-0", "set": {"stage2.parscale.eps": 0.0}},
-            {"name": "lr-x10", "set": {"optimizer.parscale_lr_mult": 10}}]
+VARIANTS = [
+    {"name": "eps-0", "set": {"stage2.parscale.eps": 0.0}},
+    {"name": "lr-x10", "set": {"optimizer.parscale_lr_mult": 10}},
+]
 
 
 def _config(tmp_path, variants=VARIANTS, seeds=2):
-    cfg = {"run": {"name": "abl", "output_dir": str(tmp_path / "job"), "seed": 7},
-           "data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "data")},
-           "packing": {"seq_len": 32},
-           "model": {"num_layers": 2, "hidden_size": 32, "ffn_hidden_size": 64, "num_attention_heads": 4,
-                     "num_kv_heads": 2, "max_seq_len": 64},
-           "parallel": {"data_parallel_size": 2, "micro_batch_size": 2, "global_batch_size": 8},
-           "train": {"tokens": 2048}, "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 1024},
-           "ablation": {"seeds": seeds, "variants": variants}}
+    cfg = {
+        "run": {"name": "abl", "output_dir": str(tmp_path / "job"), "seed": 7},
+        "data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "data")},
+        "packing": {"seq_len": 32},
+        "model": {
+            "num_layers": 2,
+            "hidden_size": 32,
+            "ffn_hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_kv_heads": 2,
+            "max_seq_len": 64,
+        },
+        "parallel": {"data_parallel_size": 2, "micro_batch_size": 2, "global_batch_size": 8},
+        "train": {"tokens": 2048},
+        "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 1024},
+        "ablation": {"seeds": seeds, "variants": variants},
+    }
     path = tmp_path / "ablate.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -52,12 +63,15 @@ def test_the_plan_shares_stage_1_and_gives_each_variant_its_settings_and_seeds(t
     assert by_key["baseline-seed1"].sets == () and by_key["eps-0-seed0"].sets == ("stage2.parscale.eps=0.0",)
 
 
-@pytest.mark.parametrize("variants, expected", [
-    ([{"name": "wide", "set": {"model.hidden_size": 64}}], "a variant may set only stage2.* / optimizer.* keys"),
-    ([{"name": "a", "set": {"stage2.tokens": 10}}, {"name": "a", "set": {"stage2.tokens": 20}}], "must be unique"),
-    ([{"name": "baseline", "set": {"stage2.tokens": 10}}], "not 'baseline'"),
-    ([{"name": "empty", "set": {}}], "ablation.variants[0].set"),
-])
+@pytest.mark.parametrize(
+    "variants, expected",
+    [
+        ([{"name": "wide", "set": {"model.hidden_size": 64}}], "a variant may set only stage2.* / optimizer.* keys"),
+        ([{"name": "a", "set": {"stage2.tokens": 10}}, {"name": "a", "set": {"stage2.tokens": 20}}], "must be unique"),
+        ([{"name": "baseline", "set": {"stage2.tokens": 10}}], "not 'baseline'"),
+        ([{"name": "empty", "set": {}}], "ablation.variants[0].set"),
+    ],
+)
 def test_bad_variants_are_refused_naming_the_key(tmp_path, variants, expected):
     with pytest.raises(ConfigError) as err:
         load_config(_config(tmp_path, variants))
@@ -71,15 +85,28 @@ def test_a_variant_that_changes_p_is_refused(tmp_path):
 
 
 def _result(loss, gain=None, spread=None, cosine=None):
-    return {"val_loss": loss, "diversity_gain": gain, "stream_spread": spread, "weight_entropy": math.log(2) * 0.9,
-            "max_mean_weight": 0.6, "prefix_cosine": cosine, "update_cosine": cosine}
+    return {
+        "val_loss": loss,
+        "diversity_gain": gain,
+        "stream_spread": spread,
+        "weight_entropy": math.log(2) * 0.9,
+        "max_mean_weight": 0.6,
+        "prefix_cosine": cosine,
+        "update_cosine": cosine,
+    }
 
 
 def test_the_summary_averages_seeds_and_judges_each_difference_against_its_seed_spreads():
-    results = {"baseline-seed0": _result(3.00, 0.0, 0.01, 0.9), "baseline-seed1": _result(3.02, 0.0, 0.01, 0.9),
-               "good-seed0": _result(2.90, 0.01, 0.1, 0.2), "good-seed1": _result(2.92, 0.03, 0.1, 0.4),
-               "same-seed0": _result(3.00), "same-seed1": _result(3.03),
-               "dense": {"val_loss": 3.05}, "prefix1": {"val_loss": 3.01}}
+    results = {
+        "baseline-seed0": _result(3.00, 0.0, 0.01, 0.9),
+        "baseline-seed1": _result(3.02, 0.0, 0.01, 0.9),
+        "good-seed0": _result(2.90, 0.01, 0.1, 0.2),
+        "good-seed1": _result(2.92, 0.03, 0.1, 0.4),
+        "same-seed0": _result(3.00),
+        "same-seed1": _result(3.03),
+        "dense": {"val_loss": 3.05},
+        "prefix1": {"val_loss": 3.01},
+    }
     plan = [(n, s, ()) for n in ("baseline", "good", "same") for s in (0, 1)]
     rows = {r["variant"]: r for r in summarize(plan, results, streams=2)}
     good = rows["good"]

@@ -3,6 +3,7 @@ imports itself back through another, and each rule issue 17 found copied lives i
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import grimp
 import pytest
-
 from conftest import REPO
 
 PACKAGES = ("pipeline", "data_prep", "checkpoints_tools")
@@ -20,8 +20,9 @@ def test_layer_contract_is_kept():
     """``lint-imports`` (import-linter) with the contract in pyproject.toml: CLI > commands > scaling >
     job > checkpoints_tools > training > checkpoint > data > model > data_prep > distributed >
     config > utils > errors; a lower layer never imports a higher one (function-local imports count)."""
-    proc = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "Contracts: 1 kept, 0 broken." in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -47,28 +48,101 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
         (tmp_path / "loop_pkg" / f"{name}.py").write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _import_cycles(grimp.build_graph("loop_pkg", cache_dir=None)) == [
-        ("loop_pkg.a", "loop_pkg.b", "loop_pkg.a"), ("loop_pkg.b", "loop_pkg.a", "loop_pkg.b")]
+        ("loop_pkg.a", "loop_pkg.b", "loop_pkg.a"),
+        ("loop_pkg.b", "loop_pkg.a", "loop_pkg.b"),
+    ]
 
 
 #: (what the rule is, a pattern of its definition, the one file allowed to hold it)
 ONE_PLACE = [
     ("which parameters are ParScale's", r'"\.prefix\."|"aggregate_layer"', "pipeline/model/param_groups.py"),
-    ("the vocabulary-row parameters", r'"model\.embed_tokens\.weight",\s*"lm_head\.weight"',
-     "pipeline/model/param_groups.py"),
-    ("the checkpoint folder's file names", r'"trainer_state\.json"|"resharded\.json"|"COMPLETE"|= "latest"',
-     "pipeline/checkpoint/layout.py"),
+    (
+        "the vocabulary-row parameters",
+        r'"model\.embed_tokens\.weight",\s*"lm_head\.weight"',
+        "pipeline/model/param_groups.py",
+    ),
+    (
+        "the checkpoint folder's file names",
+        r'"trainer_state\.json"|"resharded\.json"|"COMPLETE"|= "latest"',
+        "pipeline/checkpoint/layout.py",
+    ),
     ("the batches' pad id", r'\["pad_id"\]', "pipeline/data/loader.py"),
     ("steps from a token budget", r"math\.ceil\([^)]*\.tokens\b", "pipeline/config/training.py"),
     ("the config arguments of a command", r"def add_config_args", "pipeline/config/cli_args.py"),
-    ("the validation loss loop", r"out\.loss\.double\(\) \* tokens|out\.loss\.item\(\) \*",
-     "pipeline/training/evaluation.py"),
+    (
+        "the validation loss loop",
+        r"out\.loss\.double\(\) \* tokens|out\.loss\.item\(\) \*",
+        "pipeline/training/evaluation.py",
+    ),
     ("a file or folder written under a temporary name", r'\.staging"|\.tmp"|mkstemp\(', "pipeline/utils/fs.py"),
-    ("TP divisibility of the model", r"(?<!world_size )% (tp|tp_size|tensor_parallel_size)\b", "pipeline/config/model.py"),
+    (
+        "TP divisibility of the model",
+        r"(?<!world_size )% (tp|tp_size|tensor_parallel_size)\b",
+        "pipeline/config/model.py",
+    ),
 ]
 
 
 @pytest.mark.parametrize("rule, pattern, home", ONE_PLACE, ids=[r[0] for r in ONE_PLACE])
 def test_each_rule_lives_in_one_place(rule, pattern, home):
-    found = sorted({str(p.relative_to(REPO)) for package in (*PACKAGES, "benchmarks")
-                    for p in (REPO / package).rglob("*.py") if re.search(pattern, p.read_text(), re.M)})
+    found = sorted(
+        {
+            str(p.relative_to(REPO))
+            for package in (*PACKAGES, "benchmarks")
+            for p in (REPO / package).rglob("*.py")
+            if re.search(pattern, p.read_text(), re.M)
+        }
+    )
     assert found == [home], f"{rule}: {found}"
+
+
+#: third-party libraries imported inside the function that uses them: costly to import (a command
+#: pays only for what it runs; Ray actors and the CLI start fast) or, DeepSpeed, needing the
+#: accelerator chosen before its import
+IMPORTED_WHERE_USED = {
+    "deepspeed",
+    "megatron",
+    "ray",
+    "matplotlib",
+    "transformers",
+    "datasets",
+    "pyarrow",
+    "wandb",
+    "zstandard",
+}
+#: the command-line entry points, whose subcommands import what they run when they run
+CLI_MODULES = ("pipeline/cli.py", "pipeline/commands/", "data_prep/cli.py", "checkpoints_tools/cli.py")
+
+
+def _local_imports(source: str) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom):
+                    found.append((sub.lineno, "." * sub.level + (sub.module or "")))
+                elif isinstance(sub, ast.Import):
+                    found += [(sub.lineno, alias.name) for alias in sub.names]
+    return [(line, name) for line, name in found if name.split(".")[0] not in IMPORTED_WHERE_USED]
+
+
+def test_function_local_imports_only_where_import_cost_matters():
+    found = [
+        f"{p.relative_to(REPO)}:{line} imports {name}"
+        for package in PACKAGES
+        for p in (REPO / package).rglob("*.py")
+        if not str(p.relative_to(REPO)).startswith(CLI_MODULES)
+        for line, name in _local_imports(p.read_text())
+    ]
+    assert found == []
+    assert _local_imports("def f():\n    import json\n    from .x import y\n    import ray\n") == [
+        (2, "json"),
+        (3, ".x"),
+    ]
+
+
+def test_the_cli_starts_without_importing_torch_or_the_heavy_libraries():
+    heavy = sorted({"torch", *IMPORTED_WHERE_USED})
+    code = f"import sys, pipeline.cli; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

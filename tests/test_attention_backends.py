@@ -17,8 +17,16 @@ from pipeline.model import ParScaleLM, flex
 from pipeline.model.masks import segment_ids_from_lengths
 
 VOCAB = 128
-CFG = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=8, num_kv_heads=4,
-                  vocab_size=VOCAB, pad_vocab_to_multiple_of=32, max_seq_len=512)
+CFG = ModelConfig(
+    num_layers=2,
+    hidden_size=64,
+    ffn_hidden_size=96,
+    num_attention_heads=8,
+    num_kv_heads=4,
+    vocab_size=VOCAB,
+    pad_vocab_to_multiple_of=32,
+    max_seq_len=512,
+)
 # three rows of 200 tokens: several documents, one document, documents then a padded tail (its own segment,
 # as the collate function writes it)
 LENGTHS = [[37, 90, 1, 72], [200], [60, 77, 40, 23]]
@@ -65,8 +73,9 @@ def test_flex_equals_sdpa_without_document_attention():
 def test_one_block_mask_per_batch_shared_by_layers_and_streams(monkeypatch):
     built, seen = [], []
     make = flex.document_block_mask
-    monkeypatch.setattr("pipeline.model.lm.document_block_mask",
-                        lambda *a, **k: built.append(make(*a, **k)) or built[-1])
+    monkeypatch.setattr(
+        "pipeline.model.lm.document_block_mask", lambda *a, **k: built.append(make(*a, **k)) or built[-1]
+    )
     monkeypatch.setattr("pipeline.model.attention.attend", lambda q, k, v, mask: seen.append(mask) or q)
     model = _model(4, 16)
     model.attention_backend = "flex"

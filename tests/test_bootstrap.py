@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import CONFIGS, run_module
 
 from pipeline.distributed import runtime
 from pipeline.distributed.launcher import TorchrunLaunch
-
-from conftest import CONFIGS, run_module
 
 DEMO = str(CONFIGS / "demo.yaml")
 HEALTHCHECK = "pipeline.distributed.healthcheck"
@@ -33,8 +32,16 @@ def _torchrun(tmp_path, nproc: int, *overrides: str) -> dict:
 @pytest.fixture(scope="module")
 def world_of_one(tmp_path_factory):
     out = tmp_path_factory.mktemp("w1")
-    proc = run_module(HEALTHCHECK, DEMO, "--out", str(out), "--set", "parallel.tensor_parallel_size=1",
-                      "--set", "parallel.data_parallel_size=1")
+    proc = run_module(
+        HEALTHCHECK,
+        DEMO,
+        "--out",
+        str(out),
+        "--set",
+        "parallel.tensor_parallel_size=1",
+        "--set",
+        "parallel.data_parallel_size=1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return _topology(out)
 
@@ -64,8 +71,9 @@ def test_two_processes_tensor_parallel(tmp_path, world_of_one):
 
 @pytest.mark.multiprocess
 def test_two_processes_data_parallel_zero3(tmp_path):
-    topo = _torchrun(tmp_path, 2, "parallel.tensor_parallel_size=1", "parallel.data_parallel_size=2",
-                     "parallel.zero_stage=3")
+    topo = _torchrun(
+        tmp_path, 2, "parallel.tensor_parallel_size=1", "parallel.data_parallel_size=2", "parallel.zero_stage=3"
+    )
     assert topo["ok"] and (topo["tp_size"], topo["dp_size"]) == (1, 2)
     for rank, record in enumerate(topo["ranks"]):
         ctx = record["context"]
@@ -76,11 +84,22 @@ def test_two_processes_data_parallel_zero3(tmp_path):
 
 
 def test_world_size_mismatch_names_the_config_key(tmp_path):
-    proc = run_module(HEALTHCHECK, DEMO, "--out", str(tmp_path), "--set", "parallel.tensor_parallel_size=1",
-                      "--set", "parallel.data_parallel_size=2", "--no-deepspeed")
+    proc = run_module(
+        HEALTHCHECK,
+        DEMO,
+        "--out",
+        str(tmp_path),
+        "--set",
+        "parallel.tensor_parallel_size=1",
+        "--set",
+        "parallel.data_parallel_size=2",
+        "--no-deepspeed",
+    )
     assert proc.returncode == 2
-    assert "--set parallel.data_parallel_size=2: parallel.data_parallel_size: 2 x tensor_parallel_size 1 " \
-           "!= world size 1" in proc.stderr
+    assert (
+        "--set parallel.data_parallel_size=2: parallel.data_parallel_size: 2 x tensor_parallel_size 1 "
+        "!= world size 1" in proc.stderr
+    )
     assert not (tmp_path / "topology.json").exists()
 
 

@@ -34,7 +34,9 @@ def test_missing_truncated_and_flipped_files_are_each_named(tmp_path):
     (folder / "model.pt").write_bytes(b"a" * 10)
     (folder / "sub" / "optim.pt").unlink()
     assert problems(folder, hashes=False) == [
-        f"{folder / 'model.pt'}: 10 bytes, 1000 when saved (truncated or overwritten)", f"{folder / 'sub/optim.pt'}: missing"]
+        f"{folder / 'model.pt'}: 10 bytes, 1000 when saved (truncated or overwritten)",
+        f"{folder / 'sub/optim.pt'}: missing",
+    ]
 
 
 def test_a_folder_saved_before_records_existed_has_none_and_a_garbled_record_is_a_problem(tmp_path):

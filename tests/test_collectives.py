@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import REPO
 
 from pipeline.distributed.runtime import free_port
@@ -20,10 +19,30 @@ from pipeline.utils import collectives
 ALLOWED = REPO / "pipeline" / "utils" / "collectives.py"
 SCANNED = ("pipeline", "checkpoints_tools", "data_prep", "benchmarks")
 COLLECTIVES = {
-    "all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "all_to_all", "all_to_all_single",
-    "barrier", "broadcast", "broadcast_object_list", "gather", "gather_object", "reduce", "reduce_scatter",
-    "reduce_scatter_tensor", "scatter", "scatter_object_list", "send", "recv", "isend", "irecv", "batch_isend_irecv",
-    "monitored_barrier", "all_reduce_coalesced", "all_gather_coalesced",
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "broadcast",
+    "broadcast_object_list",
+    "gather",
+    "gather_object",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "scatter",
+    "scatter_object_list",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+    "monitored_barrier",
+    "all_reduce_coalesced",
+    "all_gather_coalesced",
 }
 
 

@@ -6,12 +6,11 @@ import textwrap
 
 import pytest
 import yaml
+from conftest import CONFIGS
+from pydantic import TypeAdapter
 
 from pipeline.config import ConfigError, load_config, write_resolved
 from pipeline.config.base import Count
-from pydantic import TypeAdapter
-
-from conftest import CONFIGS
 
 TINY = textwrap.dedent(
     """\
@@ -69,8 +68,11 @@ def test_misspelt_key_names_key_file_and_line(write_yaml):
         ("data:\n  sources: []\n", "data.sources", "at least 1 item"),
         ("data:\n  sources:\n    - type: jsonl\n", "data.sources[0].path", "required key is missing"),
         ("data:\n  sources:\n    - type: csv\n      path: x\n", "data.sources[0]", "'csv' found using 'type'"),
-        ("data:\n  sources:\n    - type: code\n      path: x\n      text_field: t\n",
-         "data.sources[0].text_field", "unknown key"),
+        (
+            "data:\n  sources:\n    - type: code\n      path: x\n      text_field: t\n",
+            "data.sources[0].text_field",
+            "unknown key",
+        ),
         ("schedule:\n  decay_fraction: 2\n", "schedule.decay_fraction", "less than or equal to 1"),
     ],
 )
@@ -113,8 +115,10 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("text, value", [("20e9", 20 * 10**9), ("1T", 10**12), ("1.5M", 1_500_000),
-                                         (2e10, 2 * 10**10), ("20_000", 20_000), (7, 7)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("20e9", 20 * 10**9), ("1T", 10**12), ("1.5M", 1_500_000), (2e10, 2 * 10**10), ("20_000", 20_000), (7, 7)],
+)
 def test_counts_accept_natural_spellings(text, value):
     assert TypeAdapter(Count).validate_python(text) == value
 
@@ -128,9 +132,14 @@ def test_counts_refuse_fractions():
 
 
 def test_base_inheritance_deep_merges(write_yaml):
-    write_yaml("presets/model.yaml", "model:\n  num_layers: 8\n  hidden_size: 128\n  ffn_hidden_size: 256\n"
-                                     "  num_attention_heads: 8\n  num_kv_heads: 2\n  rope_base: 500000\n")
-    write_yaml("parent.yaml", "base: presets/model.yaml\ntrain:\n  tokens: 5M\noptimizer:\n  lr: 1e-3\n  weight_decay: 0.05\n")
+    write_yaml(
+        "presets/model.yaml",
+        "model:\n  num_layers: 8\n  hidden_size: 128\n  ffn_hidden_size: 256\n"
+        "  num_attention_heads: 8\n  num_kv_heads: 2\n  rope_base: 500000\n",
+    )
+    write_yaml(
+        "parent.yaml", "base: presets/model.yaml\ntrain:\n  tokens: 5M\noptimizer:\n  lr: 1e-3\n  weight_decay: 0.05\n"
+    )
     child = write_yaml("child.yaml", "base: parent.yaml\nmodel:\n  num_layers: 2\noptimizer:\n  lr: 2e-4\n")
     loaded = load_config(child)
     cfg = loaded.config
@@ -152,7 +161,9 @@ def test_list_of_bases_later_wins(write_yaml):
 
 def test_lists_are_replaced_not_merged(write_yaml):
     write_yaml("a.yaml", TINY + "data:\n  sources:\n    - type: stdlib\n    - type: code\n      path: src\n")
-    cfg = load_config(write_yaml("b.yaml", "base: a.yaml\ndata:\n  sources:\n    - type: jsonl\n      path: x.jsonl\n")).config
+    cfg = load_config(
+        write_yaml("b.yaml", "base: a.yaml\ndata:\n  sources:\n    - type: jsonl\n      path: x.jsonl\n")
+    ).config
     assert [s.type for s in cfg.data.sources] == ["jsonl"]
 
 
@@ -178,8 +189,16 @@ def test_missing_base_and_cycles(write_yaml):
 
 def test_override_nested_key_and_list_item(write_yaml):
     path = write_yaml("job.yaml", TINY)
-    loaded = load_config(path, ["model.hidden_size=512", "data.sources[0].weight=3",
-                                "optimizer.betas=[0.8, 0.9]", "parallel.precision=bf16", "train.tokens=2e9"])
+    loaded = load_config(
+        path,
+        [
+            "model.hidden_size=512",
+            "data.sources[0].weight=3",
+            "optimizer.betas=[0.8, 0.9]",
+            "parallel.precision=bf16",
+            "train.tokens=2e9",
+        ],
+    )
     cfg = loaded.config
     assert cfg.model.hidden_size == 512 and cfg.data.sources[0].weight == 3.0
     assert cfg.optimizer.betas == (0.8, 0.9) and cfg.parallel.precision == "bf16" and cfg.train.tokens == 2 * 10**9
@@ -236,10 +255,15 @@ def test_an_ffn_size_tp_cannot_split_is_refused_at_validation_by_the_checkpoint_
     path = write_yaml("job.yaml", TINY + "parallel:\n  tensor_parallel_size: 2\n")
     cfg = load_config(path).config
     bad = cfg.model.model_copy(update={"ffn_hidden_size": cfg.model.ffn_hidden_size + 1})
-    path.write_text(path.read_text().replace(f"ffn_hidden_size: {cfg.model.ffn_hidden_size}",
-                                             f"ffn_hidden_size: {bad.ffn_hidden_size}"))
+    path.write_text(
+        path.read_text().replace(
+            f"ffn_hidden_size: {cfg.model.ffn_hidden_size}", f"ffn_hidden_size: {bad.ffn_hidden_size}"
+        )
+    )
     with pytest.raises(ConfigError) as exc:
         load_config(path)
-    assert any(f"parallel.tensor_parallel_size: 2 does not divide model.ffn_hidden_size ({bad.ffn_hidden_size})" in p
-               for p in problems_of(exc))
+    assert any(
+        f"parallel.tensor_parallel_size: 2 does not divide model.ffn_hidden_size ({bad.ffn_hidden_size})" in p
+        for p in problems_of(exc)
+    )
     assert tp_problem(bad, 2) == f"TP=2 does not divide model.ffn_hidden_size={bad.ffn_hidden_size}"

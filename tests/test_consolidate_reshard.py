@@ -9,16 +9,15 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
+from train_helpers import job_config, step_losses, train
 
 from checkpoints_tools.consolidate import consolidate
 from checkpoints_tools.reshard import reshard
 from pipeline.checkpoint import integrity
 from pipeline.checkpoint.portable import CheckpointError
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
-
-from conftest import run_cli
-from train_helpers import job_config, step_losses, train
 
 PARSCALE = {"streams": 2, "prefix_len": 4}
 
@@ -72,7 +71,10 @@ def test_reshard_tp1_to_2_to_1_is_identical_and_training_resumes_at_the_new_tp(r
     assert "TP=1 vs TP=2" in first["verified"]
     back = reshard(tmp_path / "tp2" / "checkpoints", tmp_path / "tp1" / "checkpoints", 1)
     assert "TP=2 vs TP=1" in back["verified"]
-    original, returned = TrainerCheckpoint(runs / "tp1").rank_state(0), TrainerCheckpoint(tmp_path / "tp1").rank_state(0)
+    original, returned = (
+        TrainerCheckpoint(runs / "tp1").rank_state(0),
+        TrainerCheckpoint(tmp_path / "tp1").rank_state(0),
+    )
     assert original.keys() == returned.keys() and all(torch.equal(original[k], returned[k]) for k in original)
     halves = TrainerCheckpoint(tmp_path / "tp2")
     assert integrity.problems(halves.folder) == []  # reshard records its files too
@@ -81,8 +83,14 @@ def test_reshard_tp1_to_2_to_1_is_identical_and_training_resumes_at_the_new_tp(r
     assert torch.equal(halves.rank_state(1)[prefix], original[prefix][:, 1:])
 
     # the resharded checkpoint is a run folder's checkpoints: resume it at TP=2 (ZeRO 1 now) to step 12
-    config = job_config(tmp_path, runs / "data", "tp2", parallel={"tensor_parallel_size": 2, "zero_stage": 1},
-                        parscale=PARSCALE, train={"tokens": 12 * 32 * 8})
+    config = job_config(
+        tmp_path,
+        runs / "data",
+        "tp2",
+        parallel={"tensor_parallel_size": 2, "zero_stage": 1},
+        parscale=PARSCALE,
+        train={"tokens": 12 * 32 * 8},
+    )
     proc = train(config, 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "Adam moments start afresh" in proc.stdout
@@ -143,10 +151,15 @@ def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
     assert (info["tp"], info["zero_stage"], info["tokens_seen"], info["streams"]) == (2, 3, 2048, 2)
     assert verify(runs / "tp2") == [] and f"{optim}: 1000 bytes" in verify(truncated)[0]
     assert "config.resolved.yaml: sha256 differs from the one recorded at save" in verify(edited)[0]
-    cases = [(truncated, "damaged since it was saved: .*optim_states.pt: 1000 bytes"),
-             (legacy, "corrupt or truncated"), (missing, "needs 2 ZeRO partitions, found 1"),
-             (incomplete, "incomplete save"), (mismatched, "missing \\['model.layers.2"),
-             (edited, "config.resolved.yaml: sha256 differs"), (hostile, "refused to unpickle")]
+    cases = [
+        (truncated, "damaged since it was saved: .*optim_states.pt: 1000 bytes"),
+        (legacy, "corrupt or truncated"),
+        (missing, "needs 2 ZeRO partitions, found 1"),
+        (incomplete, "incomplete save"),
+        (mismatched, "missing \\['model.layers.2"),
+        (edited, "config.resolved.yaml: sha256 differs"),
+        (hostile, "refused to unpickle"),
+    ]
     for source, message in cases:
         target = tmp_path / "out" / source.parent.name
         with pytest.raises(CheckpointError, match=message):

@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from checkpoint_helpers import tiny_model, tiny_tokenizer
+from conftest import run_cli
 from safetensors.torch import load_file
 
 from pipeline.checkpoint.portable import save_portable
 from pipeline.config.model import ParScaleConfig
 from pipeline.distributed import single_process
-
-from checkpoint_helpers import tiny_model, tiny_tokenizer
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,12 @@ def dense(tmp_path_factory):
     root = tmp_path_factory.mktemp("dense")
     model_file, vocab = tiny_tokenizer(root)
     with single_process():
-        return save_portable(tiny_model(vocab, ParScaleConfig(), tie=False), root / "dense", tokenizer=model_file,
-                             meta={"tokens_seen": 1234})
+        return save_portable(
+            tiny_model(vocab, ParScaleConfig(), tie=False),
+            root / "dense",
+            tokenizer=model_file,
+            meta={"tokens_seen": 1234},
+        )
 
 
 def test_inspect_reports_counts_and_config(dense):
@@ -114,8 +117,16 @@ def test_hf_to_ours_to_hf_keeps_transformers_logits(kind, tmp_path):
     """A model made by transformers -> import-hf -> export-hf: transformers' logits unchanged."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    shape = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    shape = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     if kind == "llama":
         source = LlamaForCausalLM(LlamaConfig(**shape, attention_bias=False, rope_theta=5e5))
@@ -221,8 +232,16 @@ def test_no_hugging_face_layout_holds_the_single_prefix_control():
 def test_a_parscale_config_without_smoothing_gets_the_official_default(tmp_path):
     from checkpoints_tools.hf import _our_configs
 
-    config = {"model_type": "qwen2_parscale", "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "parscale_n": 4}
+    config = {
+        "model_type": "qwen2_parscale",
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+        "parscale_n": 4,
+    }
     _, ps = _our_configs(config, tmp_path)
     assert (ps.streams, ps.prefix_len, ps.eps) == (4, 48, 0.01)  # the official code's defaults, not ours (0.1)
     _, ps = _our_configs(config | {"parscale_attn_smooth": 0.2, "parscale_n_tokens": 8}, tmp_path)
@@ -233,14 +252,25 @@ def test_config_keys_that_change_the_model_and_are_not_implemented_are_refused_b
     from checkpoints_tools.hf import _our_configs
     from pipeline.checkpoint.portable import CheckpointError
 
-    base = {"model_type": "qwen2", "num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "rope_scaling": None,
-            "use_sliding_window": False, "hidden_act": "silu"}
+    base = {
+        "model_type": "qwen2",
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+        "rope_scaling": None,
+        "use_sliding_window": False,
+        "hidden_act": "silu",
+    }
     _our_configs(base, tmp_path)  # the neutral values pass
-    for extra, named in (({"rope_scaling": {"type": "linear", "factor": 4.0}}, "rope_scaling={'type': 'linear'"),
-                         ({"use_sliding_window": True}, "use_sliding_window=True"),
-                         ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-                         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_parameters.rope_type='yarn'")):
+    for extra, named in (
+        ({"rope_scaling": {"type": "linear", "factor": 4.0}}, "rope_scaling={'type': 'linear'"),
+        ({"use_sliding_window": True}, "use_sliding_window=True"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope_parameters.rope_type='yarn'"),
+    ):
         with pytest.raises(CheckpointError) as err:
             _our_configs(base | extra, tmp_path)
         assert f"{tmp_path / 'config.json'}: {named}" in str(err.value) and "not implemented" in str(err.value)
@@ -255,9 +285,11 @@ def test_a_portable_changed_since_written_is_refused_by_every_reader_never_recer
     data[-10] ^= 0xFF  # same size, still a valid safetensors file
     (broken / "model.safetensors").write_bytes(bytes(data))
     named = f"{broken / 'model.safetensors'}: sha256 differs from the one recorded in {broken / 'config.json'}"
-    for args in (("convert", "to-parscale", str(broken), str(tmp_path / "p2"), "--streams", "2"),
-                 ("convert", "export-hf", str(broken), str(tmp_path / "hf")),
-                 ("generate", str(broken), "--max-new-tokens", "2")):
+    for args in (
+        ("convert", "to-parscale", str(broken), str(tmp_path / "p2"), "--streams", "2"),
+        ("convert", "export-hf", str(broken), str(tmp_path / "hf")),
+        ("generate", str(broken), "--max-new-tokens", "2"),
+    ):
         proc = run_cli(*args)
         assert proc.returncode == 2 and named in proc.stderr, (args, proc.stderr[-2000:])
     assert not (tmp_path / "p2").exists() and not (tmp_path / "hf").exists()
@@ -286,10 +318,13 @@ def test_a_parscale_export_names_the_official_classes_for_trust_remote_code(dens
     convert(dense, tmp_path / "p2", ParScaleConfig(streams=2, prefix_len=3))
     export_hf(tmp_path / "p2", tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_qwen2_parscale.Qwen2ParScaleConfig",
-                                  "AutoModelForCausalLM": "modeling_qwen2_parscale.Qwen2ParScaleForCausalLM"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_qwen2_parscale.Qwen2ParScaleConfig",
+        "AutoModelForCausalLM": "modeling_qwen2_parscale.Qwen2ParScaleForCausalLM",
+    }
     (tmp_path / "hf" / "configuration_qwen2_parscale.py").write_text(
         "from transformers import PretrainedConfig\n\n\nclass Qwen2ParScaleConfig(PretrainedConfig):\n"
-        "    model_type = 'qwen2_parscale'\n")
+        "    model_type = 'qwen2_parscale'\n"
+    )
     loaded = AutoConfig.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True)
     assert type(loaded).__name__ == "Qwen2ParScaleConfig" and loaded.parscale_n == 2

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 import yaml
-
 from conftest import run_cli
+from train_helpers import job_config, train
+
 from pipeline.config import load_config
 from pipeline.data.loader import EmptySplit, SplitStream
 from pipeline.errors import JobError
-from train_helpers import job_config, train
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,11 @@ def test_intact_data_passes_and_each_kind_of_damage_is_named_with_the_repair(dat
     index.unlink()
     foreign = _copy(data, tmp_path, "foreign")
     (foreign / "tokenizer.model").write_bytes(b"not a sentencepiece model")
-    for folder, named in ((truncated, f"{shard}: "), (missing, f"{index}: missing"),
-                          (foreign, f"{foreign / 'tokenizer.model'}: not the tokenizer this data was tokenized with")):
+    for folder, named in (
+        (truncated, f"{shard}: "),
+        (missing, f"{index}: missing"),
+        (foreign, f"{foreign / 'tokenizer.model'}: not the tokenizer this data was tokenized with"),
+    ):
         with pytest.raises(JobError) as err:
             _stream(tmp_path, folder)
         message = str(err.value)
@@ -63,9 +66,15 @@ def test_a_flipped_byte_of_the_same_size_needs_the_sha256_check(data, tmp_path):
 
 
 def test_training_on_a_dataset_whose_every_document_was_rejected_names_it_and_the_reject_counts(data, tmp_path):
-    cfg = {"data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "empty"),
-                    "min_chars": 10**9},
-           "tokenizer": {"model_path": str(data / "tokenizer.model")}, "packing": {"seq_len": 32}}
+    cfg = {
+        "data": {
+            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
+            "output_dir": str(tmp_path / "empty"),
+            "min_chars": 10**9,
+        },
+        "tokenizer": {"model_path": str(data / "tokenizer.model")},
+        "packing": {"seq_len": 32},
+    }
     prep = tmp_path / "prep.yaml"
     prep.write_text(yaml.safe_dump(cfg))
     refused = run_cli("prep", str(prep))  # prep says so, and writes the manifest with the reject counts

@@ -62,8 +62,11 @@ def test_prep_on_a_full_disk_is_a_named_error(tmp_path, monkeypatch):
     from data_prep import job
     from pipeline.config import load_config
 
-    cfg = {"data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "out")},
-           "tokenizer": {"vocab_size": 400, "sample_docs": 40}, "packing": {"seq_len": 32}}
+    cfg = {
+        "data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "out")},
+        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
+        "packing": {"seq_len": 32},
+    }
     path = tmp_path / "prep.yaml"
     path.write_text(yaml.safe_dump(cfg))
 

@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
+from checkpoint_helpers import tiny_model, tiny_tokenizer
+from conftest import run_cli
 
 from pipeline.checkpoint.portable import CheckpointError, load_portable, save_portable
 from pipeline.config.model import ParScaleConfig
 from pipeline.distributed import single_process
-
-from checkpoint_helpers import tiny_model, tiny_tokenizer
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,21 @@ def test_generate_is_deterministic_when_greedy(checkpoint):
 
 
 def test_generate_samples_with_a_seed(checkpoint):
-    args = ["generate", str(checkpoint), "--prompt", "gamma", "--temperature", "1.0", "--top-k", "50",
-            "--top-p", "0.9", "--max-new-tokens", "12", "--only-new"]
+    args = [
+        "generate",
+        str(checkpoint),
+        "--prompt",
+        "gamma",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.9",
+        "--max-new-tokens",
+        "12",
+        "--only-new",
+    ]
     a, b = run_cli(*args, "--seed", "1"), run_cli(*args, "--seed", "1")
     assert a.returncode == 0 and a.stdout == b.stdout
 
@@ -58,7 +70,9 @@ def test_bad_checkpoint_folders_are_refused(checkpoint, tmp_path):
         (broken / name).write_bytes((checkpoint / name).read_bytes())
     (broken / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:100])
     proc = run_cli("generate", str(broken), "--prompt", "x")  # truncated since written: its recorded sha256 tells
-    assert proc.returncode == 2 and f"{broken / 'model.safetensors'}: sha256 differs from the one recorded" in proc.stderr
+    assert (
+        proc.returncode == 2 and f"{broken / 'model.safetensors'}: sha256 differs from the one recorded" in proc.stderr
+    )
     config = json.loads((checkpoint / "config.json").read_text())
     legacy = {k: v for k, v in config.items() if k != "sha256"}  # written before checksums: the loader tells
     (broken / "config.json").write_text(json.dumps(legacy))

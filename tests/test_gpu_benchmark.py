@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
 
 SCRIPT = str(REPO / "benchmarks" / "gpu_step.py")

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CONFIGS, REPO
 from launch_helpers import LAUNCH, clean_env, fake_slurm, run_script, words
+from train_helpers import job_config, metrics, step_losses
+
 from pipeline.distributed.hostlist import expand
 from pipeline.distributed.runtime import free_port
-from train_helpers import job_config, metrics, step_losses
 
 SCRIPTS = ["local.sh", "node.sh", "deepspeed.sh", "slurm/train.sbatch", "slurm/prep.sbatch"]
 STAGE1 = str(CONFIGS / "stage1_dense.yaml")  # TP=2, data_parallel_size unset: every GPU of a node
@@ -64,37 +64,92 @@ def test_hostlist_expands_like_scontrol():
 
 
 def test_local_dry_run_takes_the_process_count_from_the_config():
-    proc = run_script("local.sh", CONFIGS / "demo.yaml", "--set", "run.name=x",
-                      env=clean_env(DRY_RUN="1", OMP_NUM_THREADS="3"))
+    proc = run_script(
+        "local.sh", CONFIGS / "demo.yaml", "--set", "run.name=x", env=clean_env(DRY_RUN="1", OMP_NUM_THREADS="3")
+    )
     assert proc.returncode == 0, proc.stderr
     assert words(proc.stdout.strip()) == [
-        "env", "OMP_NUM_THREADS=3", sys.executable, "-m", "torch.distributed.run", "--standalone",
-        "--nproc_per_node=2", "-m", "pipeline.cli", "train", str(CONFIGS / "demo.yaml"), "--set", "run.name=x"]
+        "env",
+        "OMP_NUM_THREADS=3",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "pipeline.cli",
+        "train",
+        str(CONFIGS / "demo.yaml"),
+        "--set",
+        "run.name=x",
+    ]
 
 
 def _slurm_env(nodelist: str, **extra) -> dict[str, str]:
-    return clean_env(DRY_RUN="1", SLURM_JOB_NODELIST=nodelist, SLURM_JOB_ID="77", SLURM_SUBMIT_DIR="/shared/runs",
-                     SLURM_GPUS_ON_NODE="8", SLURM_CPUS_ON_NODE="64", **extra)
+    return clean_env(
+        DRY_RUN="1",
+        SLURM_JOB_NODELIST=nodelist,
+        SLURM_JOB_ID="77",
+        SLURM_SUBMIT_DIR="/shared/runs",
+        SLURM_GPUS_ON_NODE="8",
+        SLURM_CPUS_ON_NODE="64",
+        **extra,
+    )
 
 
 @pytest.mark.parametrize("nodelist,hosts", [("gpu07", ["gpu07"]), ("gpu[01-04]", ["gpu01", "gpu02", "gpu03", "gpu04"])])
 def test_slurm_training_dry_run(tmp_path, nodelist, hosts):
-    proc = run_script("slurm/train.sbatch", STAGE1, "--set", "train.tokens=100G", env=_slurm_env(nodelist), cwd=tmp_path)
+    proc = run_script(
+        "slurm/train.sbatch", STAGE1, "--set", "train.tokens=100G", env=_slurm_env(nodelist), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     n = len(hosts)
-    for expected in [f"export MASTER_ADDR={hosts[0]}", "export MASTER_PORT=29500", f"export NNODES={n}",
-                     "export RDZV_ID=77", "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1", "export NCCL_DEBUG=WARN"]:
+    for expected in [
+        f"export MASTER_ADDR={hosts[0]}",
+        "export MASTER_PORT=29500",
+        f"export NNODES={n}",
+        "export RDZV_ID=77",
+        "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1",
+        "export NCCL_DEBUG=WARN",
+    ]:
         assert expected in lines
     stop = "checkpoint.stop_file=/shared/runs/.parscale-stop-77"
     srun = words(next(line for line in lines if line.startswith("srun ")))
-    assert srun == ["srun", f"--nodes={n}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", str(LAUNCH / "node.sh"),
-                    STAGE1, "--set", "train.tokens=100G", "--set", stop]
+    assert srun == [
+        "srun",
+        f"--nodes={n}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        str(LAUNCH / "node.sh"),
+        STAGE1,
+        "--set",
+        "train.tokens=100G",
+        "--set",
+        stop,
+    ]
     torchrun = words(next(line for line in lines if "torch.distributed.run" in line))
-    assert torchrun == ["env", "OMP_NUM_THREADS=8", sys.executable, "-m", "torch.distributed.run", f"--nnodes={n}",
-                        "--nproc_per_node=8", "--rdzv_backend=c10d", f"--rdzv_endpoint={hosts[0]}:29500",
-                        "--rdzv_id=77", "--max_restarts=0", "-m", "pipeline.cli", "train", STAGE1,
-                        "--set", "train.tokens=100G", "--set", stop]
+    assert torchrun == [
+        "env",
+        "OMP_NUM_THREADS=8",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={n}",
+        "--nproc_per_node=8",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint={hosts[0]}:29500",
+        "--rdzv_id=77",
+        "--max_restarts=0",
+        "-m",
+        "pipeline.cli",
+        "train",
+        STAGE1,
+        "--set",
+        "train.tokens=100G",
+        "--set",
+        stop,
+    ]
     assert "scontrol requeue 77" in proc.stdout
     assert not list(tmp_path.iterdir()), "a dry run wrote files"
 
@@ -116,31 +171,84 @@ def test_slurm_prep_dry_run(nodelist, workers):
     lines = proc.stdout.splitlines()
     ray = str(Path(sys.executable).parent / "ray")
     srun_lines = [words(line) for line in lines if line.startswith("srun ")]
-    assert srun_lines[0] == ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=32", "--nodelist=cpu01", ray,
-                             "start", "--head", "--port=6379", "--include-dashboard=false", "--num-cpus=32",
-                             "--disable-usage-stats", "--block"]
+    assert srun_lines[0] == [
+        "srun",
+        "--nodes=1",
+        "--ntasks=1",
+        "--cpus-per-task=32",
+        "--nodelist=cpu01",
+        ray,
+        "start",
+        "--head",
+        "--port=6379",
+        "--include-dashboard=false",
+        "--num-cpus=32",
+        "--disable-usage-stats",
+        "--block",
+    ]
     if workers:
-        assert srun_lines[1] == ["srun", f"--nodes={workers}", f"--ntasks={workers}", "--ntasks-per-node=1",
-                                 "--cpus-per-task=32", "--exclude=cpu01", ray, "start", "--address=cpu01:6379",
-                                 "--num-cpus=32", "--disable-usage-stats", "--block"]
+        assert srun_lines[1] == [
+            "srun",
+            f"--nodes={workers}",
+            f"--ntasks={workers}",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=32",
+            "--exclude=cpu01",
+            ray,
+            "start",
+            "--address=cpu01:6379",
+            "--num-cpus=32",
+            "--disable-usage-stats",
+            "--block",
+        ]
     assert len(srun_lines) == 1 + bool(workers)
-    assert [sys.executable, "-m", "data_prep.ray_cluster", "--address=cpu01:6379", f"--nodes={workers + 1}",
-            "--timeout=300"] in [words(line) for line in lines]
-    assert words(lines[-2]) == [sys.executable, "-m", "pipeline.cli", "prep", config, "--set",
-                                "data.ray_address=cpu01:6379"]
+    assert [
+        sys.executable,
+        "-m",
+        "data_prep.ray_cluster",
+        "--address=cpu01:6379",
+        f"--nodes={workers + 1}",
+        "--timeout=300",
+    ] in [words(line) for line in lines]
+    assert words(lines[-2]) == [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "prep",
+        config,
+        "--set",
+        "data.ray_address=cpu01:6379",
+    ]
 
 
 def test_deepspeed_dry_run_with_the_example_hostfile():
     hostfile = LAUNCH / "hostfile.example"
-    proc = run_script("deepspeed.sh", hostfile, STAGE1, "--set", "parallel.data_parallel_size=16",
-                      env=clean_env(DRY_RUN="1", OMP_NUM_THREADS="4", MASTER_PORT="29999"))
+    proc = run_script(
+        "deepspeed.sh",
+        hostfile,
+        STAGE1,
+        "--set",
+        "parallel.data_parallel_size=16",
+        env=clean_env(DRY_RUN="1", OMP_NUM_THREADS="4", MASTER_PORT="29999"),
+    )
     assert proc.returncode == 0, proc.stderr
     head, command = proc.stdout.splitlines()
     assert "4 host(s), 32 processes" in head
     assert words(command) == [
-        "env", "OMP_NUM_THREADS=4", str(Path(sys.executable).parent / "deepspeed"), f"--hostfile={hostfile}",
-        "--master_addr=gpu-node-01", "--master_port=29999", "--no_local_rank", "--module", "pipeline.cli", "train",
-        STAGE1, "--set", "parallel.data_parallel_size=16"]
+        "env",
+        "OMP_NUM_THREADS=4",
+        str(Path(sys.executable).parent / "deepspeed"),
+        f"--hostfile={hostfile}",
+        "--master_addr=gpu-node-01",
+        "--master_port=29999",
+        "--no_local_rank",
+        "--module",
+        "pipeline.cli",
+        "train",
+        STAGE1,
+        "--set",
+        "parallel.data_parallel_size=16",
+    ]
 
 
 def test_deepspeed_launcher_names_the_bad_hostfile_line(tmp_path):
@@ -172,8 +280,17 @@ def data(prepared_data) -> Path:
 def test_two_nodes_on_one_machine_train_like_the_deepspeed_launcher(tmp_path, data):
     config = job_config(tmp_path, data, "two_nodes", parallel={"data_parallel_size": 2})
     env = clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), NNODES="2", RDZV_ID="sim")
-    nodes = [subprocess.Popen([str(LAUNCH / "node.sh"), str(config)], cwd=REPO, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    nodes = [
+        subprocess.Popen(
+            [str(LAUNCH / "node.sh"), str(config)],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     assert "TP 1 x DP 2" in "".join(outputs)
@@ -201,16 +318,34 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
 @pytest.mark.multiprocess
 def test_slurm_signal_checkpoints_requeues_and_resumes(tmp_path, data):
     steps = 60
-    config = job_config(tmp_path, data, "slurm", parallel={"data_parallel_size": 2},
-                        train={"tokens": steps * 8 * 32}, checkpoint={"interval_steps": 1000})
+    config = job_config(
+        tmp_path,
+        data,
+        "slurm",
+        parallel={"data_parallel_size": 2},
+        train={"tokens": steps * 8 * 32},
+        checkpoint={"interval_steps": 1000},
+    )
     bin_dir = fake_slurm(tmp_path / "bin")
     log = tmp_path / "scontrol.log"
-    env = clean_env(PATH=f"{bin_dir}:{clean_env()['PATH']}", SCONTROL_LOG=str(log), SLURM_JOB_NODELIST="127.0.0.1",
-                    SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=str(tmp_path), MASTER_PORT=str(free_port()))
+    env = clean_env(
+        PATH=f"{bin_dir}:{clean_env()['PATH']}",
+        SCONTROL_LOG=str(log),
+        SLURM_JOB_NODELIST="127.0.0.1",
+        SLURM_JOB_ID="4242",
+        SLURM_SUBMIT_DIR=str(tmp_path),
+        MASTER_PORT=str(free_port()),
+    )
     run_dir, stop_file = tmp_path / "slurm", tmp_path / ".parscale-stop-4242"
 
-    job = subprocess.Popen([str(LAUNCH / "slurm/train.sbatch"), str(config)], cwd=REPO, env=env, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job = subprocess.Popen(
+        [str(LAUNCH / "slurm/train.sbatch"), str(config)],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     _wait_for_step(run_dir, job, 2)
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 does before the time limit
     out = job.communicate(timeout=300)[0]
@@ -222,8 +357,14 @@ def test_slurm_signal_checkpoints_requeues_and_resumes(tmp_path, data):
     assert not stop_file.exists() and not (run_dir / "portable").exists()
 
     # SLURM starts the requeued job from the top: it resumes and finishes, and does not requeue again
-    again = subprocess.run([str(LAUNCH / "slurm/train.sbatch"), str(config)], cwd=REPO, env={**env, "SLURM_RESTART_COUNT": "1"},
-                           text=True, capture_output=True, timeout=300)
+    again = subprocess.run(
+        [str(LAUNCH / "slurm/train.sbatch"), str(config)],
+        cwd=REPO,
+        env={**env, "SLURM_RESTART_COUNT": "1"},
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"at step {saved}" in again.stdout and "restart 1" in again.stdout
     assert max(step_losses(run_dir)) == steps and (run_dir / "portable" / "model.safetensors").exists()

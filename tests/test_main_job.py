@@ -8,21 +8,33 @@ import math
 
 import pytest
 import yaml
-
 from conftest import run_cli
 
 
 def _job(root, **extra):
     cfg = {
         "run": {"name": "fast", "output_dir": str(root / "job"), "seed": 3},
-        "data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(root / "job" / "data"),
-                 "val_fraction": 0.2},
-        "tokenizer": {"vocab_size": 400, "sample_docs": 40}, "packing": {"seq_len": 32},
-        "model": {"num_layers": 2, "hidden_size": 32, "ffn_hidden_size": 64, "num_attention_heads": 4,
-                  "num_kv_heads": 2, "max_seq_len": 64, "pad_vocab_to_multiple_of": 8},
+        "data": {
+            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
+            "output_dir": str(root / "job" / "data"),
+            "val_fraction": 0.2,
+        },
+        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
+        "packing": {"seq_len": 32},
+        "model": {
+            "num_layers": 2,
+            "hidden_size": 32,
+            "ffn_hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_kv_heads": 2,
+            "max_seq_len": 64,
+            "pad_vocab_to_multiple_of": 8,
+        },
         "parallel": {"tensor_parallel_size": 1, "data_parallel_size": 2, "micro_batch_size": 2, "global_batch_size": 8},
-        "optimizer": {"lr": 3e-3}, "train": {"tokens": 6 * 8 * 32},
-        "checkpoint": {"interval_steps": 3}, "eval": {"interval_steps": 3, "max_batches": 2},
+        "optimizer": {"lr": 3e-3},
+        "train": {"tokens": 6 * 8 * 32},
+        "checkpoint": {"interval_steps": 3},
+        "eval": {"interval_steps": 3, "max_batches": 2},
         "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
         "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 3 * 8 * 32, "prefix_control": True},
     } | extra
@@ -40,7 +52,11 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     report = job / "report" / "report.md"
     assert f"report: {report}" in proc.stdout.replace("\n", "")
     text = report.read_text()
-    assert "stage 2 (ParScale P=2)" in text and "stage 2 dense control" in text and "![training and validation loss](loss.png)" in text
+    assert (
+        "stage 2 (ParScale P=2)" in text
+        and "stage 2 dense control" in text
+        and "![training and validation loss](loss.png)" in text
+    )
     assert (job / "report" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     evals = json.loads((job / "eval.json").read_text())
     assert set(evals) == {"stage1", "stage2-p2", "dense", "prefix1"}
@@ -63,7 +79,8 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
 
     # parscale ablate on the same job: the main job is reused whole, only the variant trains
     cfg = yaml.safe_load(config.read_text()) | {
-        "ablation": {"seeds": 1, "variants": [{"name": "lr-x10", "set": {"optimizer.parscale_lr_mult": 10}}]}}
+        "ablation": {"seeds": 1, "variants": [{"name": "lr-x10", "set": {"optimizer.parscale_lr_mult": 10}}]}
+    }
     ablate = tmp_path / "ablate.yaml"
     ablate.write_text(yaml.safe_dump(cfg))
     trained = {p: p.stat().st_mtime_ns for p in job.glob("*/portable/model.safetensors")}
@@ -89,7 +106,9 @@ def test_dry_run_prints_each_stage_and_writes_nothing(tmp_path):
     config = _job(tmp_path)
     proc = run_cli("run", str(config), "--dry-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 4  # stage 1, P=2, dense control, one-prefix control
+    assert (
+        proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 4
+    )  # stage 1, P=2, dense control, one-prefix control
     assert "parscale convert consolidate" in proc.stdout and "--streams 2" in proc.stdout
     assert not (tmp_path / "job" / "stage1").exists() and not (tmp_path / "job" / "report").exists()
 

@@ -4,14 +4,13 @@ the parameters of built models, ParScale's small overhead."""
 from __future__ import annotations
 
 import pytest
+from conftest import CONFIGS
 
 from pipeline.config import load_config
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import single_process
 from pipeline.model import ParScaleLM
 from pipeline.model.counting import forward_flops_per_token, parameter_counts
-
-from conftest import CONFIGS
 
 PAPER_NON_EMBEDDING = {"0.5b": 535_813_376}
 
@@ -33,8 +32,16 @@ def test_presets_grow_and_parscale_adds_a_fraction_of_a_percent_per_stream(size)
     [(True, 1, "normal"), (False, 1, "normal"), (False, 4, "normal"), (True, 3, "mlp")],
 )
 def test_counts_equal_a_built_model(tie, streams, init):
-    cfg = ModelConfig(num_layers=2, hidden_size=48, ffn_hidden_size=80, num_attention_heads=6, num_kv_heads=2,
-                      vocab_size=100, pad_vocab_to_multiple_of=16, tie_embeddings=tie)
+    cfg = ModelConfig(
+        num_layers=2,
+        hidden_size=48,
+        ffn_hidden_size=80,
+        num_attention_heads=6,
+        num_kv_heads=2,
+        vocab_size=100,
+        pad_vocab_to_multiple_of=16,
+        tie_embeddings=tie,
+    )
     ps = ParScaleConfig(streams=streams, prefix_len=4, prefix_init=init, prefix_mlp_hidden=8)
     with single_process():
         model = ParScaleLM(cfg, ps, 100)

@@ -21,20 +21,42 @@ def world_of_one():
 
 
 def _pair(tie: bool, qkv_bias: bool = True, rope_base: float = 10000.0):
-    hf_cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6,
-                         rope_parameters={"rope_type": "default", "rope_theta": rope_base}, tie_word_embeddings=tie,
-                         attn_implementation="eager")
+    hf_cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_base},
+        tie_word_embeddings=tie,
+        attn_implementation="eager",
+    )
     torch.manual_seed(0)
     hf = Qwen2ForCausalLM(hf_cfg).eval()
     with torch.no_grad():  # HF zero-inits biases; make them count
         for name, p in hf.named_parameters():
             if name.endswith("bias"):
                 p.normal_(std=0.1)
-    ours = ParScaleLM(ModelConfig(num_layers=3, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
-                                  num_kv_heads=2, vocab_size=VOCAB, tie_embeddings=tie, rope_base=rope_base,
-                                  qkv_bias=qkv_bias, max_seq_len=512, pad_vocab_to_multiple_of=64),
-                      ParScaleConfig(), VOCAB).eval()
+    ours = ParScaleLM(
+        ModelConfig(
+            num_layers=3,
+            hidden_size=64,
+            ffn_hidden_size=160,
+            num_attention_heads=4,
+            num_kv_heads=2,
+            vocab_size=VOCAB,
+            tie_embeddings=tie,
+            rope_base=rope_base,
+            qkv_bias=qkv_bias,
+            max_seq_len=512,
+            pad_vocab_to_multiple_of=64,
+        ),
+        ParScaleConfig(),
+        VOCAB,
+    ).eval()
     state = {k: v for k, v in hf.state_dict().items() if not (tie and k == "lm_head.weight")}
     ours.load_state_dict(state, strict=True)
     return hf, ours

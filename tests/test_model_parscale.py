@@ -15,8 +15,16 @@ from pipeline.model.generation import Sampling, filter_logits, generate
 from pipeline.model.masks import positions_from_segments, segment_ids_from_lengths
 
 VOCAB = 128
-CFG = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_kv_heads=2,
-                  vocab_size=VOCAB, pad_vocab_to_multiple_of=64, tie_embeddings=False)
+CFG = ModelConfig(
+    num_layers=2,
+    hidden_size=64,
+    ffn_hidden_size=128,
+    num_attention_heads=4,
+    num_kv_heads=2,
+    vocab_size=VOCAB,
+    pad_vocab_to_multiple_of=64,
+    tie_embeddings=False,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,7 +79,7 @@ def test_aggregation_is_feature_major_and_matches_the_formula():
     layers = torch.nn.Sequential(torch.nn.Linear(p * h, h), torch.nn.SiLU(), torch.nn.Linear(h, p))
     hidden = torch.randn(p * 2, 5, h)
     # reference written out: concat features as h-major, p-minor ("b s (h p)")
-    feats = torch.stack([hidden[i * 2:(i + 1) * 2] for i in range(p)], dim=-1).reshape(2, 5, h * p)
+    feats = torch.stack([hidden[i * 2 : (i + 1) * 2] for i in range(p)], dim=-1).reshape(2, 5, h * p)
     ref = torch.softmax(layers(feats), -1) * (1 - eps) + eps / p
     torch.testing.assert_close(stream_weights(layers, hidden, p, eps), ref)
 
@@ -105,7 +113,7 @@ def test_cached_decoding_equals_full_recomputation(streams):
     prompts = [ids(1, 5, seed=5)[0].tolist(), ids(1, 9, seed=6)[0].tolist(), ids(1, 1, seed=7)[0].tolist()]
     new = generate(model, prompts, Sampling(max_new_tokens=8))
     with torch.no_grad():
-        for prompt, tokens in zip(prompts, new):
+        for prompt, tokens in zip(prompts, new, strict=True):
             seq = list(prompt)
             for token in tokens:  # greedy, one full forward per step, no cache, no padding
                 logits = model.full_logits(model(torch.tensor([seq])).logits)[0, -1]
@@ -145,11 +153,17 @@ def test_cached_logits_equal_full_logits_with_left_padding(streams):
         valid = torch.tensor([[False] * pad + [True] * 12])
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         cache = KVCache(model, 1, 15, torch.float32, "cpu")
-        got = [model(padded[:, :pad + 7], position_ids=positions[:, :pad + 7], cache=cache,
-                     key_valid=valid[:, :pad + 7]).logits[0, pad:]]
+        got = [
+            model(
+                padded[:, : pad + 7], position_ids=positions[:, : pad + 7], cache=cache, key_valid=valid[:, : pad + 7]
+            ).logits[0, pad:]
+        ]
         for t in range(pad + 7, pad + 12):
-            got.append(model(padded[:, t:t + 1], position_ids=positions[:, t:t + 1], cache=cache,
-                             key_valid=valid[:, :t + 1]).logits[0])
+            got.append(
+                model(
+                    padded[:, t : t + 1], position_ids=positions[:, t : t + 1], cache=cache, key_valid=valid[:, : t + 1]
+                ).logits[0]
+            )
     torch.testing.assert_close(torch.cat(got), full, atol=1e-5, rtol=0)
 
 

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
 
 WORKER = str(REPO / "tests" / "workers" / "tp_model.py")
@@ -32,8 +31,16 @@ def _run(root, tp: int) -> dict:
     configs = []
     for name, parscale in VARIANTS.items():
         cfg = {
-            "model": {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 96, "num_attention_heads": 8,
-                      "num_kv_heads": 4, "vocab_size": 128, "pad_vocab_to_multiple_of": 32, "tie_embeddings": False},
+            "model": {
+                "num_layers": 2,
+                "hidden_size": 64,
+                "ffn_hidden_size": 96,
+                "num_attention_heads": 8,
+                "num_kv_heads": 4,
+                "vocab_size": 128,
+                "pad_vocab_to_multiple_of": 32,
+                "tie_embeddings": False,
+            },
             "parscale": parscale,
             "parallel": {"tensor_parallel_size": tp},
             "train": {"tokens": 1000},
@@ -41,10 +48,19 @@ def _run(root, tp: int) -> dict:
         path = out / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         configs.append(str(path))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tp}", WORKER,
-           str(out), *configs]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={tp}",
+        WORKER,
+        str(out),
+        *configs,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {name: torch.load(out / f"{name}.pt", weights_only=True) for name in VARIANTS}
 

@@ -90,7 +90,7 @@ def test_best_fit_rows_do_not_depend_on_how_docs_arrive():
     a = _pack(BestFitPacker(ROW, 50), docs)
     b = _pack(BestFitPacker(ROW, 50), [d.copy() for d in docs])
     assert [r.segments for r in a] == [r.segments for r in b]
-    assert all(np.array_equal(x.tokens, y.tokens) for x, y in zip(a, b))
+    assert all(np.array_equal(x.tokens, y.tokens) for x, y in zip(a, b, strict=True))
 
 
 def test_unknown_strategy():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from prep_corpus import text_doc, write_bad_jsonl, write_hf_disk, write_jsonl, write_parquet, write_tree
 
 from data_prep.filters import clean
 from data_prep.readers import read_unit
 from data_prep.tokenize_units import process_unit
 from data_prep.units import InputError, WorkUnit, plan, stdlib_root
 from pipeline.config.data import DataConfig
-
-from prep_corpus import text_doc, write_bad_jsonl, write_hf_disk, write_jsonl, write_parquet, write_tree
 
 
 def _docs(plans, data):
@@ -134,7 +133,10 @@ def test_gzip_and_zstd_jsonl_and_text_are_read_as_streams_by_extension(tmp_path)
     (src,) = plan(data)
     assert [u.kind for u in src.units] == ["jsonl_stream", "jsonl_stream", "jsonl"]  # b.gz, c.zst, plain
     assert sorted(_docs([src], data)) == sorted(docs)
-    assert [r.where for r in read_unit(src.units[0])][:2] == [f"{tmp_path / 'b.jsonl.gz'}:1", f"{tmp_path / 'b.jsonl.gz'}:2"]
+    assert [r.where for r in read_unit(src.units[0])][:2] == [
+        f"{tmp_path / 'b.jsonl.gz'}:1",
+        f"{tmp_path / 'b.jsonl.gz'}:2",
+    ]
 
     tree = tmp_path / "texts"
     tree.mkdir()
@@ -161,8 +163,13 @@ def test_a_broken_compressed_file_is_named_up_front_or_where_its_stream_breaks(t
     assert last.where.startswith(f"{tmp_path / 'cut.jsonl.gz'}:{len(kept) + 1} (")
 
 
-CONTROL_DOCS = ["a NUL\x00here", "colour \x1b[31mred\x1b[0m", "tab\tand\nnewline\x0cform feed", "DEL\x7f C1\x85",
-                "\x00\x00"]
+CONTROL_DOCS = [
+    "a NUL\x00here",
+    "colour \x1b[31mred\x1b[0m",
+    "tab\tand\nnewline\x0cform feed",
+    "DEL\x7f C1\x85",
+    "\x00\x00",
+]
 
 
 @pytest.mark.parametrize("mode", ["strip", "reject", "keep"])
@@ -179,13 +186,17 @@ def test_control_characters_are_stripped_rejected_or_kept(tmp_path, mode):
     where = [f"{tmp_path / 'c.jsonl'}:{i}" for i in range(1, 6)]
     if mode == "strip":  # the default
         assert kept == ["a NULhere", "colour [31mred[0m", "tab\tand\nnewline\x0cform feed", "DEL C1"]
-        assert result.stripped.to_dict() == {"counts": {"control_chars": 3},
-                                             "examples": {"control_chars": where[:2] + where[3:4]}}
+        assert result.stripped.to_dict() == {
+            "counts": {"control_chars": 3},
+            "examples": {"control_chars": where[:2] + where[3:4]},
+        }
         assert result.rejected.to_dict()["counts"] == {"too_short": 1}  # nothing left of the NUL-only one
     elif mode == "reject":
         assert kept == [CONTROL_DOCS[2]]
-        assert result.rejected.to_dict() == {"counts": {"control_chars": 4},
-                                             "examples": {"control_chars": where[:2] + where[3:]}}
+        assert result.rejected.to_dict() == {
+            "counts": {"control_chars": 4},
+            "examples": {"control_chars": where[:2] + where[3:]},
+        }
     else:
         assert kept == CONTROL_DOCS and result.rejected.total == 0 and result.stripped.total == 0
     assert DataConfig().control_chars == "strip"

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import yaml
+from conftest import REPO
+from prep_corpus import text_doc, write_bad_jsonl, write_hf_disk, write_jsonl, write_parquet, write_tree
 
 from data_prep.filters import content_hash, is_validation, normalize
 from data_prep.job import PrepError, prepare
@@ -26,9 +28,6 @@ from data_prep.progress import Reporter
 from data_prep.ray_runtime import ray_session
 from data_prep.shards import ShardReader
 from pipeline.config import load_config
-
-from conftest import REPO
-from prep_corpus import text_doc, write_bad_jsonl, write_hf_disk, write_jsonl, write_parquet, write_tree
 
 QUIET = Reporter(enabled=False)
 
@@ -41,8 +40,13 @@ def ray_runtime():
 
 def _config(tmp_path: Path, out: Path, sources: list[dict], **sections) -> Path:
     cfg = {
-        "data": {"sources": sources, "output_dir": str(out), "val_fraction": 0.1, "unit_mb": 0.002,
-                 **sections.pop("data", {})},
+        "data": {
+            "sources": sources,
+            "output_dir": str(out),
+            "val_fraction": 0.1,
+            "unit_mb": 0.002,
+            **sections.pop("data", {}),
+        },
         "tokenizer": {"vocab_size": 400, "sample_docs": 200, **sections.pop("tokenizer", {})},
         "packing": {"seq_len": 63, "strategy": "concat", "sequences_per_shard": 16, **sections.pop("packing", {})},
         **sections,
@@ -80,8 +84,11 @@ def mixed_job(tmp_path_factory):
     bad_lines = write_bad_jsonl(tmp / "in" / "b.jsonl")
     sources = [
         {"type": "jsonl", "name": "web", "path": str(tmp / "in"), "weight": 2.0},
-        {"type": "parquet", "path": str(write_parquet(tmp / "p.parquet", [text_doc(i) for i in range(200, 260)])),
-         "text_field": "content"},
+        {
+            "type": "parquet",
+            "path": str(write_parquet(tmp / "p.parquet", [text_doc(i) for i in range(200, 260)])),
+            "text_field": "content",
+        },
         {"type": "code", "path": str(write_tree(tmp / "code", [text_doc(i) for i in range(300, 340)], ".py"))},
         {"type": "text", "path": str(write_tree(tmp / "txt", [text_doc(i) for i in range(400, 420)], ".txt"))},
         {"type": "hf_disk", "path": str(write_hf_disk(tmp / "ds", [text_doc(i) for i in range(500, 560)]))},
@@ -90,8 +97,14 @@ def mixed_job(tmp_path_factory):
     out = tmp / "out"
     loaded = load_config(_config(tmp, out, sources, data={"dedup": True}))
     manifest = prepare(loaded, QUIET)
-    return {"out": out, "manifest": manifest, "jsonl_docs": jsonl_docs, "bad_lines": bad_lines, "tmp": tmp,
-            "loaded": loaded}
+    return {
+        "out": out,
+        "manifest": manifest,
+        "jsonl_docs": jsonl_docs,
+        "bad_lines": bad_lines,
+        "tmp": tmp,
+        "loaded": loaded,
+    }
 
 
 def test_manifest_accounts_for_every_record(mixed_job):
@@ -103,8 +116,14 @@ def test_manifest_accounts_for_every_record(mixed_job):
     assert web["weight"] == 2.0
     counts = web["rejected"]["counts"]
     # duplicates: doc 5 repeated in a.jsonl, and b.jsonl's two good lines repeat docs 1 and 2
-    assert counts == {"duplicate": 3, "invalid_utf8": 1, "malformed_json": 1, "missing_field": 2, "not_text": 1,
-                      "too_short": 1}
+    assert counts == {
+        "duplicate": 3,
+        "invalid_utf8": 1,
+        "malformed_json": 1,
+        "missing_field": 2,
+        "not_text": 1,
+        "too_short": 1,
+    }
     b = mixed_job["tmp"] / "in" / "b.jsonl"
     assert web["rejected"]["examples"]["missing_field"] == [f"{b}:3", f"{b}:9"]
     a = mixed_job["tmp"] / "in" / "a.jsonl"
@@ -147,13 +166,22 @@ def test_best_fit_job_keeps_documents_whole(tmp_path):
     docs = [text_doc(i, n_words=3 + (i * 13) % 40) for i in range(300)]
     write_jsonl(tmp_path / "a.jsonl", docs)
     out = tmp_path / "bf"
-    m = prepare(load_config(_config(tmp_path, out, [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}],
-                                    packing={"strategy": "best_fit", "best_fit_window": 64})), QUIET)
+    m = prepare(
+        load_config(
+            _config(
+                tmp_path,
+                out,
+                [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}],
+                packing={"strategy": "best_fit", "best_fit_window": 64},
+            )
+        ),
+        QUIET,
+    )
     (src,) = m["sources"]
     for split in ("train", "val"):
         rows = _read_split(out, m, src["name"], split)
         expected = _expected_docs(out, docs, split)
-        pieces = sorted((tuple(t[sum(s[:k]): sum(s[: k + 1])]) for t, s in rows for k in range(len(s))))
+        pieces = sorted((tuple(t[sum(s[:k]) : sum(s[: k + 1])]) for t, s in rows for k in range(len(s))))
         whole = sorted(tuple(d) for d in expected if len(d) <= 64)
         assert src["splits"][split]["truncated_documents"] == sum(len(d) > 64 for d in expected)
         if src["splits"][split]["truncated_documents"] == 0:
@@ -258,9 +286,14 @@ def test_changed_config_in_same_output_dir_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"tokenizer": {"vocab_size": 70000}, "packing": {"token_dtype": "uint16"}},
-         r"packing.token_dtype: uint16 holds ids up to 65535, but the vocabulary has 70000"),
-        ({"sources": [{"type": "jsonl", "path": "/nonexistent.jsonl"}]}, r"data.sources\[0\].path: input path does not exist"),
+        (
+            {"tokenizer": {"vocab_size": 70000}, "packing": {"token_dtype": "uint16"}},
+            r"packing.token_dtype: uint16 holds ids up to 65535, but the vocabulary has 70000",
+        ),
+        (
+            {"sources": [{"type": "jsonl", "path": "/nonexistent.jsonl"}]},
+            r"data.sources\[0\].path: input path does not exist",
+        ),
         ({"sources": "empty"}, "no document passes the filters"),
         ({"tokenizer": {"model_path": "/nonexistent.model"}}, "tokenizer.model_path: no such file"),
     ],
@@ -281,8 +314,13 @@ def test_bad_jobs_are_refused_before_work_starts(tmp_path, change, message):
 def test_all_documents_rejected_is_an_error_with_the_accounting_kept(mixed_job, tmp_path):
     write_jsonl(tmp_path / "a.jsonl", ["short"] * 5)
     out = tmp_path / "o"
-    config = _config(tmp_path, out, [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}],
-                     data={"min_chars": 100}, tokenizer={"model_path": str(mixed_job["out"] / "tokenizer.model")})
+    config = _config(
+        tmp_path,
+        out,
+        [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}],
+        data={"min_chars": 100},
+        tokenizer={"model_path": str(mixed_job["out"] / "tokenizer.model")},
+    )
     with pytest.raises(PrepError, match="every document was rejected"):
         prepare(load_config(config), QUIET)
     assert read_manifest(out)["totals"]["rejected_by_reason"] == {"too_short": 5}
@@ -293,8 +331,14 @@ def test_training_refuses_data_from_another_tokenizer(mixed_job, tmp_path):
     verify_tokenizer(out, out / "tokenizer.model")  # its own: fine
     other = tmp_path / "o"
     write_jsonl(tmp_path / "z.jsonl", [f"zzz {i} qqq" * 5 for i in range(50)])
-    prepare(load_config(_config(tmp_path, other, [{"type": "jsonl", "path": str(tmp_path / "z.jsonl")}],
-                                tokenizer={"vocab_size": 300})), QUIET)
+    prepare(
+        load_config(
+            _config(
+                tmp_path, other, [{"type": "jsonl", "path": str(tmp_path / "z.jsonl")}], tokenizer={"vocab_size": 300}
+            )
+        ),
+        QUIET,
+    )
     with pytest.raises(ManifestError, match="data was tokenized with tokenizer sha256"):
         verify_tokenizer(out, other / "tokenizer.model")
 
@@ -303,8 +347,17 @@ def test_existing_tokenizer_is_adopted(mixed_job, tmp_path):
     model = mixed_job["out"] / "tokenizer.model"
     write_jsonl(tmp_path / "a.jsonl", [text_doc(i) for i in range(30)])
     out = tmp_path / "o"
-    m = prepare(load_config(_config(tmp_path, out, [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}],
-                                    tokenizer={"model_path": str(model)})), QUIET)
+    m = prepare(
+        load_config(
+            _config(
+                tmp_path,
+                out,
+                [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}],
+                tokenizer={"model_path": str(model)},
+            )
+        ),
+        QUIET,
+    )
     assert m["tokenizer"]["sha256"] == mixed_job["manifest"]["tokenizer"]["sha256"]
     verify_tokenizer(out, model)
 
@@ -314,6 +367,7 @@ def test_slurm_prep_script_runs_on_its_ray_cluster_with_the_same_outputs(tmp_pat
     """launch/slurm/prep.sbatch for real on one node (srun stand-in): Ray head started, prep attached
     to it by data.ray_address, the same shards as a local run, and the cluster stopped at the end."""
     from launch_helpers import LAUNCH, clean_env, fake_slurm
+
     from pipeline.distributed.runtime import free_port
 
     write_jsonl(tmp_path / "a.jsonl", [text_doc(i) for i in range(200)])
@@ -324,14 +378,26 @@ def test_slurm_prep_script_runs_on_its_ray_cluster_with_the_same_outputs(tmp_pat
     port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # unix socket paths must stay under 107 bytes
     bin_dir = fake_slurm(tmp_path / "bin")
-    env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", SCONTROL_LOG=str(tmp_path / "scontrol.log"),
-                    SLURM_JOB_NODELIST="127.0.0.1", SLURM_JOB_ID="9", RAY_PORT=str(port), RAY_TEMP_DIR=ray_tmp,
-                    CPUS_PER_NODE="2")
+    env = clean_env(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+        SLURM_JOB_NODELIST="127.0.0.1",
+        SLURM_JOB_ID="9",
+        RAY_PORT=str(port),
+        RAY_TEMP_DIR=ray_tmp,
+        CPUS_PER_NODE="2",
+    )
     remote = tmp_path / "remote"
     config = _config(tmp_path, remote, src)
     try:
-        proc = subprocess.run([str(LAUNCH / "slurm/prep.sbatch"), str(config)], cwd=REPO, capture_output=True,
-                              text=True, timeout=400, env=env)
+        proc = subprocess.run(
+            [str(LAUNCH / "slurm/prep.sbatch"), str(config)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "1 node(s) alive" in proc.stdout and "stopping the Ray cluster" in proc.stdout
         left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
@@ -352,11 +418,15 @@ def test_stripped_control_characters_are_counted_and_an_older_folder_is_named(mi
     out = tmp_path / "o"
     manifest = prepare(load_config(_config(tmp_path, out, src, tokenizer=model)), QUIET)
     assert manifest["totals"]["stripped_by_filter"] == {"control_chars": 2}
-    assert manifest["sources"][0]["stripped"]["examples"]["control_chars"] == [f"{tmp_path / 'a.jsonl'}:{i}"
-                                                                               for i in (4, 8)]
+    assert manifest["sources"][0]["stripped"]["examples"]["control_chars"] == [
+        f"{tmp_path / 'a.jsonl'}:{i}" for i in (4, 8)
+    ]
     sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
-    text = "".join(sp.decode(row[row != sp.eos_id()].tolist()) for split in ("train", "val")
-                   for row, _ in _read_split(out, manifest, "jsonl-a", split))
+    text = "".join(
+        sp.decode(row[row != sp.eos_id()].tolist())
+        for split in ("train", "val")
+        for row, _ in _read_split(out, manifest, "jsonl-a", split)
+    )
     assert "\x00" not in text and "\x1b" not in text and "NUL" + docs[3][4:] in text
 
     # a folder prepared before the filter existed (its job has no control_chars: 'keep' is left out)
@@ -364,8 +434,14 @@ def test_stripped_control_characters_are_counted_and_an_older_folder_is_named(mi
     keep = _config(tmp_path, older, src, tokenizer=model, data={"control_chars": "keep"})
     prepare(load_config(keep), QUIET)
     assert "control_chars" not in json.loads((older / "work" / "job.json").read_text())["data"]
-    assert "\x00" in "".join(sp.decode(r.tolist()) for s in ("train", "val")
-                             for r, _ in _read_split(older, read_manifest(older), "jsonl-a", s))
-    with pytest.raises(PrepError, match=r"changed: data.control_chars\); use another output_dir or delete this "
-                                        r"one, or set data.control_chars: keep to use it as it was prepared"):
+    assert "\x00" in "".join(
+        sp.decode(r.tolist())
+        for s in ("train", "val")
+        for r, _ in _read_split(older, read_manifest(older), "jsonl-a", s)
+    )
+    with pytest.raises(
+        PrepError,
+        match=r"changed: data.control_chars\); use another output_dir or delete this "
+        r"one, or set data.control_chars: keep to use it as it was prepared",
+    ):
         prepare(load_config(_config(tmp_path, older, src, tokenizer=model)), QUIET)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from prep_corpus import text_doc
 
 from data_prep import tokenizer as tok
 from pipeline.config.data import TokenizerConfig
-
-from prep_corpus import text_doc
 
 CODE = 'def f(x):\n\tif x:\n        return "café ☃ {}"\n    return None  # done\r\n'
 

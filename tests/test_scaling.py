@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 import random
+from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import single_process
 from pipeline.model.counting import parameter_counts
@@ -24,8 +24,11 @@ SIZES = (2e5, 6e5, 2e6)
 
 def _points(E, A, alpha, k, noise=0.0, seed=0):
     rng = random.Random(seed)
-    return [Point(n, p, (E + (A / (n * (k * math.log(p) + 1))) ** alpha) * (1 + rng.gauss(0, noise)))
-            for n in SIZES for p in (1, 2, 4, 8)]
+    return [
+        Point(n, p, (E + (A / (n * (k * math.log(p) + 1))) ** alpha) * (1 + rng.gauss(0, noise)))
+        for n in SIZES
+        for p in (1, 2, 4, 8)
+    ]
 
 
 def test_fit_recovers_a_known_law_and_tells_a_wrong_k_apart():
@@ -45,8 +48,9 @@ def test_fit_needs_two_sizes_and_two_stream_counts():
         fit_law([Point(1e5, p, 3.0 - 0.01 * p) for p in (1, 2, 4)])
 
 
-BASE = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4, num_kv_heads=2,
-                   max_seq_len=256)
+BASE = ModelConfig(
+    num_layers=2, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4, num_kv_heads=2, max_seq_len=256
+)
 
 
 def test_dense_equivalent_has_the_target_size_and_the_same_depth_and_heads():
@@ -85,20 +89,41 @@ def test_scaling_config_needs_three_sizes_and_p1(write_yaml):
 def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     cfg = {
         "run": {"name": "tiny-scaling", "output_dir": str(tmp_path / "exp"), "seed": 3},
-        "data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "data"),
-                 "val_fraction": 0.2},
-        "tokenizer": {"vocab_size": 400, "sample_docs": 40}, "packing": {"seq_len": 32},
-        "model": {"num_layers": 1, "hidden_size": 16, "ffn_hidden_size": 32, "num_attention_heads": 2,
-                  "num_kv_heads": 1, "max_seq_len": 64, "pad_vocab_to_multiple_of": 8},
+        "data": {
+            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
+            "output_dir": str(tmp_path / "data"),
+            "val_fraction": 0.2,
+        },
+        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
+        "packing": {"seq_len": 32},
+        "model": {
+            "num_layers": 1,
+            "hidden_size": 16,
+            "ffn_hidden_size": 32,
+            "num_attention_heads": 2,
+            "num_kv_heads": 1,
+            "max_seq_len": 64,
+            "pad_vocab_to_multiple_of": 8,
+        },
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
-        "optimizer": {"lr": 3e-3}, "schedule": {"warmup_tokens": 64},
-        "train": {"tokens": 4 * 32 * 4}, "checkpoint": {"interval_steps": 100},
-        "eval": {"interval_steps": 1, "max_batches": 2}, "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
+        "optimizer": {"lr": 3e-3},
+        "schedule": {"warmup_tokens": 64},
+        "train": {"tokens": 4 * 32 * 4},
+        "checkpoint": {"interval_steps": 100},
+        "eval": {"interval_steps": 1, "max_batches": 2},
+        "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
         "stage2": {"parscale": {"streams": 2, "prefix_len": 2}, "tokens": 2 * 4 * 32},
-        "scaling": {"mode": "two_stage", "prefix_control": False, "sizes": [{"name": "a"}, {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
-                              {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64, "num_layers": 2}],
-                    "streams": [1, 2, 4], "inference": {"batch_sizes": [1, 2], "prompt_len": 4, "new_tokens": 2,
-                                                        "repeats": 1}},
+        "scaling": {
+            "mode": "two_stage",
+            "prefix_control": False,
+            "sizes": [
+                {"name": "a"},
+                {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
+                {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64, "num_layers": 2},
+            ],
+            "streams": [1, 2, 4],
+            "inference": {"batch_sizes": [1, 2], "prompt_len": 4, "new_tokens": 2, "repeats": 1},
+        },
     }
     config = tmp_path / "scaling.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -115,7 +140,8 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     free = results["fits"]["free"]
     assert free["k"] >= 0 and math.isfinite(free["E"]) and results["fits"]["paper_k"]["k"] == PAPER_K
     assert {(r["batch"], r["streams"]) for r in results["inference"] if r["k"] == PAPER_K} == {
-        (b, p) for b in (1, 2) for p in (2, 4)}
+        (b, p) for b in (1, 2) for p in (2, 4)
+    }
     text = report.read_text()
     assert "| k |" in text and f"**{PAPER_K}**" in text and "![loss vs N and P" in text and "Measured on:" in text
     budget = results["budget"]  # the largest size's stage-2 evaluations at steps 1 and 2
@@ -137,19 +163,42 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
 def _tiny_from_scratch(tmp_path, **scaling) -> Path:
     cfg = {
         "run": {"name": "tiny-fs", "output_dir": str(tmp_path / "exp"), "seed": 3},
-        "data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "data"),
-                 "val_fraction": 0.2},
-        "tokenizer": {"vocab_size": 400, "sample_docs": 40}, "packing": {"seq_len": 32},
-        "model": {"num_layers": 2, "hidden_size": 16, "ffn_hidden_size": 32, "num_attention_heads": 2,
-                  "num_kv_heads": 1, "max_seq_len": 64, "pad_vocab_to_multiple_of": 8},
+        "data": {
+            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
+            "output_dir": str(tmp_path / "data"),
+            "val_fraction": 0.2,
+        },
+        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
+        "packing": {"seq_len": 32},
+        "model": {
+            "num_layers": 2,
+            "hidden_size": 16,
+            "ffn_hidden_size": 32,
+            "num_attention_heads": 2,
+            "num_kv_heads": 1,
+            "max_seq_len": 64,
+            "pad_vocab_to_multiple_of": 8,
+        },
         "parscale": {"prefix_len": 2},
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
-        "optimizer": {"lr": 3e-3}, "schedule": {"warmup_tokens": 64},
-        "train": {"tokens": 1000}, "checkpoint": {"interval_steps": 100},  # tokens: set per size by the experiment
-        "eval": {"interval_steps": 1, "max_batches": 2}, "logging": {"interval_steps": 10, "wandb_mode": "disabled"},
-        "scaling": {"sizes": [{"name": "a"}, {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
-                              {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64}],
-                    "streams": [1, 2, 4], "tokens_per_param": 0.05, "seeds": 2, "bootstrap": 5, **scaling},
+        "optimizer": {"lr": 3e-3},
+        "schedule": {"warmup_tokens": 64},
+        "train": {"tokens": 1000},
+        "checkpoint": {"interval_steps": 100},  # tokens: set per size by the experiment
+        "eval": {"interval_steps": 1, "max_batches": 2},
+        "logging": {"interval_steps": 10, "wandb_mode": "disabled"},
+        "scaling": {
+            "sizes": [
+                {"name": "a"},
+                {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
+                {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64},
+            ],
+            "streams": [1, 2, 4],
+            "tokens_per_param": 0.05,
+            "seeds": 2,
+            "bootstrap": 5,
+            **scaling,
+        },
     }
     config = tmp_path / "fs.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -164,8 +213,20 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
     config = _tiny_from_scratch(tmp_path)
     exp = FromScratchExperiment(load_config(config), str(config), [], dry_run=True)
     names = {(r.size, r.name) for r in exp.runs}
-    assert names == {(s, n) for s in "abc" for n in ("p1-seed0", "p1-seed1", "p2-seed0", "p4-seed0", "p4-seed1",
-                                                      "dense-matched-p2", "dense-matched-p4", "p1-prefix")}
+    assert names == {
+        (s, n)
+        for s in "abc"
+        for n in (
+            "p1-seed0",
+            "p1-seed1",
+            "p2-seed0",
+            "p4-seed0",
+            "p4-seed1",
+            "dense-matched-p2",
+            "dense-matched-p4",
+            "p1-prefix",
+        )
+    }
     for size in "abc":
         mine = [r for r in exp.runs if r.size == size]
         cfgs = [r.loaded.config for r in mine]
@@ -179,7 +240,9 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
                 assert r.loaded.config.parscale.single_prefix and r.loaded.config.parscale.streams == 1
             if r.kind == "matched_dense":  # widened to the ParScale model's parameters, within 10%
                 ours = next(x for x in mine if x.kind == "parscale" and x.streams == r.streams)
-                dense_n = parameter_counts(exp.bases[size].config.model, exp.bases[size].config.parscale, 1).non_embedding
+                dense_n = parameter_counts(
+                    exp.bases[size].config.model, exp.bases[size].config.parscale, 1
+                ).non_embedding
                 assert r.loaded.config.parscale.streams == 1 and r.fit_params > dense_n
                 assert abs(r.fit_params / ours.fit_params - 1) < 0.1
     # the fit takes the seed means, with N counting ParScale's own parameters; the bootstrap refits over seeds
@@ -188,8 +251,15 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
     for r in exp.runs:
         if r.kind == "parscale":
             loss = law["E"] + (law["A"] / (r.fit_params * (law["k"] * math.log(r.streams) + 1))) ** law["alpha"]
-            rows.append({"size": r.size, "kind": r.kind, "streams": r.streams, "fit_params": r.fit_params,
-                         "val_loss": loss + (0.002 if r.seed else -0.002)})  # two seeds average to the law
+            rows.append(
+                {
+                    "size": r.size,
+                    "kind": r.kind,
+                    "streams": r.streams,
+                    "fit_params": r.fit_params,
+                    "val_loss": loss + (0.002 if r.seed else -0.002),
+                }
+            )  # two seeds average to the law
     fits = exp.fits(rows)
     assert fits["free"].k == pytest.approx(0.4, abs=0.05) and len(fits["bootstrap_k"]) == 5
     assert fits["bootstrap_k"] == sorted(fits["bootstrap_k"]) and fits["paper_k"].k == PAPER_K

@@ -16,8 +16,15 @@ from pipeline.model.masks import segment_ids_from_lengths
 from pipeline.model.stream_stats import StreamStats, mean_pairwise_cosine, mean_prefix, stream_vectors
 
 VOCAB = 96
-CFG = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_kv_heads=2,
-                  vocab_size=VOCAB, pad_vocab_to_multiple_of=32)
+CFG = ModelConfig(
+    num_layers=2,
+    hidden_size=32,
+    ffn_hidden_size=64,
+    num_attention_heads=4,
+    num_kv_heads=2,
+    vocab_size=VOCAB,
+    pad_vocab_to_multiple_of=32,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,8 +36,9 @@ def world():
 def _model(mode: str = "normal") -> ParScaleLM:
     torch.manual_seed(0)
     extra = {"prefix_mlp_hidden": 8} if mode == "mlp" else {}
-    return ParScaleLM(CFG, ParScaleConfig(streams=4, prefix_len=3, prefix_init=mode, prefix_init_std=0.5, **extra),
-                      VOCAB).eval()
+    return ParScaleLM(
+        CFG, ParScaleConfig(streams=4, prefix_len=3, prefix_init=mode, prefix_init_std=0.5, **extra), VOCAB
+    ).eval()
 
 
 def _batch():

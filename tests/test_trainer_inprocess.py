@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import yaml
+from train_helpers import job_config
 
 from pipeline.config import ConfigError, load_config
 from pipeline.config.job import JobConfig
@@ -17,8 +18,6 @@ from pipeline.distributed import destroy_distributed
 from pipeline.distributed.runtime import LAUNCHER_VARS
 from pipeline.training.evaluation import evaluate_portable
 from pipeline.training.loop import Trainer
-
-from train_helpers import job_config
 
 
 @pytest.fixture
@@ -43,8 +42,13 @@ def test_config_errors_name_the_key_and_from_yaml_the_line(tmp_path, prepared_da
 
 
 def test_steps_resolve_and_one_loss_loop_for_training_and_parscale_eval(tmp_path, prepared_data, single_rank):
-    cfg = _typed(tmp_path, prepared_data, parscale={"streams": 2, "prefix_len": 4},
-                 eval={"max_batches": 3, "stream_diagnostics": True}, train={"tokens": 2 * 8 * 32})
+    cfg = _typed(
+        tmp_path,
+        prepared_data,
+        parscale={"streams": 2, "prefix_len": 4},
+        eval={"max_batches": 3, "stream_diagnostics": True},
+        train={"tokens": 2 * 8 * 32},
+    )
     trainer = Trainer(cfg)
     assert trainer.total_steps == 2 and trainer.vocab >= 400 and trainer.gas == 4
     outcomes = [trainer.train_step() for _ in range(2)]
@@ -69,8 +73,15 @@ def test_steps_resolve_and_one_loss_loop_for_training_and_parscale_eval(tmp_path
 
     portable = trainer.export_portable()
     destroy_distributed()
-    loaded = load_config(job_config(tmp_path, prepared_data, "typed", eval={"max_batches": 3, "stream_diagnostics": True},
-                                    parscale={"streams": 2, "prefix_len": 4}))
+    loaded = load_config(
+        job_config(
+            tmp_path,
+            prepared_data,
+            "typed",
+            eval={"max_batches": 3, "stream_diagnostics": True},
+            parscale={"streams": 2, "prefix_len": 4},
+        )
+    )
     again = evaluate_portable(loaded, str(portable))
     assert again["tokens"] == result["tokens"] and again["val_loss"] == pytest.approx(result["val_loss"], rel=1e-6)
     assert again["diversity_gain"] == pytest.approx(result["diversity_gain"], abs=1e-6)

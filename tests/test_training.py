@@ -12,9 +12,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO
+from safetensors.torch import load_file
 from train_helpers import job_config, metrics, step_losses, train, train_command
 
 
@@ -25,13 +24,13 @@ def data(prepared_data):
 
 def _plain_pytorch_losses(config_path, steps: int) -> list[float]:
     """The same job as a plain loop: full global batch in one process, torch AdamW, same clipping."""
+    from data_prep.manifest import read_manifest
     from pipeline.config import load_config
     from pipeline.data.loader import SplitStream, collate, micro_batch_start
     from pipeline.distributed import single_process
     from pipeline.model import ParScaleLM
     from pipeline.training.optim import param_groups
     from pipeline.training.schedule import WSD
-    from data_prep.manifest import read_manifest
 
     cfg = load_config(config_path).config
     manifest = read_manifest(cfg.data.output_dir)
@@ -42,8 +41,9 @@ def _plain_pytorch_losses(config_path, steps: int) -> list[float]:
     with single_process():
         torch.manual_seed(cfg.run.seed)
         model = ParScaleLM(cfg.model, cfg.parscale, manifest["tokenizer"]["vocab_size"])
-        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
-                                eps=cfg.optimizer.eps)
+        opt = torch.optim.AdamW(
+            param_groups(model, cfg), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps
+        )
         data = SplitStream(cfg, "train", steps * par.global_batch_size, cfg.run.seed)
         schedule = WSD.build(cfg.schedule, cfg.optimizer.lr, steps, par.global_batch_size * seq)
         for step in range(steps):
@@ -67,8 +67,13 @@ def _plain_pytorch_losses(config_path, steps: int) -> list[float]:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_zero_stage_matches_plain_pytorch_adamw(tmp_path, data, stage):
-    config = job_config(tmp_path, data, f"zero{stage}", parallel={"zero_stage": stage, "data_parallel_size": 2},
-                        train={"tokens": 4 * 8 * 32})
+    config = job_config(
+        tmp_path,
+        data,
+        f"zero{stage}",
+        parallel={"zero_stage": stage, "data_parallel_size": 2},
+        train={"tokens": 4 * 8 * 32},
+    )
     proc = train(config, nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = step_losses(tmp_path / f"zero{stage}")
@@ -78,9 +83,14 @@ def test_zero_stage_matches_plain_pytorch_adamw(tmp_path, data, stage):
 
 
 def _kill_after_checkpoint(config, nproc: int, ckpt_dir, step: int) -> None:
-    proc = subprocess.Popen(train_command(config, nproc), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        train_command(config, nproc),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     marker = ckpt_dir / f"step{step:08d}" / "COMPLETE"
     deadline = time.time() + 300
     while time.time() < deadline and not marker.exists() and proc.poll() is None:
@@ -122,9 +132,14 @@ def test_stage1_then_stage2_parscale_loss_falls_and_frozen_backbone_stays_bit_id
     val1 = [r["val_loss"] for r in metrics(tmp_path / "stage1") if "val_loss" in r][-1]
     dense = _weights(tmp_path / "stage1")
     for name, trainable in (("stage2", "all"), ("frozen", "parscale_only")):
-        config = job_config(tmp_path, data, name, parscale={"streams": 4, "prefix_len": 4, "trainable": trainable},
-                            train={"tokens": 8 * 8 * 32, "init_from": str(tmp_path / "stage1" / "portable")},
-                            schedule={"warmup_tokens": 256, "decay_fraction": 1.0})
+        config = job_config(
+            tmp_path,
+            data,
+            name,
+            parscale={"streams": 4, "prefix_len": 4, "trainable": trainable},
+            train={"tokens": 8 * 8 * 32, "init_from": str(tmp_path / "stage1" / "portable")},
+            schedule={"warmup_tokens": 256, "decay_fraction": 1.0},
+        )
         proc = train(config)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "initialised from" in proc.stdout and "+" in proc.stdout
@@ -149,10 +164,15 @@ def test_stage1_then_stage2_parscale_loss_falls_and_frozen_backbone_stays_bit_id
 
 
 def test_sigterm_saves_and_the_rerun_resumes(tmp_path, data):
-    config = job_config(tmp_path, data, "preempt", train={"tokens": 400 * 8 * 32},
-                        checkpoint={"interval_steps": 1000})
-    proc = subprocess.Popen(train_command(config, 1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    config = job_config(tmp_path, data, "preempt", train={"tokens": 400 * 8 * 32}, checkpoint={"interval_steps": 1000})
+    proc = subprocess.Popen(
+        train_command(config, 1),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
     metrics_file = tmp_path / "preempt" / "metrics.jsonl"
     while time.time() < deadline and (not metrics_file.exists() or len(metrics_file.read_text().splitlines()) < 3):
@@ -175,8 +195,13 @@ def test_nonfinite_steps_are_skipped_then_k_in_a_row_stop_with_a_checkpoint(tmp_
     import sys
 
     worker = str(REPO / "tests" / "workers" / "nan_trainer.py")
-    config = job_config(tmp_path, data, "nan", train={"tokens": 6 * 8 * 32, "max_nonfinite_in_a_row": 3},
-                        checkpoint={"interval_steps": 1000})
+    config = job_config(
+        tmp_path,
+        data,
+        "nan",
+        train={"tokens": 6 * 8 * 32, "max_nonfinite_in_a_row": 3},
+        checkpoint={"interval_steps": 1000},
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, worker, str(config), "2"], cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -185,8 +210,9 @@ def test_nonfinite_steps_are_skipped_then_k_in_a_row_stop_with_a_checkpoint(tmp_
     assert all(records[s]["applied"] for s in (1, 3, 4, 5, 6))
 
     config = job_config(tmp_path, data, "nan3", train={"tokens": 8 * 8 * 32, "max_nonfinite_in_a_row": 3})
-    proc = subprocess.run([sys.executable, worker, str(config), "3,4,5"], cwd=REPO, capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, worker, str(config), "3,4,5"], cwd=REPO, capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2
     assert "3 non-finite steps in a row (train.max_nonfinite_in_a_row=3); saved step 5" in proc.stderr
     assert (tmp_path / "nan3" / "checkpoints" / "step00000005" / "COMPLETE").exists()
@@ -202,14 +228,18 @@ def test_a_skipped_step_under_zero0_fp32_moves_neither_weights_nor_optimizer_sta
 
     for key in LAUNCHER_VARS:
         monkeypatch.delenv(key, raising=False)
-    config = job_config(tmp_path, data, "skip0", parallel={"zero_stage": 0, "precision": "fp32"},
-                        optimizer={"weight_decay": 0.1})
+    config = job_config(
+        tmp_path, data, "skip0", parallel={"zero_stage": 0, "precision": "fp32"}, optimizer={"weight_decay": 0.1}
+    )
     trainer = Trainer.from_loaded(load_config(config))
 
     def snapshot():
         opt = trainer.engine.optimizer
-        state = {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
-                 for group in opt.param_groups for p in group["params"]}
+        state = {
+            id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
+            for group in opt.param_groups
+            for p in group["params"]
+        }
         return state, {n: p.detach().clone() for n, p in trainer.engine.module.named_parameters()}
 
     def same(a, b):
@@ -246,8 +276,11 @@ def test_a_skipped_step_under_zero0_fp32_moves_neither_weights_nor_optimizer_sta
 def test_checkpoint_from_another_layout_is_refused(tmp_path, data):
     config = job_config(tmp_path, data, "layout", train={"tokens": 4 * 8 * 32})
     assert train(config).returncode == 0
-    config.write_text(config.read_text().replace("train:", "parscale:\n  streams: 2\n  prefix_len: 4\ntrain:", 1)
-                      .replace(f"tokens: {4 * 8 * 32}", f"tokens: {8 * 8 * 32}"))
+    config.write_text(
+        config.read_text()
+        .replace("train:", "parscale:\n  streams: 2\n  prefix_len: 4\ntrain:", 1)
+        .replace(f"tokens: {4 * 8 * 32}", f"tokens: {8 * 8 * 32}")
+    )
     proc = train(config)
     assert proc.returncode == 2
     assert "does not match the config (parscale.streams: checkpoint 1, config 2" in proc.stderr
@@ -295,8 +328,14 @@ def test_eval_command_matches_the_trainers_final_evaluation_and_wandb_logs_offli
     from conftest import run_cli
 
     # DP=2 and an odd batch count: the trainer deals the same 3 micro-batches over its ranks
-    config = job_config(tmp_path, data, "evaluated", train={"tokens": 4 * 8 * 32}, logging={"wandb_mode": "offline"},
-                        eval={"max_batches": 3})
+    config = job_config(
+        tmp_path,
+        data,
+        "evaluated",
+        train={"tokens": 4 * 8 * 32},
+        logging={"wandb_mode": "offline"},
+        eval={"max_batches": 3},
+    )
     trained = train(config, 2)
     assert trained.returncode == 0, trained.stderr[-3000:]
     for noise in ("all_gather_into_tensor", "Transformer Engine", "FutureWarning"):  # silenced: nothing to act on
@@ -324,8 +363,9 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monk
 
     for key in LAUNCHER_VARS:
         monkeypatch.delenv(key, raising=False)
-    config = job_config(tmp_path, data, "nosync", parscale={"streams": 2, "prefix_len": 4},
-                        logging={"interval_steps": 100})
+    config = job_config(
+        tmp_path, data, "nosync", parscale={"streams": 2, "prefix_len": 4}, logging={"interval_steps": 100}
+    )
     trainer = Trainer.from_loaded(load_config(config))
     ours = str(REPO / "pipeline")
     reads = []

@@ -4,6 +4,7 @@ schedule, optimizer groups and the frozen-backbone switch."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -34,8 +35,9 @@ def test_blend_follows_weights_covers_every_row_once_per_pass_and_is_determinist
 def test_data_parallel_slices_partition_each_global_batch():
     gb, micro, dp = 16, 2, 4
     gas = gb // (micro * dp)
-    seen = sorted(micro_batch_start(5, m, r, gb, micro, dp) + i for m in range(gas) for r in range(dp)
-                  for i in range(micro))
+    seen = sorted(
+        micro_batch_start(5, m, r, gb, micro, dp) + i for m in range(gas) for r in range(dp) for i in range(micro)
+    )
     assert seen == list(range(5 * gb, 6 * gb))
 
 
@@ -56,7 +58,7 @@ def test_wsd_schedule_shapes():
     anneal = WSD.build(ScheduleConfig(warmup_tokens=100, decay_fraction=1.0, min_lr_ratio=0.1), 1e-3, 100, 100)
     lrs = [anneal(s) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in pairwise(lrs))
     linear = WSD.build(ScheduleConfig(decay_fraction=0.2, decay_style="linear", min_lr_ratio=0.0), 1.0, 10, 1)
     assert [round(linear(s), 3) for s in range(10)] == [1.0] * 8 + [0.5, 0.0]
 
@@ -65,14 +67,30 @@ def _model():
     from pipeline.config.model import ModelConfig, ParScaleConfig
     from pipeline.model import ParScaleLM
 
-    cfg = ModelConfig(num_layers=1, hidden_size=16, ffn_hidden_size=32, num_attention_heads=2, num_kv_heads=2,
-                      vocab_size=32, pad_vocab_to_multiple_of=8)
+    cfg = ModelConfig(
+        num_layers=1,
+        hidden_size=16,
+        ffn_hidden_size=32,
+        num_attention_heads=2,
+        num_kv_heads=2,
+        vocab_size=32,
+        pad_vocab_to_multiple_of=8,
+    )
     return ParScaleLM(cfg, ParScaleConfig(streams=2, prefix_len=2), 32)
 
 
 def _job(**sections) -> JobConfig:
-    base = {"model": {"num_layers": 1, "hidden_size": 16, "ffn_hidden_size": 32, "num_attention_heads": 2,
-                      "num_kv_heads": 2}, "train": {"tokens": 100}, "parscale": {"streams": 2, "prefix_len": 2}}
+    base = {
+        "model": {
+            "num_layers": 1,
+            "hidden_size": 16,
+            "ffn_hidden_size": 32,
+            "num_attention_heads": 2,
+            "num_kv_heads": 2,
+        },
+        "train": {"tokens": 100},
+        "parscale": {"streams": 2, "prefix_len": 2},
+    }
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v}
     return JobConfig.model_validate(base)
@@ -87,8 +105,10 @@ def test_weight_decay_groups_and_frozen_backbone():
         decayed = {id(p) for p in groups[0]["params"]}
         names = {id(p): n for n, p in model.named_parameters()}
         assert groups[1]["weight_decay"] == 0.0
-        assert all("norm" in names[i] or names[i].endswith("bias") or ".prefix." in names[i]
-                   for i in {id(p) for p in groups[1]["params"]})
+        assert all(
+            "norm" in names[i] or names[i].endswith("bias") or ".prefix." in names[i]
+            for i in {id(p) for p in groups[1]["params"]}
+        )
         assert any("aggregate_layer.0.weight" in names[i] for i in decayed)
         trainable = apply_trainable(model, _job(parscale={"trainable": "parscale_only"}))
         live = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -115,8 +135,9 @@ def test_parscale_lr_multiplier_gets_groups_of_its_own_and_deepspeed_keeps_it():
         assert all(".prefix." in names[id(p)] or "aggregate_layer" in names[id(p)] for g in own for p in g["params"])
         assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
         opt = torch.optim.AdamW(groups, lr=1e-3)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(job, 1),
-                                          mpu=MegatronMPU())
+        engine, *_ = deepspeed.initialize(
+            model=model, optimizer=opt, config=deepspeed_config(job, 1), mpu=MegatronMPU()
+        )
         set_lr(engine, 2e-3)
         lrs = sorted({round(g["lr"], 9) for g in engine.optimizer.param_groups})
         assert lrs == [2e-3, 2e-2]
@@ -127,9 +148,19 @@ def test_metrics_are_read_one_record_per_step_the_replayed_one_winning(tmp_path)
     from pipeline.training.metrics import read_records
 
     path = tmp_path / "metrics.jsonl"
-    lines = [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "kind": "eval", "val_loss": 4.5},
-             {"step": 2, "loss": 3.9}, {"step": 3, "loss": 3.5}]  # killed after step 2, resumed from step 1
+    lines = [
+        {"step": 1, "loss": 5.0},
+        {"step": 2, "loss": 4.0},
+        {"step": 2, "kind": "eval", "val_loss": 4.5},
+        {"step": 2, "loss": 3.9},
+        {"step": 3, "loss": 3.5},
+    ]  # killed after step 2, resumed from step 1
     path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     records = read_records(path)
-    assert [(r["step"], r.get("kind", "train")) for r in records] == [(1, "train"), (2, "eval"), (2, "train"), (3, "train")]
+    assert [(r["step"], r.get("kind", "train")) for r in records] == [
+        (1, "train"),
+        (2, "eval"),
+        (2, "train"),
+        (3, "train"),
+    ]
     assert records[2]["loss"] == 3.9

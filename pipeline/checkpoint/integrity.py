@@ -11,8 +11,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..utils import collectives
-from .layout import COMPLETE
 from ..utils.fs import atomic_write_text, file_sha256
+from .layout import COMPLETE
 
 FILES = "files.json"
 #: written after the record (the completion marker) or never hashed (the record itself)
@@ -20,14 +20,17 @@ UNRECORDED = (COMPLETE, FILES)
 
 
 def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and p.name not in UNRECORDED and not p.name.startswith("."))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.name not in UNRECORDED and not p.name.startswith(".")
+    )
 
 
 def _share(names: list[str], distributed: bool) -> list[str]:
     if not distributed:
         return names
-    return names[dist.get_rank()::dist.get_world_size()]
+    return names[dist.get_rank() :: dist.get_world_size()]
 
 
 def _gather(part: dict, distributed: bool) -> dict:
@@ -44,7 +47,9 @@ def record(folder: str | Path, distributed: bool = False) -> dict:
     writes ``files.json``. Returns the record."""
     folder = Path(folder)
     names = _files(folder)
-    mine = {n: {"size": (folder / n).stat().st_size, "sha256": file_sha256(folder / n)} for n in _share(names, distributed)}
+    mine = {
+        n: {"size": (folder / n).stat().st_size, "sha256": file_sha256(folder / n)} for n in _share(names, distributed)
+    }
     files = _gather(mine, distributed)
     if not distributed or dist.get_rank() == 0:
         atomic_write_text(folder / FILES, json.dumps({"format": "parscale-files-v1", "files": files}, indent=1))

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from ..errors import JobError
 
-LATEST, COMPLETE, STATE, RESHARDED, CONFIG = "latest", "COMPLETE", "trainer_state.json", "resharded.json", "config.resolved.yaml"
+LATEST, COMPLETE, STATE, RESHARDED, CONFIG = (
+    "latest",
+    "COMPLETE",
+    "trainer_state.json",
+    "resharded.json",
+    "config.resolved.yaml",
+)
 
 
 def tag_for(step: int) -> str:

@@ -15,8 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from ..config.model import ModelConfig, ParScaleConfig
 from ..errors import JobError
+from ..model import ParScaleLM
 from ..model.param_groups import VOCAB_ROWS
 from ..utils.fs import file_sha256, read_format_json, staged_dir
+from .sharding import load_full_state
 
 FORMAT = "parscale-portable/1"
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"
@@ -36,9 +38,15 @@ def save_portable(model, directory: str | Path, tokenizer: str | Path | None = N
     return save_portable_state(state, model.config, model.parscale, model.vocab_size, directory, tokenizer, meta)
 
 
-def save_portable_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, parscale_cfg: ParScaleConfig,
-                        vocab_size: int, directory: str | Path, tokenizer: str | Path | None = None,
-                        meta: dict | None = None) -> Path:
+def save_portable_state(
+    state: dict[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    parscale_cfg: ParScaleConfig,
+    vocab_size: int,
+    directory: str | Path,
+    tokenizer: str | Path | None = None,
+    meta: dict | None = None,
+) -> Path:
     """Write full weights (e.g. gathered from a TP/ZeRO run) as a portable checkpoint; the
     vocabulary rows are trimmed to the real vocabulary (padding depends on the TP it loads at)."""
     directory = Path(directory)
@@ -60,8 +68,7 @@ def save_portable_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, 
 
 
 def read_config(directory: str | Path) -> dict:
-    return read_format_json(Path(directory) / CONFIG, FORMAT, CheckpointError,
-                            f"is {directory} a portable checkpoint?")
+    return read_format_json(Path(directory) / CONFIG, FORMAT, CheckpointError, f"is {directory} a portable checkpoint?")
 
 
 def verify_recorded(directory: str | Path, name: str) -> Path:
@@ -71,8 +78,10 @@ def verify_recorded(directory: str | Path, name: str) -> Path:
     path = directory / name
     expected = read_config(directory).get("sha256", {}).get(name)
     if expected is not None and path.is_file() and file_sha256(path) != expected:
-        raise CheckpointError(f"{path}: sha256 differs from the one recorded in {directory / CONFIG} when it was "
-                              "written (changed or corrupt since); restore it, or export the checkpoint again")
+        raise CheckpointError(
+            f"{path}: sha256 differs from the one recorded in {directory / CONFIG} when it was "
+            "written (changed or corrupt since); restore it, or export the checkpoint again"
+        )
     return path
 
 
@@ -99,13 +108,15 @@ def load_portable(directory: str | Path, dtype: torch.dtype = torch.float32):
     """(model, config dict) from a portable checkpoint, at the TP of megatron-core's groups (up)."""
     from megatron.core import parallel_state as ps
 
-    from ..model import ParScaleLM
-    from .sharding import load_full_state
-
     config = read_config(directory)
-    model = ParScaleLM(ModelConfig.model_validate(config["model"]), ParScaleConfig.model_validate(config["parscale"]),
-                       config["vocab_size"], tp_rank=ps.get_tensor_model_parallel_rank(),
-                       tp_size=ps.get_tensor_model_parallel_world_size(), params_dtype=dtype)
+    model = ParScaleLM(
+        ModelConfig.model_validate(config["model"]),
+        ParScaleConfig.model_validate(config["parscale"]),
+        config["vocab_size"],
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        tp_size=ps.get_tensor_model_parallel_world_size(),
+        params_dtype=dtype,
+    )
     weights = read_weights(directory)  # its own errors name the file
     try:
         load_full_state(model, weights, f"{Path(directory) / WEIGHTS} (with {CONFIG})")

@@ -35,8 +35,9 @@ def _fit_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
 
 
-def load_full_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
-                    allow_new_parscale: bool = False) -> list[str]:
+def load_full_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, allow_new_parscale: bool = False
+) -> list[str]:
     """Copy ``state`` (full tensors) into this rank's slices; returns the ParScale parameters that
     were not in ``state`` and kept their initialisation. Any other mismatch is an error naming
     ``source``."""
@@ -47,11 +48,15 @@ def load_full_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     missing = [n for n in params if n not in state]
     new = [n for n in missing if parscale_parameter(n)]
     if (missing and not allow_new_parscale) or len(new) != len(missing):
-        raise JobError(f"{source}: lacks {', '.join(sorted(set(missing) - set(new if allow_new_parscale else []))[:6])}")
+        raise JobError(
+            f"{source}: lacks {', '.join(sorted(set(missing) - set(new if allow_new_parscale else []))[:6])}"
+        )
     unexpected = [n for n in state if n not in params and state[n] is not None]
     if unexpected:
-        raise JobError(f"{source}: has parameters this model does not: {', '.join(unexpected[:6])} "
-                       "(a ParScale checkpoint into a dense config? set parscale.streams to match)")
+        raise JobError(
+            f"{source}: has parameters this model does not: {', '.join(unexpected[:6])} "
+            "(a ParScale checkpoint into a dense config? set parscale.streams to match)"
+        )
     slices = {}
     for name, param in params.items():
         if name not in state:
@@ -80,8 +85,10 @@ def load_rank_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
 def _copy_checked(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str, where: str) -> None:
     for name, tensor in tensors.items():
         if tensor.shape != params[name].shape:
-            raise JobError(f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects "
-                           f"{tuple(params[name].shape)}{where} (check the model section of the config)")
+            raise JobError(
+                f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(params[name].shape)}{where} (check the model section of the config)"
+            )
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].dtype))

@@ -14,6 +14,7 @@ import torch
 
 from ..config.model import ModelConfig
 from ..errors import JobError
+from ..model.lm import padded_vocab_size
 from ..model.param_groups import VOCAB_ROWS
 
 _DIM0 = (".q_proj.", ".k_proj.", ".v_proj.", ".gate_proj.", ".up_proj.")
@@ -54,8 +55,6 @@ def merge(rank_states: list[dict[str, torch.Tensor]], vocab: int) -> tuple[dict[
 
 def split(full: dict[str, torch.Tensor], tp: int, model: ModelConfig, vocab: int) -> list[dict[str, torch.Tensor]]:
     """Each TP rank's slices of ``full`` (vocabulary rows padded for ``tp``)."""
-    from ..model.lm import padded_vocab_size
-
     if problem := tp_problem(model, tp):
         raise JobError(problem)
     rows = padded_vocab_size(vocab, model.pad_vocab_to_multiple_of, tp)

@@ -14,6 +14,7 @@ Partition layouts, per TP rank (``mp_rank_XX``), DP size D:
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import re
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from ..config.job import JobConfig
 from ..config.model import ModelConfig, ParScaleConfig
+from ..distributed.runtime import select_deepspeed_accelerator
 from ..model.param_groups import group_names
 from . import integrity
 from .layout import COMPLETE, CONFIG, RESHARDED, STATE, latest_tag
@@ -33,8 +36,6 @@ from .portable import CheckpointError
 def safe_load(path: Path) -> dict:
     """``torch.load(weights_only=True)`` with DeepSpeed's plain data classes allowed; nothing else
     in the file can run code."""
-    from ..distributed.runtime import select_deepspeed_accelerator
-
     select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # before DeepSpeed's import
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -64,7 +65,9 @@ def find_step_folder(path: str | Path) -> Path:
         tag = latest_tag(folder) if folder.is_dir() else None
         if tag:
             return folder / tag
-    raise CheckpointError(f"{path}: no trainer checkpoint (expected a stepN folder, a checkpoints folder or a run folder)")
+    raise CheckpointError(
+        f"{path}: no trainer checkpoint (expected a stepN folder, a checkpoints folder or a run folder)"
+    )
 
 
 class TrainerCheckpoint:
@@ -72,8 +75,6 @@ class TrainerCheckpoint:
     the sizes and sha256 recorded at save first (``check_files``), so nothing damaged is read on."""
 
     def __init__(self, path: str | Path, check_files: bool = True):
-        import json
-
         self.folder = find_step_folder(path)
         if check_files and (found := integrity.problems(self.folder)):
             raise CheckpointError(f"{self.folder}: damaged since it was saved: " + "; ".join(found))
@@ -91,9 +92,15 @@ class TrainerCheckpoint:
         self.resharded = (self.folder / RESHARDED).exists()
 
     def describe(self) -> dict:
-        return {"checkpoint": str(self.folder), "step": self.state["step"], "tokens_seen": self.state["tokens_seen"],
-                "tp": self.tp, "zero_stage": None if self.resharded else self.zero,
-                "precision": self.config.parallel.precision, "resharded": self.resharded}
+        return {
+            "checkpoint": str(self.folder),
+            "step": self.state["step"],
+            "tokens_seen": self.state["tokens_seen"],
+            "tp": self.tp,
+            "zero_stage": None if self.resharded else self.zero,
+            "precision": self.config.parallel.precision,
+            "resharded": self.resharded,
+        }
 
     # ------------------------------------------------------------------ one TP rank
 
@@ -101,8 +108,6 @@ class TrainerCheckpoint:
         if not 0 <= rank < self.tp:
             raise CheckpointError(f"{self.folder}: TP rank {rank} out of range (TP={self.tp})")
         if self.resharded:
-            from safetensors.torch import load_file
-
             path = self.folder / f"tp_rank_{rank:02d}.safetensors"
             try:
                 return load_file(str(path))
@@ -118,14 +123,16 @@ class TrainerCheckpoint:
         if self.zero == 0:
             fp32 = (states.get("optimizer") or {}).get("fp32_groups")
             if fp32 is not None:  # bf16 at ZeRO 0: the masters, one tensor per parameter, by group
-                for (names, *_), tensors in zip(group_names(module.items(), self.config), fp32):
-                    full |= dict(zip(names, (t.float() for t in tensors)))
+                for (names, *_), tensors in zip(group_names(module.items(), self.config), fp32, strict=True):
+                    full |= dict(zip(names, (t.float() for t in tensors), strict=True))
             return full
         return full | self._zero12(rank, states["param_shapes"])
 
     def _optim_files(self, rank: int) -> list[dict]:
-        files = sorted(self.folder.glob(f"*zero_pp_rank_*_mp_rank_{rank:02d}_optim_states.pt"),
-                       key=lambda p: int(re.search(r"zero_pp_rank_(\d+)_", p.name).group(1)))
+        files = sorted(
+            self.folder.glob(f"*zero_pp_rank_*_mp_rank_{rank:02d}_optim_states.pt"),
+            key=lambda p: int(re.search(r"zero_pp_rank_(\d+)_", p.name).group(1)),
+        )
         if not files:
             raise CheckpointError(f"{self.folder}: no ZeRO optimizer partitions for TP rank {rank}")
         parts = [safe_load(f)["optimizer_state_dict"] for f in files]
@@ -142,7 +149,7 @@ class TrainerCheckpoint:
             flat = torch.cat([p["single_partition_of_fp32_groups"][group] for p in parts])
             paddings = parts[0].get("param_alignment_paddings", [[0] * len(shapes)])[group]
             offset = 0
-            for (name, shape), pad in zip(shapes.items(), paddings):
+            for (name, shape), pad in zip(shapes.items(), paddings, strict=True):
                 numel = math.prod(shape)
                 if offset + numel > flat.numel():
                     raise CheckpointError(f"{self.folder}: TP rank {rank} partitions end before {name}")
@@ -167,7 +174,7 @@ class TrainerCheckpoint:
         frozen = models[0].get("frozen_param_shapes") or {}
         for name, shape in frozen.items():
             pieces = [m["frozen_param_fragments"][name].reshape(-1) for m in models]
-            out[name] = torch.cat(pieces)[:math.prod(shape)].view(shape).float()
+            out[name] = torch.cat(pieces)[: math.prod(shape)].view(shape).float()
         missing = [k for k, v in models[0]["module"].items() if v is not None and k not in out]
         if missing:
             raise CheckpointError(f"{self.folder}: TP rank {rank} has no weights for {', '.join(missing[:5])}")

@@ -43,14 +43,20 @@ def _print_values(loaded, keys: list[str]) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "config", help="validate a job config and print it resolved",
+        "config",
+        help="validate a job config and print it resolved",
         description="Validate a job config (bases merged, overrides applied, defaults filled) and print "
-                    "the resolved YAML, or write it with --out. Exit 2 with every problem listed if invalid.",
+        "the resolved YAML, or write it with --out. Exit 2 with every problem listed if invalid.",
     )
     add_config_args(parser, required=False)
     parser.add_argument("--out", metavar="DIR", help="write config.resolved.yaml into DIR instead of printing")
-    parser.add_argument("--get", action="append", default=[], metavar="KEY",
-                        help="print only this resolved value (dotted key, repeatable; one line each); "
-                             "the launch scripts read the process count this way")
+    parser.add_argument(
+        "--get",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="print only this resolved value (dotted key, repeatable; one line each); "
+        "the launch scripts read the process count this way",
+    )
     parser.add_argument("--schema", action="store_true", help="print the config JSON schema and exit")
     parser.set_defaults(func=_run)

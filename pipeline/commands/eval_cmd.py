@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 from ..config.cli_args import add_config_args, load_from_args
-from ..training.evaluation import evaluate_portable
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..training.evaluation import evaluate_portable
+
     loaded = load_from_args(args)
     checkpoint = args.checkpoint or str(Path(loaded.config.run.output_dir) / "portable")
     result = evaluate_portable(loaded, checkpoint, args.max_batches)
@@ -21,9 +22,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="validation loss / perplexity of a checkpoint",
+        "eval",
+        help="validation loss / perplexity of a checkpoint",
         description="Evaluate a portable checkpoint on the held-out split of the prepared data named in the config "
-                    "(data.output_dir or train.datasets); prints JSON.",
+        "(data.output_dir or train.datasets); prints JSON.",
     )
     add_config_args(parser)
     parser.add_argument("--checkpoint", help="portable checkpoint folder (default: <run.output_dir>/portable)")

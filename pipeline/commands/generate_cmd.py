@@ -17,13 +17,19 @@ def _run(args: argparse.Namespace) -> int:
     prompts = args.prompt or [""]
     # documents start right after an end-of-document token in training data: start prompts the same way
     encoded = [[sp.eos_id()] + sp.encode(p) for p in prompts]
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, eos_id=sp.eos_id(), seed=args.seed)
+    sampling = Sampling(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_id=sp.eos_id(),
+        seed=args.seed,
+    )
     with single_process(seed=args.seed) as ctx:
         model, _ = load_portable(args.checkpoint)
         model.to(ctx.device)
         outputs = generate(model, encoded, sampling, pad_id=max(sp.pad_id(), 0))
-    for prompt, tokens in zip(prompts, outputs):
+    for prompt, tokens in zip(prompts, outputs, strict=True):
         text = sp.decode([t for t in tokens if t != sp.eos_id()])
         print(f"{prompt}{text}" if not args.only_new else text)
         if len(prompts) > 1:
@@ -34,9 +40,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "generate", help="generate text from a checkpoint",
+        "generate",
+        help="generate text from a checkpoint",
         description="Incremental decoding with a KV cache (ParScale prefixes pre-seed P caches per sequence) "
-                    "from a portable checkpoint folder (model.safetensors, config.json, tokenizer.model).",
+        "from a portable checkpoint folder (model.safetensors, config.json, tokenizer.model).",
     )
     parser.add_argument("checkpoint", help="portable checkpoint folder")
     parser.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for a batch")

@@ -25,8 +25,9 @@ def print_outcome(console, dry_run: bool, report, plot: str, start: float) -> No
     if dry_run:
         console.print("dry run: nothing was trained or written")
     else:
-        console.print(f"[bold]report:[/] {report}  (plot: {report.parent / plot}); "
-                      f"total {time.perf_counter() - start:.0f} s")
+        console.print(
+            f"[bold]report:[/] {report}  (plot: {report.parent / plot}); total {time.perf_counter() - start:.0f} s"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -37,8 +38,10 @@ def _run(args: argparse.Namespace) -> int:
     console = Console()
     start = time.perf_counter()
     job = MainJob(load_from_args(args), args.config, args.overrides, dry_run=args.dry_run)
-    console.print(f"[bold]parscale run[/] {job.cfg.run.name}: {job.nproc} process(es) per training stage, "
-                  f"outputs under {job.layout.root}")
+    console.print(
+        f"[bold]parscale run[/] {job.cfg.run.name}: {job.nproc} process(es) per training stage, "
+        f"outputs under {job.layout.root}"
+    )
     report = job.run(console)
     console.print(stage_table(f"{job.cfg.run.name}: stages", job.timings))
     print_outcome(console, args.dry_run, report, "loss.png", start)
@@ -47,15 +50,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "run", help="the whole pipeline from one config: prep, stage 1, convert, stage 2, eval, report",
+        "run",
+        help="the whole pipeline from one config: prep, stage 1, convert, stage 2, eval, report",
         description="Data prep -> stage 1 dense training -> consolidate -> dense-to-ParScale -> stage 2 ParScale "
-                    "training (and a dense control at equal tokens, stage2.dense_baseline) -> evaluation -> a "
-                    "Markdown report with loss plots, under run.output_dir. Training stages run under torchrun "
-                    "with TP x DP processes. A stage whose output is already complete is skipped, so rerunning "
-                    "the same command continues where it stopped.",
+        "training (and a dense control at equal tokens, stage2.dense_baseline) -> evaluation -> a "
+        "Markdown report with loss plots, under run.output_dir. Training stages run under torchrun "
+        "with TP x DP processes. A stage whose output is already complete is skipped, so rerunning "
+        "the same command continues where it stopped.",
     )
     add_config_args(parser)
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print each stage's launch command instead of running it (stages already done are "
-                             "reported as skipped)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each stage's launch command instead of running it (stages already done are reported as skipped)",
+    )
     parser.set_defaults(func=_run)

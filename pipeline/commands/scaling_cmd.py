@@ -23,13 +23,17 @@ def _run(args: argparse.Namespace) -> int:
         from ..scaling.from_scratch import FromScratchExperiment
 
         exp = FromScratchExperiment(loaded, args.config, args.overrides, dry_run=args.dry_run)
-        console.print(f"[bold]parscale scaling[/] {exp.cfg.run.name} (from scratch): sizes {', '.join(exp.bases)} x "
-                      f"P = {exp.streams}, {len(exp.runs)} training runs, outputs under {exp.root}")
+        console.print(
+            f"[bold]parscale scaling[/] {exp.cfg.run.name} (from scratch): sizes {', '.join(exp.bases)} x "
+            f"P = {exp.streams}, {len(exp.runs)} training runs, outputs under {exp.root}"
+        )
         report = exp.run(console)
     else:
         exp = ScalingExperiment(loaded, args.config, args.overrides, dry_run=args.dry_run)
-        console.print(f"[bold]parscale scaling[/] {exp.cfg.run.name} (two-stage): sizes {', '.join(exp.jobs)} x "
-                      f"P = {exp.streams}, outputs under {exp.root}")
+        console.print(
+            f"[bold]parscale scaling[/] {exp.cfg.run.name} (two-stage): sizes {', '.join(exp.jobs)} x "
+            f"P = {exp.streams}, outputs under {exp.root}"
+        )
         report = exp.run(console)
         for name, job in exp.jobs.items():
             console.print(stage_table(f"size {name}: stages", job.timings))
@@ -39,18 +43,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "scaling", help="the scaling experiment: sizes x P = 1, 2, 4, 8, fitted law, inference cost, report",
+        "scaling",
+        help="the scaling experiment: sizes x P = 1, 2, 4, 8, fitted law, inference cost, report",
         description="scaling.mode from_scratch (default): for each size in the config's 'scaling' section, every P "
-                    "trained from initialisation on scaling.tokens_per_param tokens per non-embedding parameter, "
-                    "scaling.seeds seeds at P = 1 and the largest P, a parameter-matched dense control per P, "
-                    "evaluation on the same batches, the law fitted with k's seed-bootstrap interval. "
-                    "scaling.mode two_stage: for each size: data prep (shared), stage 1 dense, "
-                    "consolidate, dense-to-ParScale and stage 2 at every P > 1 plus the dense model continued for "
-                    "the same tokens (P = 1), evaluation on the same batches. Then fit L = E + (A / (N (k ln P + "
-                    "1)))^alpha (Huber on log L), measure decoding memory and latency against dense models of equal "
-                    "predicted loss, and write report/scaling.md with plots under run.output_dir. Finished stages "
-                    "are skipped on a rerun.",
+        "trained from initialisation on scaling.tokens_per_param tokens per non-embedding parameter, "
+        "scaling.seeds seeds at P = 1 and the largest P, a parameter-matched dense control per P, "
+        "evaluation on the same batches, the law fitted with k's seed-bootstrap interval. "
+        "scaling.mode two_stage: for each size: data prep (shared), stage 1 dense, "
+        "consolidate, dense-to-ParScale and stage 2 at every P > 1 plus the dense model continued for "
+        "the same tokens (P = 1), evaluation on the same batches. Then fit L = E + (A / (N (k ln P + "
+        "1)))^alpha (Huber on log L), measure decoding memory and latency against dense models of equal "
+        "predicted loss, and write report/scaling.md with plots under run.output_dir. Finished stages "
+        "are skipped on a rerun.",
     )
     add_config_args(parser)
-    parser.add_argument("--dry-run", action="store_true", help="print each stage's launch command instead of running it")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print each stage's launch command instead of running it"
+    )
     parser.set_defaults(func=_run)

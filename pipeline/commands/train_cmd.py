@@ -21,11 +21,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a dense (stage 1) or ParScale (stage 2) model",
+        "train",
+        help="train a dense (stage 1) or ParScale (stage 2) model",
         description="Train on prepared data, one process per rank: run it under a launcher (torchrun, srun, "
-                    "deepspeed) for TP x DP > 1, or plainly for one process. Resumes from the latest checkpoint in "
-                    "checkpoint.dir; SIGTERM/SIGUSR1 save and exit. Stage 2 is a config with parscale.streams > 1 "
-                    "and train.init_from set to a (dense) portable checkpoint.",
+        "deepspeed) for TP x DP > 1, or plainly for one process. Resumes from the latest checkpoint in "
+        "checkpoint.dir; SIGTERM/SIGUSR1 save and exit. Stage 2 is a config with parscale.streams > 1 "
+        "and train.init_from set to a (dense) portable checkpoint.",
     )
     add_config_args(parser)
     parser.set_defaults(func=_run)

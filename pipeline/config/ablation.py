@@ -19,24 +19,32 @@ CONTROLS = {"dense": "the dense model continued", "prefix1": "P = 1 with one lea
 
 class AblationVariant(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Folder name under run.output_dir/ablation/.")
-    set: dict[str, Any] = Field(min_length=1, description="Dotted config keys and their values for this variant's "
-                                                          "stage 2, e.g. {stage2.parscale.eps: 0.0}.")
+    set: dict[str, Any] = Field(
+        min_length=1,
+        description="Dotted config keys and their values for this variant's stage 2, e.g. {stage2.parscale.eps: 0.0}.",
+    )
 
     @field_validator("set")
     @classmethod
     def _stage2_only(cls, keys: dict[str, Any]) -> dict[str, Any]:
         bad = [k for k in keys if not k.startswith(VARIANT_KEYS)]
         if bad:
-            raise ValueError(f"{bad}: a variant may set only {' / '.join(k + '*' for k in VARIANT_KEYS)} keys "
-                             "(stage 1 is shared by every variant)")
+            raise ValueError(
+                f"{bad}: a variant may set only {' / '.join(k + '*' for k in VARIANT_KEYS)} keys "
+                "(stage 1 is shared by every variant)"
+            )
         return keys
 
 
 class AblationConfig(StrictModel):
     variants: list[AblationVariant] = Field(min_length=1, description="Stage-2 variants, each against the baseline.")
-    seeds: int = Field(2, ge=1, description="Seeds per variant and for the baseline: seed i initialises the prefixes "
-                                            "and the aggregator from run.seed + i; every run reads the same data "
-                                            "order as the controls.")
+    seeds: int = Field(
+        2,
+        ge=1,
+        description="Seeds per variant and for the baseline: seed i initialises the prefixes "
+        "and the aggregator from run.seed + i; every run reads the same data "
+        "order as the controls.",
+    )
 
     @field_validator("variants")
     @classmethod

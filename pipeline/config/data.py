@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -75,7 +75,7 @@ class StdlibSource(_Source):
 
 
 DataSource = Annotated[
-    Union[JsonlSource, ParquetSource, TextSource, CodeSource, HFDiskSource, HFFilesSource, StdlibSource],
+    JsonlSource | ParquetSource | TextSource | CodeSource | HFDiskSource | HFFilesSource | StdlibSource,
     Field(discriminator="type"),
 ]
 
@@ -97,7 +97,7 @@ class DataConfig(StrictModel):
     unit_mb: float = Field(4.0, gt=0, description="Work unit size: input bytes read and tokenized as one task.")
 
     @model_validator(mode="after")
-    def _chars(self) -> "DataConfig":
+    def _chars(self) -> DataConfig:
         if self.max_chars is not None and self.max_chars < self.min_chars:
             raise ValueError(f"max_chars ({self.max_chars}) is below min_chars ({self.min_chars})")
         return self

@@ -7,9 +7,10 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -84,7 +85,9 @@ def _read_yaml(path: Path) -> tuple[dict, dict[Path_, str]]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(str(path), [Problem(f"{path}:1", "", f"expected a mapping of sections, got {type(data).__name__}")])
+        raise ConfigError(
+            str(path), [Problem(f"{path}:1", "", f"expected a mapping of sections, got {type(data).__name__}")]
+        )
     lines: dict[Path_, str] = {}
     _record_lines(node, (), path, lines)
     return data, lines
@@ -196,7 +199,9 @@ def _apply_override(data: dict, origin: dict, path: Path_, value: Any, text: str
         here = dotted(path[: depth + 1])
         if isinstance(node, list):
             if not isinstance(part, int) or part >= len(node):
-                raise ConfigError(source, [Problem(f"--set {text}", here, f"no list item {part} (the list has {len(node)})")])
+                raise ConfigError(
+                    source, [Problem(f"--set {text}", here, f"no list item {part} (the list has {len(node)})")]
+                )
             node = node[part]
             continue
         if not isinstance(node, dict):
@@ -208,9 +213,13 @@ def _apply_override(data: dict, origin: dict, path: Path_, value: Any, text: str
     last = path[-1]
     if isinstance(node, list):
         if not isinstance(last, int) or last >= len(node):
-            raise ConfigError(source, [Problem(f"--set {text}", dotted(path), f"no list item {last} (the list has {len(node)})")])
+            raise ConfigError(
+                source, [Problem(f"--set {text}", dotted(path), f"no list item {last} (the list has {len(node)})")]
+            )
     elif not isinstance(node, dict):
-        raise ConfigError(source, [Problem(f"--set {text}", dotted(path), "cannot set a key inside a non-mapping value")])
+        raise ConfigError(
+            source, [Problem(f"--set {text}", dotted(path), "cannot set a key inside a non-mapping value")]
+        )
     node[last] = value
     _forget(origin, path)
     origin[path] = f"--set {text}"

@@ -28,9 +28,11 @@ class ModelConfig(StrictModel):
     init_std: float = Field(0.02, gt=0)
     document_attention: bool = Field(True, description="Reset positions and mask attention per document.")
     attention_backend: Literal["auto", "sdpa", "flex"] = Field(
-        "auto", description="Attention kernel for packed/prefixed training batches: 'flex' = FlexAttention with a "
-                            "block mask (CUDA; no CPU backward), 'sdpa' = scaled_dot_product_attention with a dense "
-                            "mask, 'auto' = flex on CUDA, sdpa elsewhere. Not part of the model's identity.")
+        "auto",
+        description="Attention kernel for packed/prefixed training batches: 'flex' = FlexAttention with a "
+        "block mask (CUDA; no CPU backward), 'sdpa' = scaled_dot_product_attention with a dense "
+        "mask, 'auto' = flex on CUDA, sdpa elsewhere. Not part of the model's identity.",
+    )
 
     #: fields that choose how the model runs, not what it is: left out of checkpoints and comparisons
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({"attention_backend"})
@@ -47,7 +49,7 @@ class ModelConfig(StrictModel):
         return [key for key in self.TP_SPLIT_FIELDS if getattr(self, key) % tp]
 
     @model_validator(mode="after")
-    def _heads(self) -> "ModelConfig":
+    def _heads(self) -> ModelConfig:
         if self.num_attention_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -72,20 +74,26 @@ class ParScaleConfig(StrictModel):
     prefix_len: int = Field(48, ge=1, description="Prefix tokens per layer and stream.")
     eps: float = Field(0.1, ge=0, lt=1, description="Aggregation smoothing: w*(1-eps) + eps/P.")
     prefix_init: Literal["normal", "mlp"] = Field(
-        "normal", description="Prefixes as free tensors ('normal') or produced by a small MLP ('mlp' reparameterisation).")
+        "normal",
+        description="Prefixes as free tensors ('normal') or produced by a small MLP ('mlp' reparameterisation).",
+    )
     prefix_init_std: float = Field(0.02, gt=0, description="Std of the prefixes' normal initialisation.")
     prefix_mlp_hidden: int = Field(512, ge=1, description="Hidden width of the 'mlp' reparameterisation.")
-    aggregator_init_std: float = Field(1e-3, ge=0, description="Init std of the aggregator's last layer "
-                                                                "(small: near-uniform weights at the start).")
+    aggregator_init_std: float = Field(
+        1e-3, ge=0, description="Init std of the aggregator's last layer (small: near-uniform weights at the start)."
+    )
     trainable: Literal["all", "parscale_only"] = Field(
         "all", description="'parscale_only' freezes the backbone: only prefixes and aggregator train."
     )
-    single_prefix: bool = Field(False, description="With streams 1: the dense model plus one learned prefix per "
-                                                   "layer (no aggregator), the control that tells prefix tuning "
-                                                   "apart from parallel scaling.")
+    single_prefix: bool = Field(
+        False,
+        description="With streams 1: the dense model plus one learned prefix per "
+        "layer (no aggregator), the control that tells prefix tuning "
+        "apart from parallel scaling.",
+    )
 
     @model_validator(mode="after")
-    def _frozen_needs_streams(self) -> "ParScaleConfig":
+    def _frozen_needs_streams(self) -> ParScaleConfig:
         if self.single_prefix and self.streams > 1:
             raise ValueError("single_prefix is the one-stream control: it needs streams 1")
         if self.trainable == "parscale_only" and not self.has_prefix:

@@ -34,25 +34,41 @@ class InferenceCostConfig(StrictModel):
 
 class ScalingConfig(StrictModel):
     mode: Literal["from_scratch", "two_stage"] = Field(
-        "from_scratch", description="from_scratch: every P trained from initialisation on the same tokens, data "
-                                    "order and schedule (the paper's law); two_stage: stage 1 dense, then stage 2 at "
-                                    "every P from it.")
+        "from_scratch",
+        description="from_scratch: every P trained from initialisation on the same tokens, data "
+        "order and schedule (the paper's law); two_stage: stage 1 dense, then stage 2 at "
+        "every P from it.",
+    )
     sizes: list[ScalingSize] = Field(min_length=3, description="At least three model sizes.")
-    streams: list[int] = Field(default_factory=lambda: [1, 2, 4, 8],
-                               description="Stream counts; in two_stage mode P=1 is the dense model continued for the "
-                                           "same stage-2 tokens.")
-    tokens_per_param: float = Field(20.0, gt=0, description="from_scratch: training tokens per non-embedding "
-                                                            "parameter of each size (every P and control of a size "
-                                                            "trains on the same tokens).")
+    streams: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8],
+        description="Stream counts; in two_stage mode P=1 is the dense model continued for the same stage-2 tokens.",
+    )
+    tokens_per_param: float = Field(
+        20.0,
+        gt=0,
+        description="from_scratch: training tokens per non-embedding "
+        "parameter of each size (every P and control of a size "
+        "trains on the same tokens).",
+    )
     stage2_tokens_per_param: float | None = Field(
-        None, gt=0, description="two_stage: stage-2 tokens per non-embedding parameter of each size (None: "
-                                "stage2.tokens for every size).")
+        None,
+        gt=0,
+        description="two_stage: stage-2 tokens per non-embedding parameter of each size (None: "
+        "stage2.tokens for every size).",
+    )
     seeds: int = Field(2, ge=1, description="from_scratch: seeds at P=1 and at the largest P (the others: one).")
-    matched_dense: bool = Field(True, description="from_scratch: for each P > 1 also a dense model widened to the "
-                                                  "ParScale model's non-embedding parameters, on the same tokens.")
-    prefix_control: bool = Field(True, description="from_scratch: also P = 1 with one learned prefix per layer "
-                                                   "(parscale.single_prefix), so prefix tuning can't pass for "
-                                                   "P-scaling.")
+    matched_dense: bool = Field(
+        True,
+        description="from_scratch: for each P > 1 also a dense model widened to the "
+        "ParScale model's non-embedding parameters, on the same tokens.",
+    )
+    prefix_control: bool = Field(
+        True,
+        description="from_scratch: also P = 1 with one learned prefix per layer "
+        "(parscale.single_prefix), so prefix tuning can't pass for "
+        "P-scaling.",
+    )
     bootstrap: int = Field(30, ge=0, description="from_scratch: refits over resampled seeds for k's uncertainty.")
     huber_delta: float = Field(1e-3, gt=0, description="Huber loss threshold on log L residuals (the paper's fit).")
     inference: InferenceCostConfig = Field(default_factory=InferenceCostConfig)

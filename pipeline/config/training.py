@@ -24,7 +24,7 @@ class ParallelConfig(StrictModel):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on CUDA, else gloo.")
 
     @model_validator(mode="after")
-    def _batch(self) -> "ParallelConfig":
+    def _batch(self) -> ParallelConfig:
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size ({self.global_batch_size}) is not a multiple of "
@@ -35,8 +35,10 @@ class ParallelConfig(StrictModel):
     def batch_problem(self, dp: int) -> str | None:
         """Why global_batch_size cannot be split over ``dp`` data-parallel ranks, or None."""
         if self.global_batch_size % (self.micro_batch_size * dp):
-            return (f"{self.global_batch_size} is not a multiple of micro_batch_size x data-parallel size "
-                    f"({self.micro_batch_size} x {dp})")
+            return (
+                f"{self.global_batch_size} is not a multiple of micro_batch_size x data-parallel size "
+                f"({self.micro_batch_size} x {dp})"
+            )
         return None
 
     def grad_accum_steps(self, dp: int) -> int:
@@ -60,8 +62,9 @@ class OptimizerConfig(StrictModel):
         default_factory=lambda: ["norm", "bias"], description="Parameter groups exempt from weight decay."
     )
     grad_clip: float = Field(1.0, ge=0, description="Global grad-norm clip; 0 disables.")
-    parscale_lr_mult: float = Field(1.0, gt=0, description="LR multiplier for ParScale's own parameters "
-                                                           "(prefixes and aggregator).")
+    parscale_lr_mult: float = Field(
+        1.0, gt=0, description="LR multiplier for ParScale's own parameters (prefixes and aggregator)."
+    )
 
 
 class ScheduleConfig(StrictModel):
@@ -85,12 +88,18 @@ class TrainConfig(StrictModel):
         default_factory=list, description="Prepared datasets and weights; empty = data.output_dir."
     )
     init_from: str | None = Field(None, description="Checkpoint to start from (ours, portable or HF).")
-    skip_tokens: Count = Field(0, ge=0, description="Start this far into the data order (whole sequences): "
-                                                    "stage 2 continues after the tokens stage 1 trained on.")
+    skip_tokens: Count = Field(
+        0,
+        ge=0,
+        description="Start this far into the data order (whole sequences): "
+        "stage 2 continues after the tokens stage 1 trained on.",
+    )
     max_nonfinite_in_a_row: int = Field(5, ge=1, description="Skipped steps in a row before stopping.")
     verify_data: Literal["size", "sha256"] = Field(
-        "size", description="Before reading the prepared data: every shard's size against its manifest (and the "
-                            "tokenizer's sha256), or also every shard's sha256 (reads all the data once).")
+        "size",
+        description="Before reading the prepared data: every shard's size against its manifest (and the "
+        "tokenizer's sha256), or also every shard's sha256 (reads all the data once).",
+    )
 
     def steps(self, tokens_per_step: int) -> int:
         """Optimizer steps that cover ``tokens``: whole steps, at least one."""
@@ -103,20 +112,31 @@ class CheckpointConfig(StrictModel):
     keep_last: int = Field(3, ge=1)
     resume: bool = Field(True, description="Resume from the latest checkpoint in dir, if any.")
     verify_on_resume: Literal["sha256", "size"] = Field(
-        "sha256", description="Before resuming, check every file of the checkpoint against the sizes and sha256 "
-                              "recorded at save (hashing split over the ranks), or sizes only; a damaged checkpoint "
-                              "is set aside and the newest intact one is used.")
+        "sha256",
+        description="Before resuming, check every file of the checkpoint against the sizes and sha256 "
+        "recorded at save (hashing split over the ranks), or sizes only; a damaged checkpoint "
+        "is set aside and the newest intact one is used.",
+    )
     stop_file: str | None = Field(
-        None, description="A file whose appearance makes training save a checkpoint and stop at the next step "
-                          "(removed once acted on). The SLURM launcher sets it for its pre-timeout signal.")
+        None,
+        description="A file whose appearance makes training save a checkpoint and stop at the next step "
+        "(removed once acted on). The SLURM launcher sets it for its pre-timeout signal.",
+    )
 
 
 class EvalConfig(StrictModel):
     interval_steps: int = Field(1000, ge=0, description="0 = only at the end.")
-    max_batches: int = Field(50, ge=1, description="Validation micro-batches per evaluation, in total over the DP "
-                                                   "ranks: the same rows parscale eval and the final report read.")
-    stream_diagnostics: bool = Field(True, description="P > 1: also evaluate with every stream given the streams' "
-                                                       "mean prefix (the diversity gain; doubles evaluation time).")
+    max_batches: int = Field(
+        50,
+        ge=1,
+        description="Validation micro-batches per evaluation, in total over the DP "
+        "ranks: the same rows parscale eval and the final report read.",
+    )
+    stream_diagnostics: bool = Field(
+        True,
+        description="P > 1: also evaluate with every stream given the streams' "
+        "mean prefix (the diversity gain; doubles evaluation time).",
+    )
 
 
 class LoggingConfig(StrictModel):

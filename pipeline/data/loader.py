@@ -26,7 +26,7 @@ class Batch:
     loss_mask: torch.Tensor  # [b, T] 1 where the label is a real token
     segment_ids: torch.Tensor | None  # [b, T] document ids, or None without document attention
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.labels), move(self.loss_mask), move(self.segment_ids))
 
@@ -82,7 +82,7 @@ class DataSpec:
     pad_id: int  # padding id of the batches: the tokenizer's pad, or 0 when it has none
 
     @classmethod
-    def of(cls, cfg: JobConfig) -> "DataSpec":
+    def of(cls, cfg: JobConfig) -> DataSpec:
         path = Path(dataset_entries(cfg)[0].path)
         manifest = read_manifest(path)
         tokenizer = manifest["tokenizer"]
@@ -103,8 +103,10 @@ class EmptySplit(JobError):
 def _reject_summary(directory: str | Path) -> str:
     totals = read_manifest(directory)["totals"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(totals["rejected_by_reason"].items())) or "none"
-    return (f"{directory} ({totals['documents_read']} documents read, {totals['documents_kept']} kept; "
-            f"rejected by reason: {reasons})")
+    return (
+        f"{directory} ({totals['documents_read']} documents read, {totals['documents_kept']} kept; "
+        f"rejected by reason: {reasons})"
+    )
 
 
 _CHECKED: set[tuple[str, bool]] = set()
@@ -117,9 +119,11 @@ def check_dataset(directory: str | Path, hashes: bool) -> None:
     if key in _CHECKED:
         return
     if found := dataset_problems(directory, hashes):
-        raise JobError(f"{directory}: the prepared data does not match its manifest: {'; '.join(found[:5])}"
-                       f"{f' (and {len(found) - 5} more)' if len(found) > 5 else ''}. Rerun 'parscale prep' with "
-                       "the config that prepared it: it rewrites every shard whose checksum no longer matches.")
+        raise JobError(
+            f"{directory}: the prepared data does not match its manifest: {'; '.join(found[:5])}"
+            f"{f' (and {len(found) - 5} more)' if len(found) > 5 else ''}. Rerun 'parscale prep' with "
+            "the config that prepared it: it rewrites every shard whose checksum no longer matches."
+        )
     _CHECKED.add(key)
 
 

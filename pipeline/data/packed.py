@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.manifest import ManifestError, read_manifest, shard_prefixes
 from data_prep.shards import ShardReader
 
 
@@ -25,10 +26,10 @@ class SourceRows:
         return self.readers[shard].row(i - self.starts[shard])
 
 
-def open_sources(directory: str | Path, split: str, tokenizer_sha256: str | None = None) -> list[tuple[SourceRows, float]]:
+def open_sources(
+    directory: str | Path, split: str, tokenizer_sha256: str | None = None
+) -> list[tuple[SourceRows, float]]:
     """(rows, weight) for every source of a prepared dataset that has rows in ``split``."""
-    from data_prep.manifest import ManifestError, read_manifest, shard_prefixes
-
     manifest = read_manifest(directory)
     if tokenizer_sha256 is not None and manifest["tokenizer"]["sha256"] != tokenizer_sha256:
         raise ManifestError(

@@ -2,7 +2,11 @@
 tensor x data parallel groups, DeepSpeed's comm layer and its ``mpu`` adapter, seeding."""
 
 from .bootstrap import (
-    ParallelContext, destroy_distributed, init_distributed, local_group, single_process,
+    ParallelContext,
+    destroy_distributed,
+    init_distributed,
+    local_group,
+    single_process,
 )
 from .mpu import MegatronMPU
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -95,15 +95,21 @@ def _start_groups(tp: int, backend: str, rank: int, world_size: int, local_rank:
 
     timeout = timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timeout, rank=rank, world_size=world_size,
-                                device_id=torch.device(device) if backend == "nccl" else None)
+        dist.init_process_group(
+            backend=backend,
+            timeout=timeout,
+            rank=rank,
+            world_size=world_size,
+            device_id=torch.device(device) if backend == "nccl" else None,
+        )
     deepspeed.init_distributed(dist_backend=backend, timeout=timeout, auto_mpi_discovery=False)
 
     from megatron.core import parallel_state
 
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, distributed_timeout_minutes=timeout_minutes,
+            tensor_model_parallel_size=tp,
+            distributed_timeout_minutes=timeout_minutes,
             create_gloo_process_groups=backend != "gloo",
         )
     collectives.start_host_group()
@@ -114,16 +120,23 @@ def _context(rank, world_size, local_rank, tp, backend, device, threads) -> Para
     from megatron.core import parallel_state
 
     return ParallelContext(
-        rank=rank, world_size=world_size, local_rank=local_rank,
-        tp_rank=parallel_state.get_tensor_model_parallel_rank(), tp_size=tp,
-        dp_rank=parallel_state.get_data_parallel_rank(), dp_size=world_size // tp,
-        backend=backend, device=device, threads=threads,
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        tp_size=tp,
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        dp_size=world_size // tp,
+        backend=backend,
+        device=device,
+        threads=threads,
     )
 
 
 @contextlib.contextmanager
-def local_group(rank: int = 0, world_size: int = 1, tp: int = 1, port: int | None = None,
-                seed: int = 1234) -> Iterator[ParallelContext]:
+def local_group(
+    rank: int = 0, world_size: int = 1, tp: int = 1, port: int | None = None, seed: int = 1234
+) -> Iterator[ParallelContext]:
     """Rank ``rank`` of a world of processes on this machine (gloo, or NCCL on GPUs), for tools and
     tests that run megatron-core layers outside a launcher: every rank passes the same ``port``.
     The env:// variables it sets are removed again on exit."""
@@ -131,8 +144,14 @@ def local_group(rank: int = 0, world_size: int = 1, tp: int = 1, port: int | Non
     for key in runtime.LAUNCHER_VARS:
         os.environ.pop(key, None)
     if world_size > 1:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                          LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
     runtime.ensure_launcher_env()
     runtime.set_cache_defaults()
     quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters

@@ -40,8 +40,11 @@ def _check_groups(ctx: ParallelContext) -> dict:
         "dp_allreduce": _group_sum(1.0, dp_group),
         "world_rank_sum": _group_sum(float(ctx.rank), None),
     }
-    expected = {"tp_allreduce": ctx.tp_size, "dp_allreduce": ctx.dp_size,
-                "world_rank_sum": ctx.world_size * (ctx.world_size - 1) / 2}
+    expected = {
+        "tp_allreduce": ctx.tp_size,
+        "dp_allreduce": ctx.dp_size,
+        "world_rank_sum": ctx.world_size * (ctx.world_size - 1) / 2,
+    }
     record["problems"] = [f"{k}={record[k]} expected {v}" for k, v in expected.items() if record[k] != v]
     return record
 
@@ -53,10 +56,13 @@ def _deepspeed_step(ctx: ParallelContext, zero_stage: int, seed: int) -> float:
 
     torch.manual_seed(seed)
     mp_config = ModelParallelConfig(
-        tensor_model_parallel_size=ctx.tp_size, use_cpu_initialization=True,
-        params_dtype=torch.float32, perform_initialization=True,
+        tensor_model_parallel_size=ctx.tp_size,
+        use_cpu_initialization=True,
+        params_dtype=torch.float32,
+        perform_initialization=True,
     )
     width = 16  # fixed, so every TP size splits the same master weights
+
     def init(weight):
         return torch.nn.init.normal_(weight, std=0.02)
 
@@ -64,10 +70,17 @@ def _deepspeed_step(ctx: ParallelContext, zero_stage: int, seed: int) -> float:
         def __init__(self):
             super().__init__()
             self.up = tensor_parallel.ColumnParallelLinear(
-                width, 4 * width, config=mp_config, init_method=init, bias=True, gather_output=False)
+                width, 4 * width, config=mp_config, init_method=init, bias=True, gather_output=False
+            )
             self.down = tensor_parallel.RowParallelLinear(
-                4 * width, width, config=mp_config, init_method=init, bias=True,
-                input_is_parallel=True, skip_bias_add=False)
+                4 * width,
+                width,
+                config=mp_config,
+                init_method=init,
+                bias=True,
+                input_is_parallel=True,
+                skip_bias_add=False,
+            )
 
         def forward(self, x):
             h, _ = self.up(x)
@@ -95,8 +108,11 @@ def _deepspeed_step(ctx: ParallelContext, zero_stage: int, seed: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.distributed.healthcheck", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.distributed.healthcheck",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(parser)
     parser.add_argument("--out", required=True, help="directory for topology.json")
     parser.add_argument("--no-deepspeed", action="store_true", help="skip the DeepSpeed ZeRO step")
@@ -115,11 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         records = collectives.all_gather_object(record)
         ok = not any(r["problems"] for r in records)
         if ctx.is_main:
-            summary = {"ok": ok, "world_size": ctx.world_size, "tp_size": ctx.tp_size, "dp_size": ctx.dp_size,
-                       "backend": ctx.backend, "ranks": records}
+            summary = {
+                "ok": ok,
+                "world_size": ctx.world_size,
+                "tp_size": ctx.tp_size,
+                "dp_size": ctx.dp_size,
+                "backend": ctx.backend,
+                "ranks": records,
+            }
             path = atomic_write_text(Path(args.out) / TOPOLOGY_NAME, json.dumps(summary, indent=2))
-            print(f"healthcheck: world {ctx.world_size} = TP {ctx.tp_size} x DP {ctx.dp_size} on {ctx.backend}: "
-                  f"{'ok' if ok else 'FAILED'} -> {path}")
+            print(
+                f"healthcheck: world {ctx.world_size} = TP {ctx.tp_size} x DP {ctx.dp_size} on {ctx.backend}: "
+                f"{'ok' if ok else 'FAILED'} -> {path}"
+            )
         return 0 if ok else 1
     finally:
         destroy_distributed()

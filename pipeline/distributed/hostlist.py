@@ -52,8 +52,10 @@ def expand(nodelist: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.distributed.hostlist",
-                                     description="Print each host of a SLURM host list on its own line.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.distributed.hostlist",
+        description="Print each host of a SLURM host list on its own line.",
+    )
     parser.add_argument("nodelist", help="e.g. 'gpu[01-04,09],login1'")
     args = parser.parse_args(argv)
     try:

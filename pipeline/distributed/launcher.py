@@ -31,9 +31,7 @@ class TorchrunLaunch:
 
     def env(self) -> dict[str, str]:
         """Variables set on top of the caller's environment."""
-        threads = os.environ.get("OMP_NUM_THREADS") or str(
-            max(1, cpu_threads_per_rank() // self.nproc_per_node)
-        )
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cpu_threads_per_rank() // self.nproc_per_node))
         return {"OMP_NUM_THREADS": threads, **self.extra_env}
 
     def describe(self) -> str:

@@ -9,6 +9,8 @@ import socket
 import sys
 from pathlib import Path
 
+import torch
+
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -28,8 +30,14 @@ def ensure_launcher_env() -> bool:
         if missing:
             raise RuntimeError(f"WORLD_SIZE is set but {', '.join(missing)} is not: use torchrun or set them")
         return False
-    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    defaults = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
     for key in LAUNCHER_VARS:
         os.environ.setdefault(key, defaults[key])
     return True
@@ -48,8 +56,6 @@ def cpu_threads_per_rank() -> int:
 
 def configure_threads() -> int:
     """Honour OMP_NUM_THREADS if set (torchrun sets 1), else give each local rank its share."""
-    import torch
-
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or cpu_threads_per_rank()
     torch.set_num_threads(threads)
     return threads

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..model.counting import parameter_counts
 from ..training.metrics import read_records
 from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
@@ -50,9 +51,15 @@ def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
     for key, (train, val) in curves.items():
         shift = 0 if key == "stage1" else offset
         xs, ys = [t + shift for t, _ in train], [v for _, v in train]
-        line, = whole.plot(xs, _smooth(ys, 10), label=f"{label(key)} train", linewidth=1.2)
-        whole.plot([t + shift for t, _ in val], [v for _, v in val], "o", color=line.get_color(),
-                   label=f"{label(key)} val", markersize=4)
+        (line,) = whole.plot(xs, _smooth(ys, 10), label=f"{label(key)} train", linewidth=1.2)
+        whole.plot(
+            [t + shift for t, _ in val],
+            [v for _, v in val],
+            "o",
+            color=line.get_color(),
+            label=f"{label(key)} val",
+            markersize=4,
+        )
         if key != "stage1":
             zoom.plot([t for t, _ in train], _smooth(ys, 10), color=line.get_color(), label=f"{label(key)} train")
             zoom.plot([t for t, _ in val], [v for _, v in val], "o-", color=line.get_color(), label=f"{label(key)} val")
@@ -63,8 +70,6 @@ def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
 
 
 def write_report(job) -> Path:
-    from ..model.counting import parameter_counts
-
     layout, out = job.layout, job.layout.report
     runs = {key: Path(loaded.config.run.output_dir) for key, loaded in job.configs.items()}
     curves = {key: read_metrics(path) for key, path in runs.items()}
@@ -73,37 +78,63 @@ def write_report(job) -> Path:
     evals = json.loads(layout.eval.read_text())
     cfg = job.cfg
     streams = ", ".join(f"P={p}" for p in job.streams)
-    lines = [f"# {cfg.run.name}: dense -> ParScale {streams}", "",
-             config_line(job.path, job.overrides), "",
-             "| run | P | parameters (ParScale extra) | tokens | last train loss | val loss | val ppl |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {cfg.run.name}: dense -> ParScale {streams}",
+        "",
+        config_line(job.path, job.overrides),
+        "",
+        "| run | P | parameters (ParScale extra) | tokens | last train loss | val loss | val ppl |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, result in evals.items():
         ps = job.configs[key].config.parscale
         counts = parameter_counts(cfg.model, ps, job.configs[key].config.model.vocab_size or _vocab(runs[key]))
         train = curves[key][0]
-        lines.append(f"| {label(key)} | {ps.streams} | {counts.total:,} ({100 * counts.parscale_fraction:.1f}%) | "
-                     f"{result['tokens_seen']:,} | {train[-1][1]:.4f} | {result['val_loss']:.4f} | {result['val_ppl']:.2f} |")
+        lines.append(
+            f"| {label(key)} | {ps.streams} | {counts.total:,} ({100 * counts.parscale_fraction:.1f}%) | "
+            f"{result['tokens_seen']:,} | {train[-1][1]:.4f} | {result['val_loss']:.4f} | {result['val_ppl']:.2f} |"
+        )
     if "dense" in evals:
         lines.append("")
         for p in job.streams:
             gain = evals["dense"]["val_loss"] - evals[stage2_key(p)]["val_loss"]
-            lines.append(f"At equal stage-2 tokens ({job.stage2.tokens:,}), ParScale P={p} ends "
-                         f"{'below' if gain > 0 else 'above'} the dense control by {abs(gain):.4f} nats of validation "
-                         "loss (same validation batches for every run).")
+            lines.append(
+                f"At equal stage-2 tokens ({job.stage2.tokens:,}), ParScale P={p} ends "
+                f"{'below' if gain > 0 else 'above'} the dense control by {abs(gain):.4f} nats of validation "
+                "loss (same validation batches for every run)."
+            )
     if "prefix1" in evals:
         for p in job.streams:
             gain = evals["prefix1"]["val_loss"] - evals[stage2_key(p)]["val_loss"]
-            lines.append(f"Against one learned prefix (P=1 + prefix, same tokens), ParScale P={p} ends "
-                         f"{'below' if gain > 0 else 'above'} it by {abs(gain):.4f} nats: what the P streams add "
-                         "beyond prefix tuning.")
+            lines.append(
+                f"Against one learned prefix (P=1 + prefix, same tokens), ParScale P={p} ends "
+                f"{'below' if gain > 0 else 'above'} it by {abs(gain):.4f} nats: what the P streams add "
+                "beyond prefix tuning."
+            )
     if "dense" in evals or "prefix1" in evals:
-        lines += ["", "One run's difference at this scale is within seed noise; `parscale scaling` (several sizes, "
-                      "P = 1, 2, 4, 8, a fitted scaling law) is the place for claims."]
-    lines += ["", "![training and validation loss](loss.png)", "", "## Stages", "", "| stage | status | wall time (s) |",
-              "|---|---|---|"]
+        lines += [
+            "",
+            "One run's difference at this scale is within seed noise; `parscale scaling` (several sizes, "
+            "P = 1, 2, 4, 8, a fitted scaling law) is the place for claims.",
+        ]
+    lines += [
+        "",
+        "![training and validation loss](loss.png)",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | wall time (s) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {t['status']} | {t['seconds']:.1f} |" for name, t in job.timings.items()]
-    outputs = [layout.stage1, layout.consolidated, *(layout.init(p) for p in job.streams),
-               *(layout.stage2(p) for p in job.streams), layout.dense, layout.eval]
+    outputs = [
+        layout.stage1,
+        layout.consolidated,
+        *(layout.init(p) for p in job.streams),
+        *(layout.stage2(p) for p in job.streams),
+        layout.dense,
+        layout.eval,
+    ]
     lines += ["", "Outputs: " + ", ".join(f"`{p}`" for p in outputs), ""]
     return atomic_write_text(out / "report.md", "\n".join(lines))
 

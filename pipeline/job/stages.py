@@ -12,10 +12,17 @@ import json
 import time
 from pathlib import Path
 
+from checkpoints_tools.consolidate import consolidate
+from checkpoints_tools.to_parscale import convert
+from data_prep.job import is_complete, prepare
+
 from ..config import LoadedConfig, load_config, write_resolved
 from ..config.model import ModelConfig, ParScaleConfig
-from ..errors import JobError
 from ..data.loader import planned_seq_len
+from ..distributed.launcher import TorchrunLaunch
+from ..errors import JobError
+from ..training.evaluation import evaluate_portable
+from ..utils.fs import atomic_write_text
 from .layout import Layout, stage2_key
 from .report import write_report
 
@@ -43,16 +50,16 @@ def is_trained(loaded: LoadedConfig) -> bool:
     meta = _portable_meta(Path(cfg.run.output_dir) / "portable")
     if meta is not None and not _same_model(meta, cfg.model, cfg.parscale):
         out = cfg.run.output_dir
-        raise JobError(f"{out} holds a run of another model or ParScale setting than this config asks for; "
-                       f"move or delete {out}, or set another run.output_dir (nothing was changed)")
+        raise JobError(
+            f"{out} holds a run of another model or ParScale setting than this config asks for; "
+            f"move or delete {out}, or set another run.output_dir (nothing was changed)"
+        )
     return meta is not None and meta.get("tokens_seen", 0) >= cfg.train.tokens
 
 
 def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> None:
     """``parscale train`` on ``loaded`` under torchrun (``nproc`` processes); its config is written
     as ``<run.output_dir>/job.yaml``. A failed run resumes from its checkpoints when run again."""
-    from ..distributed.launcher import TorchrunLaunch
-
     out = Path(loaded.config.run.output_dir)
     resolved = out / "job.yaml" if dry_run else write_resolved(loaded, out, "job.yaml")
     launch = TorchrunLaunch(module="pipeline.cli", args=["train", str(resolved)], nproc_per_node=nproc)
@@ -69,9 +76,17 @@ class MainJob:
     ``run.seed`` for the ParScale conversion only (another init of prefixes and aggregator, the same
     data order)."""
 
-    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False,
-                 streams: list[int] | None = None, report: bool = True, stage2_root: Path | None = None,
-                 init_seed_offset: int = 0):
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        config_path: str,
+        overrides: list[str],
+        dry_run: bool = False,
+        streams: list[int] | None = None,
+        report: bool = True,
+        stage2_root: Path | None = None,
+        init_seed_offset: int = 0,
+    ):
         loaded.require("run", "model", "train", "stage2")
         self.loaded, self.cfg = loaded, loaded.config
         self.path, self.overrides, self.dry_run, self.with_report = config_path, list(overrides), dry_run, report
@@ -82,15 +97,18 @@ class MainJob:
         self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
         self.configs = {"stage1": self._derive([f"run.output_dir={self.layout.stage1}"])}
         for p in self.streams:
-            self.configs[stage2_key(p)] = self._derive(self._stage2_sets(
-                self.layout.stage2(p), self.parscale(p).model_dump(mode="json"), self.layout.init(p)))
+            self.configs[stage2_key(p)] = self._derive(
+                self._stage2_sets(self.layout.stage2(p), self.parscale(p).model_dump(mode="json"), self.layout.init(p))
+            )
         if self.stage2.dense_baseline:
-            self.configs["dense"] = self._derive(self._stage2_sets(self.layout.dense, {"streams": 1},
-                                                                   self.layout.consolidated))
+            self.configs["dense"] = self._derive(
+                self._stage2_sets(self.layout.dense, {"streams": 1}, self.layout.consolidated)
+            )
         if self.stage2.prefix_control:
             control = self.parscale(1).model_copy(update={"single_prefix": True}).model_dump(mode="json")
-            self.configs["prefix1"] = self._derive(self._stage2_sets(self.layout.prefix_control, control,
-                                                                     self.layout.consolidated))
+            self.configs["prefix1"] = self._derive(
+                self._stage2_sets(self.layout.prefix_control, control, self.layout.consolidated)
+            )
         self.timings: dict[str, dict] = {}
 
     def parscale(self, streams: int):
@@ -104,9 +122,14 @@ class MainJob:
         return self.cfg.train.steps(per_step) * per_step
 
     def _stage2_sets(self, out: Path, parscale: dict, init: Path) -> list[str]:
-        sets = [f"run.output_dir={out}", f"parscale={json.dumps(parscale)}", f"train.tokens={self.stage2.tokens}",
-                f"train.skip_tokens={self._stage1_tokens()}",
-                f"train.init_from={init}", f"schedule={json.dumps(self.stage2.schedule.model_dump(mode='json'))}"]
+        sets = [
+            f"run.output_dir={out}",
+            f"parscale={json.dumps(parscale)}",
+            f"train.tokens={self.stage2.tokens}",
+            f"train.skip_tokens={self._stage1_tokens()}",
+            f"train.init_from={init}",
+            f"schedule={json.dumps(self.stage2.schedule.model_dump(mode='json'))}",
+        ]
         return sets + ([f"optimizer.lr={self.stage2.lr}"] if self.stage2.lr else [])
 
     def _derive(self, sets: list[str]) -> LoadedConfig:
@@ -116,18 +139,23 @@ class MainJob:
 
     def stages(self) -> list[tuple[str, object, object]]:
         """(name, is_done, run) for each stage, in order."""
-        stages = [("data prep", self._prep_done, self._prep),
-                  ("stage 1: dense", lambda: self._trained("stage1"), lambda: self._train("stage1")),
-                  ("consolidate stage 1", self._consolidated, self._consolidate)]
+        stages = [
+            ("data prep", self._prep_done, self._prep),
+            ("stage 1: dense", lambda: self._trained("stage1"), lambda: self._train("stage1")),
+            ("consolidate stage 1", self._consolidated, self._consolidate),
+        ]
         for p in self.streams:
             key = stage2_key(p)
-            stages += [(f"dense -> ParScale P={p}", lambda p=p: self._converted(p), lambda p=p: self._convert(p)),
-                       (f"stage 2: ParScale P={p}", lambda key=key: self._trained(key), lambda key=key: self._train(key))]
+            stages += [
+                (f"dense -> ParScale P={p}", lambda p=p: self._converted(p), lambda p=p: self._convert(p)),
+                (f"stage 2: ParScale P={p}", lambda key=key: self._trained(key), lambda key=key: self._train(key)),
+            ]
         if "dense" in self.configs:
             stages.append(("stage 2: dense control", lambda: self._trained("dense"), lambda: self._train("dense")))
         if "prefix1" in self.configs:
-            stages.append(("stage 2: P=1 + one prefix control", lambda: self._trained("prefix1"),
-                           lambda: self._train("prefix1")))
+            stages.append(
+                ("stage 2: P=1 + one prefix control", lambda: self._trained("prefix1"), lambda: self._train("prefix1"))
+            )
         stages.append(("evaluation", self._evaluated, self._evaluate))
         if self.with_report:
             stages.append(("report", lambda: False, self._report))
@@ -142,18 +170,16 @@ class MainJob:
             console.rule(f"{name}")
             start = time.perf_counter()
             action()
-            self.timings[name] = {"status": "dry run" if self.dry_run else "ran",
-                                  "seconds": time.perf_counter() - start}
+            self.timings[name] = {
+                "status": "dry run" if self.dry_run else "ran",
+                "seconds": time.perf_counter() - start,
+            }
         return self.layout.report / "report.md"
 
     def _prep_done(self) -> bool:
-        from data_prep.job import is_complete
-
         return is_complete(self.cfg)
 
     def _prep(self) -> None:
-        from data_prep.job import prepare
-
         if not self.dry_run:
             prepare(self.loaded)
 
@@ -171,8 +197,6 @@ class MainJob:
         return meta is not None and final is not None and meta.get("step") == final.get("step")
 
     def _consolidate(self) -> None:
-        from checkpoints_tools.consolidate import consolidate
-
         if self.dry_run:
             print(f"parscale convert consolidate {self.layout.stage1} {self.layout.consolidated}")
             return
@@ -181,18 +205,26 @@ class MainJob:
 
     def _converted(self, streams: int) -> bool:
         meta, source = _portable_meta(self.layout.init(streams)), _portable_meta(self.layout.consolidated)
-        return (meta is not None and source is not None and meta.get("step") == source.get("step")
-                and ParScaleConfig.model_validate(meta["parscale"]) == self.parscale(streams))
+        return (
+            meta is not None
+            and source is not None
+            and meta.get("step") == source.get("step")
+            and ParScaleConfig.model_validate(meta["parscale"]) == self.parscale(streams)
+        )
 
     def _convert(self, streams: int) -> None:
-        from checkpoints_tools.to_parscale import convert
-
         if self.dry_run:
-            print(f"parscale convert to-parscale {self.layout.consolidated} {self.layout.init(streams)} "
-                  f"--streams {streams}")
+            print(
+                f"parscale convert to-parscale {self.layout.consolidated} {self.layout.init(streams)} "
+                f"--streams {streams}"
+            )
             return
-        result = convert(self.layout.consolidated, self.layout.init(streams), self.parscale(streams),
-                         seed=self.cfg.run.seed + self.init_seed_offset)
+        result = convert(
+            self.layout.consolidated,
+            self.layout.init(streams),
+            self.parscale(streams),
+            seed=self.cfg.run.seed + self.init_seed_offset,
+        )
         print(result["verified"])
 
     def _finals(self) -> dict[str, Path]:
@@ -207,15 +239,14 @@ class MainJob:
         return {k: v.get("tokens_seen") for k, v in saved.items()} == finals
 
     def _evaluate(self) -> None:
-        from ..training.evaluation import evaluate_portable
-        from ..utils.fs import atomic_write_text
-
         if self.dry_run:
             return
         results = {key: evaluate_portable(self.configs[key], str(path)) for key, path in self._finals().items()}
         atomic_write_text(self.layout.eval, json.dumps(results, indent=2))
         for key, result in results.items():
-            print(f"{key}: val loss {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f}) on {result['tokens']} tokens")
+            print(
+                f"{key}: val loss {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f}) on {result['tokens']} tokens"
+            )
 
     def _report(self) -> None:
         if not self.dry_run:

@@ -18,8 +18,9 @@ from .rope import apply_rotary
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, ps: ParScaleConfig, mp: ModelParallelConfig, init, out_init,
-                 tp_rank: int, tp_size: int):
+    def __init__(
+        self, cfg: ModelConfig, ps: ParScaleConfig, mp: ModelParallelConfig, init, out_init, tp_rank: int, tp_size: int
+    ):
         super().__init__()
         d = cfg.kv_channels
         self.head_dim = d
@@ -30,8 +31,13 @@ class Attention(nn.Module):
         self.k_proj = tensor_parallel.ColumnParallelLinear(cfg.hidden_size, cfg.num_kv_heads * d, **column)
         self.v_proj = tensor_parallel.ColumnParallelLinear(cfg.hidden_size, cfg.num_kv_heads * d, **column)
         self.o_proj = tensor_parallel.RowParallelLinear(
-            cfg.num_attention_heads * d, cfg.hidden_size, config=mp, init_method=out_init, bias=False,
-            input_is_parallel=True, skip_bias_add=False,
+            cfg.num_attention_heads * d,
+            cfg.hidden_size,
+            config=mp,
+            init_method=out_init,
+            bias=False,
+            input_is_parallel=True,
+            skip_bias_add=False,
         )
         self.prefix = StreamPrefix(ps, cfg.num_kv_heads, d, tp_rank, tp_size) if ps.has_prefix else None
 

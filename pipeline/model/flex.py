@@ -30,13 +30,16 @@ def training_backend(backend: str, device: torch.device) -> str:
     """The kernel masked training batches run on ("flex" or "sdpa"); ValueError where the
     requested one cannot train on ``device``."""
     if backend == "flex" and device.type != "cuda":
-        raise ValueError(f"flex trains only on CUDA (this process runs on {device}; FlexAttention has no CPU "
-                         f"backward in torch {torch.__version__}): use auto or sdpa")
+        raise ValueError(
+            f"flex trains only on CUDA (this process runs on {device}; FlexAttention has no CPU "
+            f"backward in torch {torch.__version__}): use auto or sdpa"
+        )
     return "flex" if use_flex(backend, device) else "sdpa"
 
 
-def document_block_mask(segment_ids: torch.Tensor | None, batch: int, seq: int, prefix_len: int, streams: int,
-                        device: torch.device) -> BlockMask:
+def document_block_mask(
+    segment_ids: torch.Tensor | None, batch: int, seq: int, prefix_len: int, streams: int, device: torch.device
+) -> BlockMask:
     """Block mask for ``streams * batch`` stream-major rows (row p*B + b is sequence b) over
     ``seq`` queries and ``seq + prefix_len`` keys; ``segment_ids`` [B, T] or None (one document)."""
     if segment_ids is None:
@@ -48,17 +51,25 @@ def document_block_mask(segment_ids: torch.Tensor | None, batch: int, seq: int, 
         same_doc = segment_ids[row, token] == segment_ids[row, q]
         return (kv >= seq) | ((kv <= q) & same_doc)
 
-    mask = create_block_mask(mask_mod, batch, None, seq, seq + prefix_len, device=device,
-                             _compile=device.type == "cuda")
+    mask = create_block_mask(
+        mask_mod, batch, None, seq, seq + prefix_len, device=device, _compile=device.type == "cuda"
+    )
     if streams == 1:
         return mask
+
     # the block tables (a few ints per 128x128 block), not the mask, are repeated per stream
     def rep(t):
         return None if t is None else t.repeat(streams, *([1] * (t.dim() - 1)))
 
-    return BlockMask.from_kv_blocks(rep(mask.kv_num_blocks), rep(mask.kv_indices), rep(mask.full_kv_num_blocks),
-                                    rep(mask.full_kv_indices), BLOCK_SIZE=mask.BLOCK_SIZE, mask_mod=mask_mod,
-                                    seq_lengths=mask.seq_lengths)
+    return BlockMask.from_kv_blocks(
+        rep(mask.kv_num_blocks),
+        rep(mask.kv_indices),
+        rep(mask.full_kv_num_blocks),
+        rep(mask.full_kv_indices),
+        BLOCK_SIZE=mask.BLOCK_SIZE,
+        mask_mod=mask_mod,
+        seq_lengths=mask.seq_lengths,
+    )
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:

@@ -52,8 +52,8 @@ def generate(model, prompts: list[list[int]], sampling: Sampling, pad_id: int = 
     ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros((batch, longest), dtype=torch.bool, device=device)
     for i, prompt in enumerate(prompts):
-        ids[i, longest - len(prompt):] = torch.tensor(prompt, device=device)
-        valid[i, longest - len(prompt):] = True
+        ids[i, longest - len(prompt) :] = torch.tensor(prompt, device=device)
+        valid[i, longest - len(prompt) :] = True
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
     cache = KVCache(model, batch, longest + sampling.max_new_tokens, dtype, device)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)

@@ -52,8 +52,9 @@ def _normal(std: float):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: ModelConfig, ps: ParScaleConfig, mp: ModelParallelConfig, vocab: int, tp_rank: int,
-                 tp_size: int):
+    def __init__(
+        self, cfg: ModelConfig, ps: ParScaleConfig, mp: ModelParallelConfig, vocab: int, tp_rank: int, tp_size: int
+    ):
         super().__init__()
         init = _normal(cfg.init_std)
         out_init = _normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))  # scaled residual init (Megatron)
@@ -64,13 +65,23 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.aggregate_layer = (
             build_aggregate_layer(cfg.hidden_size, ps.streams, cfg.init_std, ps.aggregator_init_std)
-            if ps.streams > 1 else None
+            if ps.streams > 1
+            else None
         )
 
 
 class ParScaleLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, ps: ParScaleConfig, vocab_size: int, *, tp_rank: int = 0,
-                 tp_size: int = 1, activation_checkpointing: bool = False, params_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        ps: ParScaleConfig,
+        vocab_size: int,
+        *,
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        activation_checkpointing: bool = False,
+        params_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.config, self.parscale = cfg, ps
         self.vocab_size = vocab_size
@@ -79,12 +90,21 @@ class ParScaleLM(nn.Module):
         self.prefix_len = ps.prefix_len if ps.has_prefix else 0
         self.activation_checkpointing = activation_checkpointing
         self.attention_backend = cfg.attention_backend  # "auto" | "sdpa" | "flex" (a runtime choice)
-        mp = ModelParallelConfig(tensor_model_parallel_size=tp_size, use_cpu_initialization=True,
-                                 params_dtype=params_dtype, perform_initialization=True)
+        mp = ModelParallelConfig(
+            tensor_model_parallel_size=tp_size,
+            use_cpu_initialization=True,
+            params_dtype=params_dtype,
+            perform_initialization=True,
+        )
         self.model = Backbone(cfg, ps, mp, self.padded_vocab_size, tp_rank, tp_size)
         self.lm_head = tensor_parallel.ColumnParallelLinear(
-            cfg.hidden_size, self.padded_vocab_size, config=mp, init_method=_normal(cfg.init_std), bias=False,
-            gather_output=False, skip_weight_param_allocation=cfg.tie_embeddings,
+            cfg.hidden_size,
+            self.padded_vocab_size,
+            config=mp,
+            init_method=_normal(cfg.init_std),
+            bias=False,
+            gather_output=False,
+            skip_weight_param_allocation=cfg.tie_embeddings,
         )
         self.rotary = Rotary(cfg.kv_channels, cfg.rope_base)
         self.lm_head_rank = tp_rank
@@ -105,14 +125,28 @@ class ParScaleLM(nn.Module):
             return position_ids, document_block_mask(segment_ids, b, t, self.prefix_len, self.streams, device)
         query = (past + torch.arange(t, device=device)).expand(b, t)
         keys = torch.arange(past + t, device=device).expand(b, past + t)
-        mask = attention_mask(query, keys, query_segments=segment_ids, key_segments=segment_ids,
-                              key_valid=key_valid, prefix_len=self.prefix_len)
+        mask = attention_mask(
+            query,
+            keys,
+            query_segments=segment_ids,
+            key_segments=segment_ids,
+            key_valid=key_valid,
+            prefix_len=self.prefix_len,
+        )
         return position_ids, mask
 
-    def forward(self, input_ids: torch.Tensor, *, labels: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache=None, key_valid: torch.Tensor | None = None,
-                return_stream_states: bool = False) -> LMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        key_valid: torch.Tensor | None = None,
+        return_stream_states: bool = False,
+    ) -> LMOutput:
         """``input_ids`` [B, T]; ``labels`` [B, T] already shifted; ``segment_ids`` [B, T] document ids
         in a packed row; ``cache``/``key_valid`` [B, cached + T] for incremental decoding;
         ``return_stream_states``: also return each stream's final states (diagnostics)."""

@@ -10,7 +10,6 @@ import torch
 
 from ..config.job import JobConfig
 
-
 VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")  # one row per vocabulary entry (padded in training)
 
 
@@ -54,6 +53,8 @@ def group_names(named: Iterable[tuple[str, torch.Tensor]], cfg: JobConfig) -> li
         if is_trainable(name, cfg):
             decays = _group_of(name, param) not in no_decay
             buckets[(decays, split and parscale_parameter(name))].append(name)
-    groups = [(names, cfg.optimizer.weight_decay if decays else 0.0, mult if own else 1.0)
-              for (decays, own), names in buckets.items()]
+    groups = [
+        (names, cfg.optimizer.weight_decay if decays else 0.0, mult if own else 1.0)
+        for (decays, own), names in buckets.items()
+    ]
     return [g for g in groups if g[0]]

@@ -38,8 +38,14 @@ class StreamStats:
         mask = loss_mask.to(torch.float64)
         w = stream_weights.to(torch.float64)
         entropy = -(w * w.clamp(min=1e-12).log()).sum(-1)
-        self.sums += torch.stack([(stream_states - mean).pow(2).sum().double(),
-                                  mean.pow(2).sum().double() * self.streams, (entropy * mask).sum(), mask.sum()])
+        self.sums += torch.stack(
+            [
+                (stream_states - mean).pow(2).sum().double(),
+                mean.pow(2).sum().double() * self.streams,
+                (entropy * mask).sum(),
+                mask.sum(),
+            ]
+        )
         self.weights += (w * mask[..., None]).sum((0, 1))
 
     def result(self, group=None) -> dict:
@@ -47,8 +53,11 @@ class StreamStats:
         total = collectives.all_reduce(torch.cat([self.sums, self.weights]), "sum", group).tolist()
         num, den, ent, tokens = total[:4]
         weights = [w / max(tokens, 1) for w in total[4:]]
-        return {"stream_spread": math.sqrt(num / den) if den > 0 else None,
-                "weight_entropy": ent / max(tokens, 1), "max_mean_weight": max(weights)}
+        return {
+            "stream_spread": math.sqrt(num / den) if den > 0 else None,
+            "weight_entropy": ent / max(tokens, 1),
+            "max_mean_weight": max(weights),
+        }
 
 
 def _prefixes(model) -> list[torch.Tensor]:

@@ -27,7 +27,7 @@ class _ScatterLastDim(torch.autograd.Function):
         group, size = _tp()
         chunk = x.shape[-1] // size
         rank = ps.get_tensor_model_parallel_rank()
-        return x[..., rank * chunk:(rank + 1) * chunk].contiguous()
+        return x[..., rank * chunk : (rank + 1) * chunk].contiguous()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

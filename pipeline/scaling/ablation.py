@@ -17,12 +17,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint.portable import load_portable
 from ..config import LoadedConfig, load_config
 from ..config.ablation import BASELINE, CONTROLS
+from ..distributed import single_process
 from ..job.layout import stage2_key
 from ..job.stages import MainJob
+from ..model.stream_stats import mean_pairwise_cosine, stream_vectors
+from ..training.evaluation import evaluate_portable
+from ..utils.fs import atomic_write_text
 from .ablation_report import write_report
-
 
 
 @dataclass(frozen=True)
@@ -56,10 +60,12 @@ class Stage2Ablation:
         self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
         self.root = Path(self.cfg.run.output_dir) / "ablation"
         self.report_dir = self.root / "report"
-        self.main = MainJob(loaded, config_path, self.overrides, dry_run, report=False,
-                            streams=[self.cfg.stage2.parscale.streams])
-        plan = [(BASELINE, ())] + [(v.name, tuple(f"{k}={json.dumps(val)}" for k, val in v.set.items()))
-                                   for v in self.cfg.ablation.variants]
+        self.main = MainJob(
+            loaded, config_path, self.overrides, dry_run, report=False, streams=[self.cfg.stage2.parscale.streams]
+        )
+        plan = [(BASELINE, ())] + [
+            (v.name, tuple(f"{k}={json.dumps(val)}" for k, val in v.set.items())) for v in self.cfg.ablation.variants
+        ]
         self.variants: list[Variant] = []
         for name, sets in plan:
             for i in range(self.cfg.ablation.seeds):
@@ -69,10 +75,20 @@ class Stage2Ablation:
                 seeded = [*self.overrides, *sets]
                 variant = load_config(config_path, seeded)
                 if variant.config.stage2.parscale.streams != self.main.streams[0]:
-                    raise loaded.error("ablation.variants", f"{name}: a variant must keep stage2.parscale.streams "
-                                                            f"({self.main.streams[0]})")
-                job = MainJob(variant, config_path, seeded, dry_run, report=False, streams=self.main.streams,
-                              stage2_root=self.root / f"{name}-seed{i}", init_seed_offset=i)
+                    raise loaded.error(
+                        "ablation.variants",
+                        f"{name}: a variant must keep stage2.parscale.streams ({self.main.streams[0]})",
+                    )
+                job = MainJob(
+                    variant,
+                    config_path,
+                    seeded,
+                    dry_run,
+                    report=False,
+                    streams=self.main.streams,
+                    stage2_root=self.root / f"{name}-seed{i}",
+                    init_seed_offset=i,
+                )
                 self.variants.append(Variant(name, i, job, sets))
 
     # ------------------------------------------------------------------ running
@@ -102,9 +118,6 @@ class Stage2Ablation:
     def evaluate(self, console) -> dict[str, dict]:
         """Every model on the main job's validation batches, cached by the tokens its export saw:
         the variants, the dense control and the one-prefix control."""
-        from ..training.evaluation import evaluate_portable
-        from ..utils.fs import atomic_write_text
-
         try:
             saved = json.loads(self._eval_path().read_text())
         except (OSError, ValueError):
@@ -128,10 +141,6 @@ class Stage2Ablation:
 
 def update_cosine(init: Path, final: Path) -> float:
     """Mean pairwise cosine of the streams' prefix changes from ``init`` to ``final`` (portables)."""
-    from ..checkpoint.portable import load_portable
-    from ..distributed import single_process
-    from ..model.stream_stats import mean_pairwise_cosine, stream_vectors
-
     with single_process(seed=0):
         start, _ = load_portable(str(init))
         end, _ = load_portable(str(final))

@@ -7,6 +7,7 @@ which the report says."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 from ..job.stages import stage2_key
@@ -24,7 +25,7 @@ def _val_losses(loaded) -> dict[int, float]:
 
 def ordered(losses: list[float]) -> bool:
     """Whether the losses (in P order) fall strictly."""
-    return all(a > b for a, b in zip(losses, losses[1:]))
+    return all(a > b for a, b in pairwise(losses))
 
 
 def appears_at(rows: list[dict]) -> float | None:
@@ -45,10 +46,23 @@ def budget_curve(exp) -> dict:
     keys = {p: ("dense" if p == 1 else stage2_key(p)) for p in exp.streams}
     curves = {p: _val_losses(job.configs[key]) for p, key in keys.items()}
     common = sorted(set.intersection(*(set(c) for c in curves.values()))) if curves else []
-    rows = [{"tokens": t, "tokens_per_param": t / params, "losses": [curves[p][t] for p in exp.streams],
-             "ordered": ordered([curves[p][t] for p in exp.streams])} for t in common]
-    return {"size": name, "params": params, "streams": list(exp.streams), "rows": rows, "appears_at": appears_at(rows),
-            "largest_tried": rows[-1]["tokens_per_param"] if rows else None}
+    rows = [
+        {
+            "tokens": t,
+            "tokens_per_param": t / params,
+            "losses": [curves[p][t] for p in exp.streams],
+            "ordered": ordered([curves[p][t] for p in exp.streams]),
+        }
+        for t in common
+    ]
+    return {
+        "size": name,
+        "params": params,
+        "streams": list(exp.streams),
+        "rows": rows,
+        "appears_at": appears_at(rows),
+        "largest_tried": rows[-1]["tokens_per_param"] if rows else None,
+    }
 
 
 def budget_lines(curve: dict) -> list[str]:
@@ -56,20 +70,30 @@ def budget_lines(curve: dict) -> list[str]:
     streams = curve["streams"]
     if not curve["rows"]:
         return ["No stage-2 evaluations shared by every P at the largest size (set eval.interval_steps)."]
-    lines = [f"Size {curve['size']} (N = {curve['params']:,}); P=1 is the dense model continued. Intermediate points "
-             "are mid-schedule (stage 2 anneals over its whole budget).", "",
-             "| stage-2 tokens | tokens / parameter | " + " | ".join(f"P={p}" for p in streams) + " | ordered |",
-             "|" + "---|" * (3 + len(streams))]
+    lines = [
+        f"Size {curve['size']} (N = {curve['params']:,}); P=1 is the dense model continued. Intermediate points "
+        "are mid-schedule (stage 2 anneals over its whole budget).",
+        "",
+        "| stage-2 tokens | tokens / parameter | " + " | ".join(f"P={p}" for p in streams) + " | ordered |",
+        "|" + "---|" * (3 + len(streams)),
+    ]
     for r in curve["rows"]:
-        lines.append(f"| {r['tokens']:,} | {r['tokens_per_param']:.3f} | " + " | ".join(f"{v:.4f}" for v in r["losses"])
-                     + f" | {'yes' if r['ordered'] else 'no'} |")
+        lines.append(
+            f"| {r['tokens']:,} | {r['tokens_per_param']:.3f} | "
+            + " | ".join(f"{v:.4f}" for v in r["losses"])
+            + f" | {'yes' if r['ordered'] else 'no'} |"
+        )
     order = " > ".join(f"P={p}" for p in streams)
     if curve["appears_at"] is not None:
-        finding = (f"The ordering {order} appears at {curve['appears_at']:.3f} stage-2 tokens per parameter and holds "
-                   f"at every later evaluation (largest budget tried: {curve['largest_tried']:.3f}).")
+        finding = (
+            f"The ordering {order} appears at {curve['appears_at']:.3f} stage-2 tokens per parameter and holds "
+            f"at every later evaluation (largest budget tried: {curve['largest_tried']:.3f})."
+        )
     else:
-        finding = (f"The ordering {order} does not settle up to the largest budget tried, "
-                   f"{curve['largest_tried']:.3f} stage-2 tokens per parameter.")
+        finding = (
+            f"The ordering {order} does not settle up to the largest budget tried, "
+            f"{curve['largest_tried']:.3f} stage-2 tokens per parameter."
+        )
     return [*lines, "", finding]
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..config import LoadedConfig, load_config
 from ..job.stages import MainJob, stage2_key
-from .inference_cost import non_embedding
+from ..model.counting import parameter_counts
+from .inference_cost import compare, non_embedding
 from .law import PAPER_K, LawFit, Point, fit_law
 from .report import write_report
 
@@ -27,15 +28,21 @@ class ScalingExperiment:
         self.jobs: dict[str, MainJob] = {}
         per_param = self.cfg.scaling.stage2_tokens_per_param
         for size in self.cfg.scaling.sizes:
-            sets = [*self.overrides, f"run.output_dir={self.root / size.name}", f"run.name={self.cfg.run.name}-{size.name}",
-                    "stage2.dense_baseline=true", f"stage2.prefix_control={str(self.cfg.scaling.prefix_control).lower()}",
-                    *(f"model.{k}={v}" for k, v in size.model_overrides().items())]
+            sets = [
+                *self.overrides,
+                f"run.output_dir={self.root / size.name}",
+                f"run.name={self.cfg.run.name}-{size.name}",
+                "stage2.dense_baseline=true",
+                f"stage2.prefix_control={str(self.cfg.scaling.prefix_control).lower()}",
+                *(f"model.{k}={v}" for k, v in size.model_overrides().items()),
+            ]
             loaded_size = load_config(config_path, sets)
             if per_param:  # the stage-2 budget in tokens per non-embedding parameter of this size
                 sets.append(f"stage2.tokens={math.ceil(per_param * non_embedding(loaded_size.config.model, 1))}")
                 loaded_size = load_config(config_path, sets)
-            self.jobs[size.name] = MainJob(loaded_size, config_path, sets, dry_run,
-                                           streams=[p for p in self.streams if p > 1], report=False)
+            self.jobs[size.name] = MainJob(
+                loaded_size, config_path, sets, dry_run, streams=[p for p in self.streams if p > 1], report=False
+            )
 
     def run(self, console) -> Path:
         for name, job in self.jobs.items():
@@ -51,18 +58,24 @@ class ScalingExperiment:
 
     def results(self) -> list[dict]:
         """One row per (size, P): N, val loss; P=1 is the dense model continued for the same tokens."""
-        from ..model.counting import parameter_counts
-
         rows = []
         for name, job in self.jobs.items():
             evals = json.loads(job.layout.eval.read_text())
             n = parameter_counts(job.cfg.model, job.parscale(1), 1).non_embedding
             for p in self.streams:
                 result = evals["dense" if p == 1 else stage2_key(p)]
-                rows.append({"size": name, "params": n, "streams": p, "val_loss": result["val_loss"],
-                             "tokens_seen": result["tokens_seen"], "stage1_val_loss": evals["stage1"]["val_loss"],
-                             "stream_spread": result.get("stream_spread"),
-                             "prefix_control_val_loss": evals.get("prefix1", {}).get("val_loss") if p == 1 else None})
+                rows.append(
+                    {
+                        "size": name,
+                        "params": n,
+                        "streams": p,
+                        "val_loss": result["val_loss"],
+                        "tokens_seen": result["tokens_seen"],
+                        "stage1_val_loss": evals["stage1"]["val_loss"],
+                        "stream_spread": result.get("stream_spread"),
+                        "prefix_control_val_loss": evals.get("prefix1", {}).get("val_loss") if p == 1 else None,
+                    }
+                )
         return rows
 
     def fits(self, rows: list[dict]) -> dict[str, LawFit]:
@@ -72,15 +85,22 @@ class ScalingExperiment:
 
     def inference(self, k_values: list[float]) -> list[dict]:
         """Decode cost of the largest size at each P against its dense equivalent, per k."""
-        from .inference_cost import compare
-
         job = max(self.jobs.values(), key=lambda j: j.cfg.model.hidden_size * j.cfg.model.num_layers)
         vocab = json.loads((job.layout.stage1 / "portable" / "config.json").read_text())["vocab_size"]
         inf = self.cfg.scaling.inference
         rows = []
         for k in k_values:
-            for c in compare(job.cfg.model, job.stage2.parscale, vocab, self.streams, k, inf.batch_sizes,
-                             inf.prompt_len, inf.new_tokens, inf.repeats):
+            for c in compare(
+                job.cfg.model,
+                job.stage2.parscale,
+                vocab,
+                self.streams,
+                k,
+                inf.batch_sizes,
+                inf.prompt_len,
+                inf.new_tokens,
+                inf.repeats,
+            ):
                 rows.append(c.as_dict())
         return rows
 

@@ -17,13 +17,16 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.job import is_complete, prepare
+
 from ..config import LoadedConfig, load_config
 from ..job.stages import is_trained, train_stage
 from ..model.counting import parameter_counts
-from .inference_cost import dense_equivalent, non_embedding
+from ..training.evaluation import evaluate_portable
+from ..utils.fs import atomic_write_text
 from .from_scratch_report import write_report
+from .inference_cost import dense_equivalent, non_embedding
 from .law import PAPER_K, LawFit, Point, fit_law
-
 
 #: the stream diagnostics of an evaluation that each result row carries
 STREAM_KEYS = ("stream_spread", "weight_entropy", "max_mean_weight", "prefix_cosine", "diversity_gain")
@@ -66,42 +69,79 @@ class FromScratchExperiment:
         for size in sc.sizes:
             n = non_embedding(self.cfg.model.model_copy(update=size.model_overrides()), 1)
             tokens = math.ceil(sc.tokens_per_param * n)
-            sets = [*self.overrides, f"run.output_dir={self.root / size.name}", "train.init_from=null",
-                    "train.skip_tokens=0", f"train.tokens={tokens}",
-                    *(f"model.{k}={v}" for k, v in size.model_overrides().items())]
+            sets = [
+                *self.overrides,
+                f"run.output_dir={self.root / size.name}",
+                "train.init_from=null",
+                "train.skip_tokens=0",
+                f"train.tokens={tokens}",
+                *(f"model.{k}={v}" for k, v in size.model_overrides().items()),
+            ]
             base = self.bases[size.name] = load_config(config_path, sets + ["parscale.streams=1"])
             for p in self.streams:
                 for i in range(sc.seeds if p in (1, top) else 1):
                     name = f"p{p}-seed{i}"
-                    self.runs.append(Run(size.name, name, "parscale", p, i, self._derive(
-                        sets, size.name, name, tokens, i, [f"parscale.streams={p}"])))
+                    self.runs.append(
+                        Run(
+                            size.name,
+                            name,
+                            "parscale",
+                            p,
+                            i,
+                            self._derive(sets, size.name, name, tokens, i, [f"parscale.streams={p}"]),
+                        )
+                    )
                 if p > 1 and sc.matched_dense:
                     self.runs.append(self._matched_dense(sets, size.name, base, p, tokens))
             if sc.prefix_control:
-                self.runs.append(Run(size.name, "p1-prefix", "single_prefix", 1, 0, self._derive(
-                    sets, size.name, "p1-prefix", tokens, 0, ["parscale.streams=1", "parscale.single_prefix=true"])))
+                self.runs.append(
+                    Run(
+                        size.name,
+                        "p1-prefix",
+                        "single_prefix",
+                        1,
+                        0,
+                        self._derive(
+                            sets,
+                            size.name,
+                            "p1-prefix",
+                            tokens,
+                            0,
+                            ["parscale.streams=1", "parscale.single_prefix=true"],
+                        ),
+                    )
+                )
 
     def _derive(self, sets: list[str], size: str, name: str, tokens: int, seed: int, extra: list[str]) -> LoadedConfig:
-        return load_config(self.path, sets + [f"run.output_dir={self.root / size / name}",
-                                              f"run.name={self.cfg.run.name}-{size}-{name}",
-                                              f"run.seed={self.cfg.run.seed + seed}", f"train.tokens={tokens}", *extra])
+        return load_config(
+            self.path,
+            sets
+            + [
+                f"run.output_dir={self.root / size / name}",
+                f"run.name={self.cfg.run.name}-{size}-{name}",
+                f"run.seed={self.cfg.run.seed + seed}",
+                f"train.tokens={tokens}",
+                *extra,
+            ],
+        )
 
     def _matched_dense(self, sets: list[str], size: str, base: LoadedConfig, p: int, tokens: int) -> Run:
         model = base.config.model
         counts = parameter_counts(model, base.config.parscale.model_copy(update={"streams": p}), 1)
         # FFN in steps of 8 (any TP up to 8 divides it): close enough at the smallest sizes too
         eq = dense_equivalent(model, 1, (counts.non_embedding + counts.parscale) / counts.non_embedding, step=8)
-        shape = [f"model.{k}={getattr(eq, k)}" for k in ("hidden_size", "ffn_hidden_size", "num_attention_heads",
-                                                         "num_kv_heads", "head_dim")]
+        shape = [
+            f"model.{k}={getattr(eq, k)}"
+            for k in ("hidden_size", "ffn_hidden_size", "num_attention_heads", "num_kv_heads", "head_dim")
+        ]
         name = f"dense-matched-p{p}"
-        return Run(size, name, "matched_dense", p, 0, self._derive(sets, size, name, tokens, 0,
-                                                                   ["parscale.streams=1", *shape]))
+        return Run(
+            size, name, "matched_dense", p, 0, self._derive(sets, size, name, tokens, 0, ["parscale.streams=1", *shape])
+        )
 
     # ------------------------------------------------------------------ running
 
     def run(self, console) -> Path:
-        from data_prep.job import is_complete, prepare
-
         first = next(iter(self.bases.values()))
         if is_complete(first.config):
             console.print("[green]skip[/] data prep: output already there")
@@ -129,9 +169,6 @@ class FromScratchExperiment:
     def _evaluate(self, size: str, console) -> None:
         """Every run of ``size`` on the same validation batches (the size's base config); cached per
         run by the tokens its export saw."""
-        from ..training.evaluation import evaluate_portable
-        from ..utils.fs import atomic_write_text
-
         path = self._eval_path(size)
         try:
             saved = json.loads(path.read_text())
@@ -151,10 +188,20 @@ class FromScratchExperiment:
         evals = {size: json.loads(self._eval_path(size).read_text()) for size in self.bases}
         for run in self.runs:
             result = evals[run.size][run.name]
-            rows.append({"size": run.size, "run": run.name, "kind": run.kind, "streams": run.streams, "seed": run.seed,
-                         "params": non_embedding(self.bases[run.size].config.model, 1), "fit_params": run.fit_params,
-                         "tokens_seen": result["tokens_seen"], "val_loss": result["val_loss"],
-                         **{k: result.get(k) for k in STREAM_KEYS}})
+            rows.append(
+                {
+                    "size": run.size,
+                    "run": run.name,
+                    "kind": run.kind,
+                    "streams": run.streams,
+                    "seed": run.seed,
+                    "params": non_embedding(self.bases[run.size].config.model, 1),
+                    "fit_params": run.fit_params,
+                    "tokens_seen": result["tokens_seen"],
+                    "val_loss": result["val_loss"],
+                    **{k: result.get(k) for k in STREAM_KEYS},
+                }
+            )
         return rows
 
     def fits(self, rows: list[dict]) -> dict:
@@ -171,10 +218,15 @@ class FromScratchExperiment:
 
         free = fit_law(points(lambda g: [r["val_loss"] for r in g]), delta)
         rng = random.Random(0)
-        ks = [fit_law(points(lambda g: [rng.choice(g)["val_loss"] for _ in g]), delta).k
-              for _ in range(self.cfg.scaling.bootstrap)]
-        return {"free": free, "paper_k": fit_law(points(lambda g: [r["val_loss"] for r in g]), delta, fixed_k=PAPER_K),
-                "bootstrap_k": sorted(ks)}
+        ks = [
+            fit_law(points(lambda g: [rng.choice(g)["val_loss"] for _ in g]), delta).k
+            for _ in range(self.cfg.scaling.bootstrap)
+        ]
+        return {
+            "free": free,
+            "paper_k": fit_law(points(lambda g: [r["val_loss"] for r in g]), delta, fixed_k=PAPER_K),
+            "bootstrap_k": sorted(ks),
+        }
 
 
 __all__ = ["FromScratchExperiment", "LawFit", "Run"]

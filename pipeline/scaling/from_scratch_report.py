@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 from pathlib import Path
 
-from ..training.metrics import read_records
 from ..job.report import config_line
+from ..training.metrics import read_records
 from ..utils.fs import atomic_write_text
 from ..utils.hardware import hardware
 from ..utils.plots import save, two_panels
@@ -38,12 +39,16 @@ def _spread(group: list[dict]) -> float | None:
 
 def _loss_table(exp, rows: list[dict]) -> list[str]:
     streams = exp.streams
-    lines = ["| size | N | " + " | ".join(f"P={p}" for p in streams) + " | seed spread (P=1 / P=max) |",
-             "|" + "---|" * (3 + len(streams))]
+    lines = [
+        "| size | N | " + " | ".join(f"P={p}" for p in streams) + " | seed spread (P=1 / P=max) |",
+        "|" + "---|" * (3 + len(streams)),
+    ]
     for size in exp.bases:
         mine = _by(rows, size)
         base = _mean(mine[1])
-        cells = [f"{_mean(mine[1]):.4f}"] + [f"{_mean(mine[p]):.4f} ({_mean(mine[p]) - base:+.4f})" for p in streams[1:]]
+        cells = [f"{_mean(mine[1]):.4f}"] + [
+            f"{_mean(mine[p]):.4f} ({_mean(mine[p]) - base:+.4f})" for p in streams[1:]
+        ]
         spreads = [_spread(mine[p]) for p in (1, max(streams))]
         text = " / ".join("n/a" if s is None else f"{s:.4f}" for s in spreads)
         lines.append(f"| {size} | {mine[1][0]['params']:,} | " + " | ".join(cells) + f" | {text} |")
@@ -51,14 +56,19 @@ def _loss_table(exp, rows: list[dict]) -> list[str]:
 
 
 def _control_table(exp, rows: list[dict]) -> list[str]:
-    lines = ["| size | P | ParScale: N incl. its own | ParScale loss | matched dense: N | matched dense loss | "
-             "ParScale - dense |", "|" + "---|" * 7]
+    lines = [
+        "| size | P | ParScale: N incl. its own | ParScale loss | matched dense: N | matched dense loss | "
+        "ParScale - dense |",
+        "|" + "---|" * 7,
+    ]
     for size in exp.bases:
         mine, dense = _by(rows, size), _by(rows, size, "matched_dense")
         for p in sorted(dense):
             ours, ctrl = _mean(mine[p]), _mean(dense[p])
-            lines.append(f"| {size} | {p} | {mine[p][0]['fit_params']:,} | {ours:.4f} | {dense[p][0]['fit_params']:,} | "
-                         f"{ctrl:.4f} | {ours - ctrl:+.4f} |")
+            lines.append(
+                f"| {size} | {p} | {mine[p][0]['fit_params']:,} | {ours:.4f} | {dense[p][0]['fit_params']:,} | "
+                f"{ctrl:.4f} | {ours - ctrl:+.4f} |"
+            )
     return lines
 
 
@@ -69,15 +79,19 @@ def _prefix_table(exp, rows: list[dict]) -> list[str]:
         mine, control = _by(rows, size), _by(rows, size, "single_prefix")
         if 1 in control:
             one = _mean(control[1])
-            lines.append(f"| {size} | {_mean(mine[1]):.4f} | {one:.4f} | {_mean(mine[top]):.4f} | "
-                         f"{_mean(mine[top]) - one:+.4f} |")
+            lines.append(
+                f"| {size} | {_mean(mine[1]):.4f} | {one:.4f} | {_mean(mine[top]):.4f} | "
+                f"{_mean(mine[top]) - one:+.4f} |"
+            )
     return lines
 
 
 def _stream_table(exp, rows: list[dict]) -> list[str]:
     """Means over seeds; a diagnostic an older evaluation lacks shows as n/a."""
-    lines = ["| size | P | stream spread | weight entropy (ln P) | max mean weight | prefix cosine | diversity gain |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| size | P | stream spread | weight entropy (ln P) | max mean weight | prefix cosine | diversity gain |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def mean(group: list[dict], key: str, spec: str) -> str:
         values = [r[key] for r in group if r.get(key) is not None]
@@ -86,10 +100,12 @@ def _stream_table(exp, rows: list[dict]) -> list[str]:
     for size in exp.bases:
         for p, group in sorted(_by(rows, size).items()):
             if p > 1:
-                lines.append(f"| {size} | {p} | {mean(group, 'stream_spread', '{:.4f}')} | "
-                             f"{mean(group, 'weight_entropy', '{:.3f}')} ({math.log(p):.3f}) | "
-                             f"{mean(group, 'max_mean_weight', '{:.3f}')} | {mean(group, 'prefix_cosine', '{:.3f}')} | "
-                             f"{mean(group, 'diversity_gain', '{:+.4f}')} |")
+                lines.append(
+                    f"| {size} | {p} | {mean(group, 'stream_spread', '{:.4f}')} | "
+                    f"{mean(group, 'weight_entropy', '{:.3f}')} ({math.log(p):.3f}) | "
+                    f"{mean(group, 'max_mean_weight', '{:.3f}')} | {mean(group, 'prefix_cosine', '{:.3f}')} | "
+                    f"{mean(group, 'diversity_gain', '{:+.4f}')} |"
+                )
     return lines
 
 
@@ -123,11 +139,13 @@ def targets(exp, rows: list[dict], fits: dict) -> list[str]:
     for size in exp.bases:
         mine, dense = _by(rows, size), _by(rows, size, "matched_dense")
         means = [_mean(mine[p]) for p in exp.streams]
-        strict = all(a > b for a, b in zip(means, means[1:]))
+        strict = all(a > b for a, b in pairwise(means))
         gap = means[0] - means[-1]
         spread = max((s for s in (_spread(mine[1]), _spread(mine[top])) if s is not None), default=None)
-        line = (f"- **{size}**: loss falls strictly with P: {'yes' if strict else 'no'} "
-                f"({' > '.join(f'{m:.4f}' for m in means)}); P=1 - P={top} = {gap:+.4f}")
+        line = (
+            f"- **{size}**: loss falls strictly with P: {'yes' if strict else 'no'} "
+            f"({' > '.join(f'{m:.4f}' for m in means)}); P=1 - P={top} = {gap:+.4f}"
+        )
         if spread is not None:
             line += f", {gap / spread:.1f}x the seed spread {spread:.4f} (target >= 3x: {'met' if gap >= 3 * spread else 'not met'})"
         if top in dense:
@@ -140,10 +158,15 @@ def targets(exp, rows: list[dict], fits: dict) -> list[str]:
         out.append(line + ".")
     free = fits["free"]
     interval = k_interval(fits["bootstrap_k"])
-    around = f" (90% of {len(fits['bootstrap_k'])} seed-bootstrap refits in [{interval[0]:.3f}, {interval[1]:.3f}])" \
-        if interval else ""
-    out.append(f"- Fitted k = {free.k:.3f}{around}; the paper's k = {PAPER_K}. P=8 is worth "
-               f"{free.param_multiplier(8):.2f}x parameters here (paper ~1.8x).")
+    around = (
+        f" (90% of {len(fits['bootstrap_k'])} seed-bootstrap refits in [{interval[0]:.3f}, {interval[1]:.3f}])"
+        if interval
+        else ""
+    )
+    out.append(
+        f"- Fitted k = {free.k:.3f}{around}; the paper's k = {PAPER_K}. P=8 is worth "
+        f"{free.param_multiplier(8):.2f}x parameters here (paper ~1.8x)."
+    )
     return out
 
 
@@ -152,44 +175,100 @@ def write_report(exp, console) -> Path:
     out = exp.report_dir
     rows = exp.results()
     fits = exp.fits(rows)
-    means = [{"size": s, "params": g[0]["params"], "streams": p, "val_loss": _mean(g)}
-             for s in exp.bases for p, g in _by(rows, s).items()]
+    means = [
+        {"size": s, "params": g[0]["params"], "streams": p, "val_loss": _mean(g)}
+        for s in exp.bases
+        for p, g in _by(rows, s).items()
+    ]
     plot(means, fits["free"], out / "scaling.png")
     sc, cfg = exp.cfg.scaling, exp.cfg
-    lines = [f"# {cfg.run.name}: the parallel scaling law, trained from scratch", "",
-             config_line(exp.path, exp.overrides)
-             + f". Every P = {', '.join(map(str, exp.streams))} trained from initialisation on "
-               f"{sc.tokens_per_param:g} tokens per non-embedding parameter of its size, the same data order and "
-               f"schedule; {sc.seeds} seeds at P = 1 and P = {max(exp.streams)}; validation on the same "
-               f"{cfg.eval.max_batches} batches for every run of a size. Measured on: {hardware()}.", "",
-             "## Validation loss (mean over seeds; difference to P=1 in brackets)", "", *_loss_table(exp, rows), ""]
+    lines = [
+        f"# {cfg.run.name}: the parallel scaling law, trained from scratch",
+        "",
+        config_line(exp.path, exp.overrides)
+        + f". Every P = {', '.join(map(str, exp.streams))} trained from initialisation on "
+        f"{sc.tokens_per_param:g} tokens per non-embedding parameter of its size, the same data order and "
+        f"schedule; {sc.seeds} seeds at P = 1 and P = {max(exp.streams)}; validation on the same "
+        f"{cfg.eval.max_batches} batches for every run of a size. Measured on: {hardware()}.",
+        "",
+        "## Validation loss (mean over seeds; difference to P=1 in brackets)",
+        "",
+        *_loss_table(exp, rows),
+        "",
+    ]
     if any(r["kind"] == "matched_dense" for r in rows):
-        lines += ["## Against dense models with the same parameters", "",
-                  "Each dense control is the size widened to the ParScale model's non-embedding parameters "
-                  "(aggregator and prefixes included), trained on the same tokens: a gain of ParScale beyond it "
-                  "is not just extra parameters.", "", *_control_table(exp, rows), ""]
+        lines += [
+            "## Against dense models with the same parameters",
+            "",
+            "Each dense control is the size widened to the ParScale model's non-embedding parameters "
+            "(aggregator and prefixes included), trained on the same tokens: a gain of ParScale beyond it "
+            "is not just extra parameters.",
+            "",
+            *_control_table(exp, rows),
+            "",
+        ]
     if any(r["kind"] == "single_prefix" for r in rows):
-        lines += ["## Against one learned prefix", "", "P = 1 with one learned prefix per layer and no aggregator, "
-                  "on the same tokens: what prefix tuning alone gives.", "", *_prefix_table(exp, rows), ""]
+        lines += [
+            "## Against one learned prefix",
+            "",
+            "P = 1 with one learned prefix per layer and no aggregator, "
+            "on the same tokens: what prefix tuning alone gives.",
+            "",
+            *_prefix_table(exp, rows),
+            "",
+        ]
     curves = stream_curves(exp)
     figure = []
     if any(curves.values()):
         plot_streams(curves, out / "streams.png")
-        figure = [f"Over training, size {list(exp.bases)[-1]} (every evaluation, `eval.interval_steps`):", "",
-                  "![stream spread and diversity gain against tokens](streams.png)", ""]
-    lines += ["## The streams", "", "Stream spread: RMS distance of each stream's final states from the streams' "
-              "mean, relative to the mean (0: identical streams).", "", *_stream_table(exp, rows), "", *figure,
-              "## Fitted law: L = E + (A / (N (k ln P + 1)))^alpha", "",
-              f"Huber (delta {sc.huber_delta:g}) on log L of the seed means; N counts ParScale's own parameters. "
-              "Curves in the plot are drawn at the dense N of each size.", "",
-              f"| | ours | k fixed at {PAPER_K} |", "|---|---|---|",
-              *(f"| {k} | {getattr(fits['free'], k):.4g} | {getattr(fits['paper_k'], k):.4g} |"
-                for k in ("E", "A", "alpha", "k", "huber")), "",
-              "![loss vs N and P with the fitted law](scaling.png)", "",
-              "## Targets", "", *targets(exp, rows, fits), ""]
-    atomic_write_text(out / "results.json", json.dumps(
-        {"mode": "from_scratch", "rows": rows, "fits": {"free": fits["free"].as_dict(),
-                                                        "paper_k": fits["paper_k"].as_dict(),
-                                                        "bootstrap_k": fits["bootstrap_k"]},
-         "hardware": hardware()}, indent=2))
+        figure = [
+            f"Over training, size {list(exp.bases)[-1]} (every evaluation, `eval.interval_steps`):",
+            "",
+            "![stream spread and diversity gain against tokens](streams.png)",
+            "",
+        ]
+    lines += [
+        "## The streams",
+        "",
+        "Stream spread: RMS distance of each stream's final states from the streams' "
+        "mean, relative to the mean (0: identical streams).",
+        "",
+        *_stream_table(exp, rows),
+        "",
+        *figure,
+        "## Fitted law: L = E + (A / (N (k ln P + 1)))^alpha",
+        "",
+        f"Huber (delta {sc.huber_delta:g}) on log L of the seed means; N counts ParScale's own parameters. "
+        "Curves in the plot are drawn at the dense N of each size.",
+        "",
+        f"| | ours | k fixed at {PAPER_K} |",
+        "|---|---|---|",
+        *(
+            f"| {k} | {getattr(fits['free'], k):.4g} | {getattr(fits['paper_k'], k):.4g} |"
+            for k in ("E", "A", "alpha", "k", "huber")
+        ),
+        "",
+        "![loss vs N and P with the fitted law](scaling.png)",
+        "",
+        "## Targets",
+        "",
+        *targets(exp, rows, fits),
+        "",
+    ]
+    atomic_write_text(
+        out / "results.json",
+        json.dumps(
+            {
+                "mode": "from_scratch",
+                "rows": rows,
+                "fits": {
+                    "free": fits["free"].as_dict(),
+                    "paper_k": fits["paper_k"].as_dict(),
+                    "bootstrap_k": fits["bootstrap_k"],
+                },
+                "hardware": hardware(),
+            },
+            indent=2,
+        ),
+    )
     return atomic_write_text(out / "scaling.md", "\n".join(lines))

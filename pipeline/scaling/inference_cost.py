@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..config.model import ModelConfig, ParScaleConfig
+from ..distributed import single_process
 from ..model import ParScaleLM
 from ..model.cache import KVCache
 from ..model.counting import parameter_counts
@@ -40,16 +41,31 @@ def dense_equivalent(base: ModelConfig, vocab: int, factor: float, step: int = 1
             continue
         hidden = heads * head_dim
         for ffn in range(max(step, 2 * hidden // step * step), 8 * hidden + 1, step):
-            cfg = base.model_copy(update={"hidden_size": hidden, "ffn_hidden_size": ffn, "num_attention_heads": heads,
-                                          "num_kv_heads": heads // group, "head_dim": head_dim})
+            cfg = base.model_copy(
+                update={
+                    "hidden_size": hidden,
+                    "ffn_hidden_size": ffn,
+                    "num_attention_heads": heads,
+                    "num_kv_heads": heads // group,
+                    "head_dim": head_dim,
+                }
+            )
             gap = abs(non_embedding(cfg, vocab) - target)
             if gap < best_gap:
                 best, best_gap = cfg, gap
     return best
 
 
-def decode_cost(cfg: ModelConfig, parscale: ParScaleConfig, vocab: int, batch: int, prompt: int, new: int,
-                repeats: int = 5, device: str = "cpu") -> Cost:
+def decode_cost(
+    cfg: ModelConfig,
+    parscale: ParScaleConfig,
+    vocab: int,
+    batch: int,
+    prompt: int,
+    new: int,
+    repeats: int = 5,
+    device: str = "cpu",
+) -> Cost:
     """Greedy decoding of ``new`` tokens after a ``prompt``-token prefill: the fastest of ``repeats``
     timed runs (noise only ever adds time), and the bytes of weights + KV cache. On CUDA the model
     runs in bf16 and the timing waits for the device; on CPU in fp32."""
@@ -105,10 +121,17 @@ class Comparison:
         return {**asdict(self), "memory_ratio": self.memory_ratio, "latency_ratio": self.latency_ratio}
 
 
-def compare(base: ModelConfig, parscale: ParScaleConfig, vocab: int, streams: list[int], k: float,
-            batch_sizes: list[int], prompt: int, new: int, repeats: int = 5) -> list[Comparison]:
-    from ..distributed import single_process
-
+def compare(
+    base: ModelConfig,
+    parscale: ParScaleConfig,
+    vocab: int,
+    streams: list[int],
+    k: float,
+    batch_sizes: list[int],
+    prompt: int,
+    new: int,
+    repeats: int = 5,
+) -> list[Comparison]:
     out = []
     with single_process() as ctx:
         for batch in batch_sizes:
@@ -116,16 +139,34 @@ def compare(base: ModelConfig, parscale: ParScaleConfig, vocab: int, streams: li
     return out
 
 
-def _compare_at(base: ModelConfig, parscale: ParScaleConfig, vocab: int, streams: list[int], k: float, batch: int,
-                prompt: int, new: int, repeats: int, device: str) -> list[Comparison]:
+def _compare_at(
+    base: ModelConfig,
+    parscale: ParScaleConfig,
+    vocab: int,
+    streams: list[int],
+    k: float,
+    batch: int,
+    prompt: int,
+    new: int,
+    repeats: int,
+    device: str,
+) -> list[Comparison]:
     base_cost = decode_cost(base, ParScaleConfig(), vocab, batch, prompt, new, repeats, device)
     out = []
     for p in (s for s in streams if s > 1):
         eq = dense_equivalent(base, vocab, k * math.log(p) + 1)
-        out.append(Comparison(
-            streams=p, batch=batch, k=k, base=base_cost,
-            parscale=decode_cost(base, parscale.model_copy(update={"streams": p}), vocab, batch, prompt, new, repeats,
-                                 device),
-            dense=decode_cost(eq, ParScaleConfig(), vocab, batch, prompt, new, repeats, device),
-            dense_params=non_embedding(eq, vocab), dense_shape=f"{eq.hidden_size}/{eq.ffn_hidden_size}"))
+        out.append(
+            Comparison(
+                streams=p,
+                batch=batch,
+                k=k,
+                base=base_cost,
+                parscale=decode_cost(
+                    base, parscale.model_copy(update={"streams": p}), vocab, batch, prompt, new, repeats, device
+                ),
+                dense=decode_cost(eq, ParScaleConfig(), vocab, batch, prompt, new, repeats, device),
+                dense_params=non_embedding(eq, vocab),
+                dense_shape=f"{eq.hidden_size}/{eq.ffn_hidden_size}",
+            )
+        )
     return out

@@ -58,17 +58,20 @@ def fit_law(points: list[Point], delta: float = 1e-3, fixed_k: float | None = No
     log_p = torch.tensor([math.log(p.streams) for p in points], dtype=torch.float64)
     log_l = torch.tensor([math.log(p.loss) for p in points], dtype=torch.float64)
     floor = math.log(min(p.loss for p in points))
-    grid = itertools.product([floor - 1.5, floor - 0.5, floor - 0.1],  # e: E below every loss
-                             [5.0, 12.0, 20.0],  # a
-                             [0.15, 0.5],  # alpha
-                             [math.log(0.1), math.log(0.6)] if fixed_k is None else [0.0])
+    grid = itertools.product(
+        [floor - 1.5, floor - 0.5, floor - 0.1],  # e: E below every loss
+        [5.0, 12.0, 20.0],  # a
+        [0.15, 0.5],  # alpha
+        [math.log(0.1), math.log(0.6)] if fixed_k is None else [0.0],
+    )
     best: tuple[float, torch.Tensor] | None = None
     for start in grid:
         theta = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=150, tolerance_grad=1e-12, tolerance_change=1e-14,
-                                line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [theta], lr=1.0, max_iter=150, tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+        )
 
-        def closure():
+        def closure(opt=opt, theta=theta):
             opt.zero_grad()
             loss = _huber(_log_pred(theta, log_n, log_p, fixed_k) - log_l, delta)
             loss.backward()
@@ -83,8 +86,15 @@ def fit_law(points: list[Point], delta: float = 1e-3, fixed_k: float | None = No
     value, theta = best
     residual = (_log_pred(theta, log_n, log_p, fixed_k) - log_l).pow(2).mean().sqrt().item()
     e, a, alpha, log_k = theta.tolist()
-    return LawFit(E=math.exp(e), A=math.exp(a), alpha=alpha, k=fixed_k if fixed_k is not None else math.exp(log_k),
-                  huber=value, rms_log_residual=residual, k_fixed=fixed_k is not None)
+    return LawFit(
+        E=math.exp(e),
+        A=math.exp(a),
+        alpha=alpha,
+        k=fixed_k if fixed_k is not None else math.exp(log_k),
+        huber=value,
+        rms_log_residual=residual,
+        k_fixed=fixed_k is not None,
+    )
 
 
 def k_interval(ks: list[float]) -> tuple[float, float] | None:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import integrity
-from ..checkpoint.layout import CONFIG, COMPLETE, LATEST, STATE, complete_tags, latest_tag, tag_for
+from ..checkpoint.layout import COMPLETE, CONFIG, LATEST, STATE, complete_tags, latest_tag, tag_for
 from ..errors import JobError
 from ..utils.collectives import barrier
 from ..utils.fs import atomic_write_text, out_of_space
@@ -27,8 +27,11 @@ from ..utils.fs import atomic_write_text, out_of_space
 def rng_state() -> dict:
     """Plain tensors and Python values only, so the files load with ``torch.load(weights_only=True)``."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
 
 
 def restore_rng(state: dict) -> None:
@@ -58,8 +61,12 @@ def intact_tag(directory: str | Path, hashes: bool = True, distributed: bool = T
         found = integrity.problems(directory / tag, hashes=hashes, distributed=distributed)
         if not found:
             if damaged and (not distributed or dist.get_rank() == 0):
-                print(f"warning: resuming from {directory / tag}, the newest intact checkpoint; set aside as damaged: "
-                      + "; ".join(damaged), file=sys.stderr, flush=True)
+                print(
+                    f"warning: resuming from {directory / tag}, the newest intact checkpoint; set aside as damaged: "
+                    + "; ".join(damaged),
+                    file=sys.stderr,
+                    flush=True,
+                )
             return tag
         aside = _aside(directory, tag)
         barrier()  # every rank has named it before rank 0 moves it
@@ -68,8 +75,11 @@ def intact_tag(directory: str | Path, hashes: bool = True, distributed: bool = T
         damaged.append(f"{aside} ({'; '.join(found[:3])}{' ...' if len(found) > 3 else ''})")
         barrier()
     if damaged:
-        raise JobError("no intact checkpoint to resume from: " + "; ".join(damaged)
-                       + ". Move the checkpoints folder aside to start afresh, or restore the files.")
+        raise JobError(
+            "no intact checkpoint to resume from: "
+            + "; ".join(damaged)
+            + ". Move the checkpoints folder aside to start afresh, or restore the files."
+        )
     return None
 
 
@@ -78,13 +88,16 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
     directory = Path(directory)
     tag = tag_for(step)
     try:
-        engine.save_checkpoint(str(directory), tag=tag, client_state={"trainer": {**state, "rng": rng_state()}},
-                               save_latest=False)
+        engine.save_checkpoint(
+            str(directory), tag=tag, client_state={"trainer": {**state, "rng": rng_state()}}, save_latest=False
+        )
     except (OSError, RuntimeError) as exc:
         if out_of_space(exc, directory):
-            raise JobError(f"no space left on device: {directory / tag} (saving step {step}); free space or set "
-                           "checkpoint.dir elsewhere, then rerun: training resumes from the last complete "
-                           "checkpoint, the partial one is ignored") from None
+            raise JobError(
+                f"no space left on device: {directory / tag} (saving step {step}); free space or set "
+                "checkpoint.dir elsewhere, then rerun: training resumes from the last complete "
+                "checkpoint, the partial one is ignored"
+            ) from None
         raise
     folder = directory / tag
     if dist.get_rank() == 0:
@@ -103,8 +116,9 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
 
 def load(engine, directory: str | Path, tag: str) -> dict:
     """Collective: restore the engine at ``tag``; returns the trainer state saved with it."""
-    path, client = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
+    path, client = engine.load_checkpoint(
+        str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
     if path is None:
         raise JobError(f"{Path(directory) / tag}: DeepSpeed could not load this checkpoint")
     state = client["trainer"]
@@ -114,8 +128,11 @@ def load(engine, directory: str | Path, tag: str) -> dict:
 
 def check_compatible(saved: dict, expected: dict, where: Path, ignore: tuple[str, ...] = ()) -> None:
     """Refuse a checkpoint whose model, ParScale or parallel layout differs from the config's."""
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in expected.items()
-             if saved.get(k) != v and k not in ignore]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, config {v!r}"
+        for k, v in expected.items()
+        if saved.get(k) != v and k not in ignore
+    ]
     if diffs:
         hint = ""
         if any(k.startswith("parscale.streams") for k in expected if saved.get(k) != expected[k]):

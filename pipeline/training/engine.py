@@ -31,8 +31,9 @@ def deepspeed_config(cfg: JobConfig, dp: int) -> dict:
 def build_engine(model: torch.nn.Module, cfg: JobConfig, dp: int):
     import deepspeed
 
-    engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, cfg),
-                                      config=deepspeed_config(cfg, dp), mpu=MegatronMPU())
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=build_optimizer(model, cfg), config=deepspeed_config(cfg, dp), mpu=MegatronMPU()
+    )
     if cfg.parallel.zero_stage == 3 and cfg.model.tie_embeddings:
         # the LM head uses the embedding's weight: ZeRO-3 must gather it around the head too
         deepspeed.zero.register_external_parameter(engine.module.lm_head, engine.module.model.embed_tokens.weight)

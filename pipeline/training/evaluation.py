@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checkpoint.portable import load_portable
 from ..config import LoadedConfig
 from ..config.job import JobConfig
 from ..data.loader import Batch, DataSpec, EmptySplit, SplitStream, collate
+from ..distributed import single_process
 from ..model.stream_stats import StreamStats, mean_pairwise_cosine, mean_prefix, stream_vectors
 from ..utils import collectives
 
@@ -38,8 +40,9 @@ class Ranks:
     tp_group: object = None
 
 
-def loss_pass(forward: Forward, make_batch: MakeBatch, batches: int, micro: int, ranks: Ranks,
-              stats: StreamStats | None = None) -> tuple[float, int]:
+def loss_pass(
+    forward: Forward, make_batch: MakeBatch, batches: int, micro: int, ranks: Ranks, stats: StreamStats | None = None
+) -> tuple[float, int]:
     """(mean per-token loss, tokens) over micro-batches 0..batches-1, rank r taking r, r + dp_size, ...
     Every rank runs as many forwards (ZeRO 3 gathers parameters in them); one past the end counts
     nothing. The sums stay on the device and are reduced once at the end."""
@@ -83,8 +86,9 @@ class PrefixDrift:
         return out
 
 
-def evaluate_model(module, forward: Forward, make_batch: MakeBatch, cfg: JobConfig, ranks: Ranks,
-                   drift: PrefixDrift) -> dict:
+def evaluate_model(
+    module, forward: Forward, make_batch: MakeBatch, cfg: JobConfig, ranks: Ranks, drift: PrefixDrift
+) -> dict:
     """The validation loss of ``module`` (in eval mode) and, for P > 1, its stream diagnostics."""
     batches, micro = cfg.eval.max_batches, cfg.parallel.micro_batch_size
     stats = StreamStats(module.streams, ranks.device) if module.streams > 1 else None
@@ -100,9 +104,6 @@ def evaluate_model(module, forward: Forward, make_batch: MakeBatch, cfg: JobConf
 
 def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | None = None) -> dict:
     """``evaluate_model`` of a portable checkpoint, in this process, on the config's validation rows."""
-    from ..checkpoint.portable import load_portable
-    from ..distributed import single_process
-
     cfg = loaded.config
     if max_batches:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_batches": max_batches})})
@@ -120,9 +121,19 @@ def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | 
             return collate(rows.rows(start, count), spec.seq_len, spec.pad_id, document_attention).to(ctx.device)
 
         def forward(batch: Batch, stream_states: bool):
-            return model(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
-                         segment_ids=batch.segment_ids, return_stream_states=stream_states)
+            return model(
+                batch.input_ids,
+                labels=batch.labels,
+                loss_mask=batch.loss_mask,
+                segment_ids=batch.segment_ids,
+                return_stream_states=stream_states,
+            )
 
         result = evaluate_model(model, forward, make_batch, cfg, Ranks(ctx.device), PrefixDrift())
-    return {"checkpoint": str(checkpoint), **result, "streams": meta["parscale"]["streams"],
-            "tokens_seen": meta.get("tokens_seen"), **({} if model.streams > 1 else {"stream_spread": None})}
+    return {
+        "checkpoint": str(checkpoint),
+        **result,
+        "streams": meta["parscale"]["streams"],
+        "tokens_seen": meta.get("tokens_seen"),
+        **({} if model.streams > 1 else {"stream_spread": None}),
+    }

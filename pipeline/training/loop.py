@@ -87,8 +87,14 @@ class Trainer:
         self.data = RunData.build(cfg, error_at)
         self.attention_backend = self._attention_backend()
         torch.manual_seed(cfg.run.seed)
-        model = ParScaleLM(cfg.model, cfg.parscale, self.vocab, tp_rank=self.ctx.tp_rank, tp_size=self.ctx.tp_size,
-                           activation_checkpointing=cfg.parallel.activation_checkpointing)
+        model = ParScaleLM(
+            cfg.model,
+            cfg.parscale,
+            self.vocab,
+            tp_rank=self.ctx.tp_rank,
+            tp_size=self.ctx.tp_size,
+            activation_checkpointing=cfg.parallel.activation_checkpointing,
+        )
         self.restore = Restore.find(cfg, identity(cfg, self.vocab))
         self.restore.weights(model, cfg, self.ctx.tp_rank, error_at, self.ctx.is_main)
         self.trainable = apply_trainable(model, cfg)
@@ -102,8 +108,13 @@ class Trainer:
         self.sink = MetricsSink(cfg, enabled=self.ctx.is_main)
         flops = train_flops_per_token(cfg.model, cfg.parscale, model.padded_vocab_size, self.seq_len)
         self.progress = Progress(cfg, self.sink, self.total_steps, self.tokens_per_step, flops, self.ctx.world_size)
-        self.ranks = Ranks(self.ctx.device, self.ctx.dp_rank, self.dp, ps.get_data_parallel_group(),
-                           ps.get_tensor_model_parallel_group())
+        self.ranks = Ranks(
+            self.ctx.device,
+            self.ctx.dp_rank,
+            self.dp,
+            ps.get_data_parallel_group(),
+            ps.get_tensor_model_parallel_group(),
+        )
         self.drift = PrefixDrift(cfg.parallel.zero_stage)  # prefixes as this process started, for update_cosine
         if cfg.parscale.streams > 1 and self.data.val is not None:
             self.drift(self.engine.module, self.ranks.tp_group)
@@ -112,7 +123,7 @@ class Trainer:
             signal.signal(sig, self._request_stop)
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedConfig) -> "Trainer":
+    def from_loaded(cls, loaded: LoadedConfig) -> Trainer:
         """A trainer of a config read from YAML: its errors name the file and line."""
         return cls(loaded.config, loaded.error, dump_resolved(loaded))
 
@@ -151,8 +162,9 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def _forward(self, batch: Batch, **extra):
-        return self.engine(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask,
-                           segment_ids=batch.segment_ids, **extra)
+        return self.engine(
+            batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask, segment_ids=batch.segment_ids, **extra
+        )
 
     def _finite_grads(self) -> bool:
         """Whether every rank's gradients are finite: one device-side reduction and one host read."""
@@ -182,8 +194,13 @@ class Trainer:
             losses.append(out.loss.detach().float())
             weights.append(mean_stream_weights(out, batch))
         self.step += 1
-        outcome = StepOutcome(self.step, lr, torch.stack(losses).mean(), self.engine.was_step_applied() and not guarded_skip,
-                              None if weights[0] is None else torch.stack(weights).mean(0))
+        outcome = StepOutcome(
+            self.step,
+            lr,
+            torch.stack(losses).mean(),
+            self.engine.was_step_applied() and not guarded_skip,
+            None if weights[0] is None else torch.stack(weights).mean(0),
+        )
         self._pending.append(outcome)
         return outcome
 
@@ -194,7 +211,7 @@ class Trainer:
             return
         local = torch.stack([o.loss for o in self._pending])
         values = (collectives.all_reduce(local, "sum", self.ranks.dp_group) / self.dp).tolist()
-        for outcome, loss in zip(self._pending, values):
+        for outcome, loss in zip(self._pending, values, strict=True):
             outcome.loss_value = loss
             outcome.applied = outcome.applied and math.isfinite(loss)
             if outcome.applied:
@@ -209,9 +226,14 @@ class Trainer:
 
     def _record(self, outcome: StepOutcome) -> dict:
         norm = self.engine.get_global_grad_norm()
-        record = {"step": outcome.step, "loss": outcome.loss_value, "lr": outcome.lr,
-                  "grad_norm": float(norm) if norm is not None else None, "skipped": self.skipped,
-                  "applied": outcome.applied}
+        record = {
+            "step": outcome.step,
+            "loss": outcome.loss_value,
+            "lr": outcome.lr,
+            "grad_norm": float(norm) if norm is not None else None,
+            "skipped": self.skipped,
+            "applied": outcome.applied,
+        }
         if outcome.stream_weights is not None:
             mean = outcome.stream_weights.float()
             record["stream_weights"] = mean.tolist()
@@ -226,16 +248,25 @@ class Trainer:
             return None
         self.engine.eval()
         result = evaluate_model(
-            self.engine.module, lambda batch, states: self._forward(batch, return_stream_states=states),
+            self.engine.module,
+            lambda batch, states: self._forward(batch, return_stream_states=states),
             lambda start, count: self.data.batch(self.cfg, self.data.val, start, count, self.ctx.device),
-            self.cfg, self.ranks, self.drift)
+            self.cfg,
+            self.ranks,
+            self.drift,
+        )
         self.engine.train()
         return {"step": self.step, "tokens_seen": self.step * self.tokens_per_step, **result}
 
     def save(self) -> Path:
         self._resolve()  # the skipped count is part of the state
-        state = {"step": self.step, "skipped": self.skipped, "consumed_samples": self.step * self.cfg.parallel.global_batch_size,
-                 "tokens_seen": self.step * self.tokens_per_step, "identity": identity(self.cfg, self.vocab)}
+        state = {
+            "step": self.step,
+            "skipped": self.skipped,
+            "consumed_samples": self.step * self.cfg.parallel.global_batch_size,
+            "tokens_seen": self.step * self.tokens_per_step,
+            "identity": identity(self.cfg, self.vocab),
+        }
         return ckpt.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.checkpoint.keep_last, self.resolved)
 
     def export_portable(self) -> Path:
@@ -243,14 +274,22 @@ class Trainer:
         import deepspeed
 
         params = list(self.engine.module.parameters())
-        gather = deepspeed.zero.GatheredParameters(params) if self.cfg.parallel.zero_stage == 3 else contextlib.nullcontext()
+        gather = (
+            deepspeed.zero.GatheredParameters(params) if self.cfg.parallel.zero_stage == 3 else contextlib.nullcontext()
+        )
         with gather:
             state = gather_full_state(self.engine.module)
         out = Path(self.cfg.run.output_dir) / "portable"
         if self.ctx.is_main:
-            save_portable_state(state, self.cfg.model, self.cfg.parscale, self.vocab, out,
-                                tokenizer=self.data.spec.path / "tokenizer.model",
-                                meta={"step": self.step, "tokens_seen": self.step * self.tokens_per_step})
+            save_portable_state(
+                state,
+                self.cfg.model,
+                self.cfg.parscale,
+                self.vocab,
+                out,
+                tokenizer=self.data.spec.path / "tokenizer.model",
+                meta={"step": self.step, "tokens_seen": self.step * self.tokens_per_step},
+            )
         collectives.barrier()
         return out
 
@@ -272,13 +311,20 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        log_every, eval_every, save_every = cfg.logging.interval_steps, cfg.eval.interval_steps, cfg.checkpoint.interval_steps
+        log_every, eval_every, save_every = (
+            cfg.logging.interval_steps,
+            cfg.eval.interval_steps,
+            cfg.checkpoint.interval_steps,
+        )
         limit = cfg.train.max_nonfinite_in_a_row
         if self.ctx.is_main:
-            print(f"training {self.total_steps} steps x {self.tokens_per_step:,} tokens "
-                  f"(TP {self.ctx.tp_size} x DP {self.dp}, ZeRO {cfg.parallel.zero_stage}, {cfg.parallel.precision}, "
-                  f"P={cfg.parscale.streams}, attention {self.attention_backend}, {self.trainable:,} trainable "
-                  f"parameters)", flush=True)
+            print(
+                f"training {self.total_steps} steps x {self.tokens_per_step:,} tokens "
+                f"(TP {self.ctx.tp_size} x DP {self.dp}, ZeRO {cfg.parallel.zero_stage}, {cfg.parallel.precision}, "
+                f"P={cfg.parscale.streams}, attention {self.attention_backend}, {self.trainable:,} trainable "
+                f"parameters)",
+                flush=True,
+            )
             atomic_write_text(Path(cfg.run.output_dir) / RESOLVED_NAME, self.resolved)
         self.progress.start(self.step)
         saved_at = self.step
@@ -296,9 +342,11 @@ class Trainer:
             if self._nonfinite_peak >= limit:
                 agreement.result()
                 self.save()
-                raise JobError(f"{self._nonfinite_peak} non-finite steps in a row (train.max_nonfinite_in_a_row="
-                               f"{limit}); saved step {self.step} in {self.ckpt_dir}; lower optimizer.lr or check "
-                               "the data")
+                raise JobError(
+                    f"{self._nonfinite_peak} non-finite steps in a row (train.max_nonfinite_in_a_row="
+                    f"{limit}); saved step {self.step} in {self.ckpt_dir}; lower optimizer.lr or check "
+                    "the data"
+                )
             if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
                 self._log_eval()
             if saving:
@@ -320,5 +368,11 @@ class Trainer:
         portable = self.export_portable()
         self.sink.close()
         last = self._last.loss_value if self._last is not None else None
-        return {"stopped": False, "step": self.step, "loss": last, "skipped": self.skipped,
-                "val": final, "portable": str(portable)}
+        return {
+            "stopped": False,
+            "step": self.step,
+            "loss": last,
+            "skipped": self.skipped,
+            "val": final,
+            "portable": str(portable),
+        }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -28,9 +29,15 @@ class MetricsSink:
         if cfg.logging.wandb_mode != "disabled":
             import wandb
 
-            self.wandb = wandb.init(project=cfg.logging.wandb_project, name=cfg.run.name, mode=cfg.logging.wandb_mode,
-                                    dir=str(Path(cfg.run.output_dir)), config=cfg.model_dump(mode="json"),
-                                    resume="allow", id=_run_id(cfg))
+            self.wandb = wandb.init(
+                project=cfg.logging.wandb_project,
+                name=cfg.run.name,
+                mode=cfg.logging.wandb_mode,
+                dir=str(Path(cfg.run.output_dir)),
+                config=cfg.model_dump(mode="json"),
+                resume="allow",
+                id=_run_id(cfg),
+            )
 
     def log(self, record: dict, console: str | None = None) -> None:
         if not self.enabled:
@@ -38,8 +45,10 @@ class MetricsSink:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                           step=record.get("step"))
+            self.wandb.log(
+                {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                step=record.get("step"),
+            )
         if console:
             print(console, flush=True)
 
@@ -60,6 +69,4 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def _run_id(cfg: JobConfig) -> str:
-    import hashlib
-
     return hashlib.sha1(f"{cfg.run.name}:{Path(cfg.run.output_dir).resolve()}".encode()).hexdigest()[:12]

@@ -18,8 +18,10 @@ def apply_trainable(model: torch.nn.Module, cfg: JobConfig) -> int:
 
 def param_groups(model: torch.nn.Module, cfg: JobConfig) -> list[dict]:
     params = dict(model.named_parameters())
-    return [{"params": [params[n] for n in names], "weight_decay": decay, "lr_mult": mult}
-            for names, decay, mult in group_names(params.items(), cfg)]
+    return [
+        {"params": [params[n] for n in names], "weight_decay": decay, "lr_mult": mult}
+        for names, decay, mult in group_names(params.items(), cfg)
+    ]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:

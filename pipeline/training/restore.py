@@ -22,10 +22,14 @@ from . import checkpointing as ckpt
 def identity(cfg: JobConfig, vocab: int) -> dict:
     """What a checkpoint must agree with to be resumed by this config."""
     return {
-        "model": cfg.model.identity(), "parscale.streams": cfg.parscale.streams,
-        "parscale.prefix_len": cfg.parscale.prefix_len, "parscale.prefix_init": cfg.parscale.prefix_init,
-        "parscale.trainable": cfg.parscale.trainable, "parallel.tensor_parallel_size": cfg.parallel.tensor_parallel_size,
-        "parallel.zero_stage": cfg.parallel.zero_stage, "vocab_size": vocab,
+        "model": cfg.model.identity(),
+        "parscale.streams": cfg.parscale.streams,
+        "parscale.prefix_len": cfg.parscale.prefix_len,
+        "parscale.prefix_init": cfg.parscale.prefix_init,
+        "parscale.trainable": cfg.parscale.trainable,
+        "parallel.tensor_parallel_size": cfg.parallel.tensor_parallel_size,
+        "parallel.zero_stage": cfg.parallel.zero_stage,
+        "vocab_size": vocab,
         **({"parscale.single_prefix": True} if cfg.parscale.single_prefix else {}),
     }
 
@@ -43,7 +47,7 @@ class Restore:
     resharded: bool
 
     @classmethod
-    def find(cls, cfg: JobConfig, expected: dict) -> "Restore":
+    def find(cls, cfg: JobConfig, expected: dict) -> Restore:
         """The newest intact checkpoint (damaged ones set aside), refused if it disagrees with ``expected``."""
         directory = checkpoint_dir(cfg)
         tag = None
@@ -52,8 +56,12 @@ class Restore:
         resharded = tag is not None and layout.is_resharded(directory / tag)
         if tag is not None:
             folder = directory / tag
-            ckpt.check_compatible(layout.read_state(folder)["identity"], expected, folder,
-                                  ignore=("parallel.zero_stage",) if resharded else ())
+            ckpt.check_compatible(
+                layout.read_state(folder)["identity"],
+                expected,
+                folder,
+                ignore=("parallel.zero_stage",) if resharded else (),
+            )
         return cls(directory, tag, resharded)
 
     def weights(self, model: torch.nn.Module, cfg: JobConfig, tp_rank: int, error_at: ErrorAt, is_main: bool) -> None:

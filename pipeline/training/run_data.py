@@ -23,7 +23,7 @@ class RunData:
     val: SplitStream | None  # None: no validation split, training runs without evaluation
 
     @classmethod
-    def build(cls, cfg: JobConfig, error_at: ErrorAt) -> "RunData":
+    def build(cls, cfg: JobConfig, error_at: ErrorAt) -> RunData:
         spec = DataSpec.of(cfg)
         if spec.seq_len > cfg.model.max_seq_len:
             raise error_at("model.max_seq_len", f"{cfg.model.max_seq_len} is below the data's seq_len {spec.seq_len}")
@@ -44,8 +44,9 @@ class RunData:
     def train_batch(self, cfg: JobConfig, step: int, micro: int, dp_rank: int, dp_size: int, device) -> Batch:
         """Micro-batch ``micro`` of optimizer step ``step`` for DP rank ``dp_rank`` (on ``device``)."""
         par = cfg.parallel
-        start = self.skip_rows + micro_batch_start(step, micro, dp_rank, par.global_batch_size,
-                                                   par.micro_batch_size, dp_size)
+        start = self.skip_rows + micro_batch_start(
+            step, micro, dp_rank, par.global_batch_size, par.micro_batch_size, dp_size
+        )
         return self.batch(cfg, self.train, start, par.micro_batch_size, device)
 
     def batch(self, cfg: JobConfig, rows: SplitStream, start: int, count: int, device) -> Batch:

@@ -20,7 +20,7 @@ class WSD:
     min_lr: float
 
     @classmethod
-    def build(cls, cfg: ScheduleConfig, lr: float, total_steps: int, tokens_per_step: int) -> "WSD":
+    def build(cls, cfg: ScheduleConfig, lr: float, total_steps: int, tokens_per_step: int) -> WSD:
         warmup = min(total_steps, math.ceil(cfg.warmup_tokens / tokens_per_step))
         decay = min(total_steps - warmup, round(cfg.decay_fraction * total_steps))
         return cls(lr, total_steps, warmup, decay, cfg.decay_style, lr * cfg.min_lr_ratio)

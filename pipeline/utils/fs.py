@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -79,8 +80,6 @@ def out_of_space(exc: BaseException, path: str | Path) -> bool:
 
 
 def file_sha256(path: str | Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -92,8 +91,6 @@ def file_sha256(path: str | Path) -> str:
 def staged_dir(target: str | Path) -> Iterator[Path]:
     """A fresh sibling folder to build ``target`` in; renamed onto ``target`` (replacing it) only
     if the block succeeds, removed if it raises: no partial output under the final name."""
-    import shutil
-
     target = Path(target)
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import torch
+
 
 def hardware() -> str:
-    import torch
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -18,5 +18,7 @@ def hardware() -> str:
     except OSError:
         pass
     if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, decoding in bf16, torch {torch.__version__} (CUDA {torch.version.cuda})"
+        return (
+            f"{torch.cuda.get_device_name()}, decoding in bf16, torch {torch.__version__} (CUDA {torch.version.cuda})"
+        )
     return f"CPU ({cpu}), {torch.get_num_threads()} torch threads, fp32, torch {torch.__version__}"
