@@ -1,19 +1,14 @@
-"""Test-wide setup: keep every cache and temp file of the tools under the checkout's .cache/, and
-shared helpers for running the CLI and torchrun as real subprocesses."""
+"""Test-wide setup: every cache and temp file of the tools under the checkout's .cache/, and the
+session-wide fixtures (helpers to import live in tests/helpers)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-CACHE = REPO / ".cache"
-CONFIGS = REPO / "configs"
+from helpers.paths import CACHE
 
 for _var, _path in {
     "PARSCALE_CACHE_DIR": CACHE,
@@ -30,29 +25,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("WANDB_MODE", "offline")
 tempfile.tempdir = None  # re-read TMPDIR
-
-
-def run_cli(*args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Run the installed ``parscale`` console script (the same one the README uses)."""
-    exe = Path(sys.executable).parent / "parscale"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
-
-
-def run_module(module: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m module args`` in a clean single process (no launcher variables)."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**clean, **(env or {})},
-    )
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grimp
 import pytest
-from conftest import REPO
+from helpers.paths import REPO
 
 PACKAGES = ("pipeline", "data_prep", "checkpoints_tools")
 

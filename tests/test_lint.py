@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.paths import REPO
 
 TREES = ["pipeline", "data_prep", "checkpoints_tools", "tests", "benchmarks"]
 

@@ -1,0 +1,38 @@
+"""Run the trainer with a fault: the loss is NaN at the steps listed (1-based), to exercise the
+non-finite step handling.
+
+    python tests/helpers/workers/nan_trainer.py CONFIG STEP[,STEP...]
+"""
+
+import sys
+
+from pipeline.config import load_config
+from pipeline.distributed import destroy_distributed
+from pipeline.errors import JobError
+from pipeline.training.loop import Trainer
+
+
+class FaultyTrainer(Trainer):
+    nan_steps: set[int] = set()
+
+    def _forward(self, batch):
+        out = super()._forward(batch)
+        if self.step + 1 in self.nan_steps:
+            out.loss = out.loss * float("nan")
+        return out
+
+
+def main() -> int:
+    FaultyTrainer.nan_steps = {int(s) for s in sys.argv[2].split(",")}
+    try:
+        FaultyTrainer.from_loaded(load_config(sys.argv[1])).run()
+    except JobError as exc:
+        print(f"JobError: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Checkpoint records (``files.json``): what they catch, in-process. The trainer's fallback to the
+newest intact checkpoint is tested end to end in tests/pipeline/training/test_training.py."""
+
+from __future__ import annotations
+
+from pipeline.checkpoint.integrity import FILES, problems, record
+
+
+def _folder(tmp_path):
+    folder = tmp_path / "step00000004"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"a" * 1000)
+    (folder / "sub" / "optim.pt").write_bytes(b"b" * 10)
+    (folder / "COMPLETE").write_text("")
+    (folder / ".half.tmp").write_bytes(b"ignored")
+    return folder
+
+
+def test_a_record_lists_every_file_but_the_marker_and_temporaries(tmp_path):
+    folder = _folder(tmp_path)
+    files = record(folder)
+    assert sorted(files) == ["model.pt", "sub/optim.pt"] and files["model.pt"]["size"] == 1000
+    assert (folder / FILES).exists() and problems(folder) == []
+
+
+def test_missing_truncated_and_flipped_files_are_each_named(tmp_path):
+    folder = _folder(tmp_path)
+    record(folder)
+    data = bytearray((folder / "model.pt").read_bytes())
+    data[500] ^= 1
+    (folder / "model.pt").write_bytes(bytes(data))  # same size: only the hash tells
+    assert problems(folder, hashes=False) == []
+    assert problems(folder) == [f"{folder / 'model.pt'}: sha256 differs from the one recorded at save (corrupt)"]
+    (folder / "model.pt").write_bytes(b"a" * 10)
+    (folder / "sub" / "optim.pt").unlink()
+    assert problems(folder, hashes=False) == [
+        f"{folder / 'model.pt'}: 10 bytes, 1000 when saved (truncated or overwritten)",
+        f"{folder / 'sub/optim.pt'}: missing",
+    ]
+
+
+def test_a_folder_saved_before_records_existed_has_none_and_a_garbled_record_is_a_problem(tmp_path):
+    folder = _folder(tmp_path)
+    assert problems(folder) is None
+    (folder / FILES).write_text("{not json")
+    assert problems(folder)[0].startswith(f"{folder / FILES}: unreadable record")

@@ -1,0 +1,87 @@
+"""Prepared data checked against its manifest before training or evaluation reads it: truncated,
+missing and flipped shards, a foreign tokenizer, and a dataset whose every document was rejected.
+Each is named, with the repair; nothing is trained on."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+from helpers.process import run_cli
+from helpers.training import job_config, train
+
+from pipeline.config import load_config
+from pipeline.data.loader import EmptySplit, SplitStream
+from pipeline.errors import JobError
+
+
+@pytest.fixture(scope="module")
+def data(prepared_data):
+    return prepared_data
+
+
+def _copy(data, tmp_path, name):
+    copy = tmp_path / name
+    shutil.copytree(data, copy)
+    return copy
+
+
+def _stream(tmp_path, data, **train):
+    cfg = load_config(job_config(tmp_path, data, "check", train={"tokens": 2048, **train})).config
+    return SplitStream(cfg, "train", 16, seed=1)
+
+
+def test_intact_data_passes_and_each_kind_of_damage_is_named_with_the_repair(data, tmp_path):
+    assert len(_stream(tmp_path, data).rows(0, 4)) == 4
+    truncated = _copy(data, tmp_path, "truncated")
+    shard = next((truncated / "train").rglob("*.bin"))
+    shard.write_bytes(shard.read_bytes()[:-7])
+    missing = _copy(data, tmp_path, "missing")
+    index = next((missing / "train").rglob("*.idx"))
+    index.unlink()
+    foreign = _copy(data, tmp_path, "foreign")
+    (foreign / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    for folder, named in (
+        (truncated, f"{shard}: "),
+        (missing, f"{index}: missing"),
+        (foreign, f"{foreign / 'tokenizer.model'}: not the tokenizer this data was tokenized with"),
+    ):
+        with pytest.raises(JobError) as err:
+            _stream(tmp_path, folder)
+        message = str(err.value)
+        assert named in message and "Rerun 'parscale prep'" in message and str(folder) in message
+    assert "bytes" in str(pytest.raises(JobError, _stream, tmp_path, truncated).value)
+
+
+def test_a_flipped_byte_of_the_same_size_needs_the_sha256_check(data, tmp_path):
+    flipped = _copy(data, tmp_path, "flipped")
+    shard = next((flipped / "train").rglob("*.bin"))
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    shard.write_bytes(bytes(raw))
+    _stream(tmp_path, flipped)  # sizes only (the default): passes
+    with pytest.raises(JobError, match=f"{shard}: sha256 differs"):
+        _stream(tmp_path, flipped, verify_data="sha256")
+
+
+def test_training_on_a_dataset_whose_every_document_was_rejected_names_it_and_the_reject_counts(data, tmp_path):
+    cfg = {
+        "data": {
+            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
+            "output_dir": str(tmp_path / "empty"),
+            "min_chars": 10**9,
+        },
+        "tokenizer": {"model_path": str(data / "tokenizer.model")},
+        "packing": {"seq_len": 32},
+    }
+    prep = tmp_path / "prep.yaml"
+    prep.write_text(yaml.safe_dump(cfg))
+    refused = run_cli("prep", str(prep))  # prep says so, and writes the manifest with the reject counts
+    assert refused.returncode == 2 and "every document was rejected" in refused.stderr
+    with pytest.raises(EmptySplit):
+        _stream(tmp_path, tmp_path / "empty")
+    proc = train(job_config(tmp_path, tmp_path / "empty", "on-empty"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"no train rows in {tmp_path / 'empty'} (" in proc.stderr and "rejected by reason: too_short" in proc.stderr
+    assert "Traceback" not in proc.stderr

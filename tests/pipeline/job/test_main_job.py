@@ -1,0 +1,122 @@
+"""``parscale run``: the whole pipeline in a fast mode (tiny corpus and model, a few steps per
+stage, 2 processes), its report, the rerun that skips every finished stage, and the dry run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from helpers.process import run_cli
+
+
+def _job(root, **extra):
+    cfg = {
+        "run": {"name": "fast", "output_dir": str(root / "job"), "seed": 3},
+        "data": {
+            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
+            "output_dir": str(root / "job" / "data"),
+            "val_fraction": 0.2,
+        },
+        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
+        "packing": {"seq_len": 32},
+        "model": {
+            "num_layers": 2,
+            "hidden_size": 32,
+            "ffn_hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_kv_heads": 2,
+            "max_seq_len": 64,
+            "pad_vocab_to_multiple_of": 8,
+        },
+        "parallel": {"tensor_parallel_size": 1, "data_parallel_size": 2, "micro_batch_size": 2, "global_batch_size": 8},
+        "optimizer": {"lr": 3e-3},
+        "train": {"tokens": 6 * 8 * 32},
+        "checkpoint": {"interval_steps": 3},
+        "eval": {"interval_steps": 3, "max_batches": 2},
+        "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
+        "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 3 * 8 * 32, "prefix_control": True},
+    } | extra
+    path = root / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.multiprocess
+def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stages(tmp_path):
+    config = _job(tmp_path)
+    proc = run_cli("run", str(config), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = tmp_path / "job"
+    report = job / "report" / "report.md"
+    assert f"report: {report}" in proc.stdout.replace("\n", "")
+    text = report.read_text()
+    assert (
+        "stage 2 (ParScale P=2)" in text
+        and "stage 2 dense control" in text
+        and "![training and validation loss](loss.png)" in text
+    )
+    assert (job / "report" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evals = json.loads((job / "eval.json").read_text())
+    assert set(evals) == {"stage1", "stage2-p2", "dense", "prefix1"}
+    assert "Against one learned prefix (P=1 + prefix, same tokens), ParScale P=2 ends" in text
+    control = json.loads((job / "stage2-p1-prefix" / "portable" / "config.json").read_text())
+    assert control["parscale"]["single_prefix"] and control["parscale"]["streams"] == 1
+    assert evals["stage2-p2"]["streams"] == 2 and evals["dense"]["streams"] == 1
+    assert evals["stage1"]["tokens_seen"] == 6 * 8 * 32 and evals["stage2-p2"]["tokens_seen"] == 3 * 8 * 32
+    for stage in ("stage1", "stage2-p2", "stage2-dense"):
+        assert (job / stage / "portable" / "config.json").exists() and (job / stage / "job.yaml").exists()
+    stage2 = yaml.safe_load((job / "stage2-p2" / "job.yaml").read_text())
+    assert stage2["train"]["skip_tokens"] == 6 * 8 * 32  # stage 2 reads on after stage 1's data
+    init = json.loads((job / "convert" / "stage2-init-p2" / "config.json").read_text())
+    assert init["parscale"]["streams"] == 2 and "stage1-fp32" in init["converted_from"]
+
+    again = run_cli("run", str(config), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skip") >= 8 and "torch.distributed.run" not in again.stdout
+    assert report.exists()
+
+    # parscale ablate on the same job: the main job is reused whole, only the variant trains
+    cfg = yaml.safe_load(config.read_text()) | {
+        "ablation": {"seeds": 1, "variants": [{"name": "lr-x10", "set": {"optimizer.parscale_lr_mult": 10}}]}
+    }
+    ablate = tmp_path / "ablate.yaml"
+    ablate.write_text(yaml.safe_dump(cfg))
+    trained = {p: p.stat().st_mtime_ns for p in job.glob("*/portable/model.safetensors")}
+    proc = run_cli("ablate", str(ablate), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(trained) == 4 and {p: p.stat().st_mtime_ns for p in trained} == trained  # nothing retrained
+    variant = job / "ablation" / "lr-x10-seed0"
+    assert yaml.safe_load((variant / "stage2-p2" / "job.yaml").read_text())["optimizer"]["parscale_lr_mult"] == 10
+    results = json.loads((job / "ablation" / "eval.json").read_text())
+    assert set(results) == {"baseline-seed0", "lr-x10-seed0", "dense", "prefix1"}
+    for key in ("baseline-seed0", "lr-x10-seed0"):
+        assert math.isfinite(results[key]["diversity_gain"]) and -1 <= results[key]["update_cosine"] <= 1
+    assert results["baseline-seed0"]["val_loss"] == pytest.approx(evals["stage2-p2"]["val_loss"])  # same batches
+    assert "| lr-x10 | `optimizer.parscale_lr_mult=10` |" in (job / "ablation" / "report" / "ablation.md").read_text()
+
+    finished = (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes()
+    changed = run_cli("run", str(config), "--set", "stage2.parscale.prefix_len=3", timeout=600)
+    assert changed.returncode == 2 and f"{job / 'stage2-p2'} holds a run of another model" in changed.stderr
+    assert (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes() == finished
+
+
+def test_dry_run_prints_each_stage_and_writes_nothing(tmp_path):
+    config = _job(tmp_path)
+    proc = run_cli("run", str(config), "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 4
+    )  # stage 1, P=2, dense control, one-prefix control
+    assert "parscale convert consolidate" in proc.stdout and "--streams 2" in proc.stdout
+    assert not (tmp_path / "job" / "stage1").exists() and not (tmp_path / "job" / "report").exists()
+
+
+def test_a_config_without_stage2_is_refused_by_run(tmp_path):
+    config = _job(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    del cfg["stage2"]
+    config.write_text(yaml.safe_dump(cfg))
+    proc = run_cli("run", str(config), "--dry-run")
+    assert proc.returncode == 2 and "stage2" in proc.stderr and "required by 'run'" in proc.stderr

@@ -1,0 +1,87 @@
+"""The Trainer built from a typed JobConfig in this process (world size 1): config errors found
+while building name the key (and, from YAML, the file and line), ``train_step`` keeps its loss on
+the device until resolved, and the trainer's evaluation, a plain loop over the same rows and
+``parscale eval`` of the export give the same validation loss (one shared loss loop)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+from helpers.training import job_config
+
+from pipeline.config import ConfigError, load_config
+from pipeline.config.job import JobConfig
+from pipeline.distributed import destroy_distributed
+from pipeline.distributed.runtime import LAUNCHER_VARS
+from pipeline.training.evaluation import evaluate_portable
+from pipeline.training.loop import Trainer
+
+
+@pytest.fixture
+def single_rank(monkeypatch):
+    for key in LAUNCHER_VARS:
+        monkeypatch.delenv(key, raising=False)
+    yield
+    destroy_distributed()
+
+
+def _typed(tmp_path, data, **sections) -> JobConfig:
+    return JobConfig.model_validate(yaml.safe_load(job_config(tmp_path, data, "typed", **sections).read_text()))
+
+
+def test_config_errors_name_the_key_and_from_yaml_the_line(tmp_path, prepared_data, single_rank):
+    with pytest.raises(ConfigError, match=r"config: model.vocab_size: 300 is below the tokenizer's 400"):
+        Trainer(_typed(tmp_path, prepared_data, model={"vocab_size": 300}))
+    path = job_config(tmp_path, prepared_data, "yaml", model={"vocab_size": 300})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "vocab_size" in text)
+    with pytest.raises(ConfigError, match=rf"{path}:{line}: model.vocab_size: 300 is below the tokenizer's 400"):
+        Trainer.from_loaded(load_config(path))
+
+
+def test_steps_resolve_and_one_loss_loop_for_training_and_parscale_eval(tmp_path, prepared_data, single_rank):
+    cfg = _typed(
+        tmp_path,
+        prepared_data,
+        parscale={"streams": 2, "prefix_len": 4},
+        eval={"max_batches": 3, "stream_diagnostics": True},
+        train={"tokens": 2 * 8 * 32},
+    )
+    trainer = Trainer(cfg)
+    assert trainer.total_steps == 2 and trainer.vocab >= 400 and trainer.gas == 4
+    outcomes = [trainer.train_step() for _ in range(2)]
+    assert all(o.loss.device == torch.device(trainer.ctx.device) and o.loss_value is None for o in outcomes)
+    trainer._resolve()
+    assert [o.loss_value for o in outcomes] == pytest.approx([o.loss.item() for o in outcomes])
+    assert all(math.isfinite(o.loss_value) and o.applied for o in outcomes) and trainer.skipped == 0
+    assert outcomes[0].stream_weights.shape == (2,)
+
+    result = trainer.evaluate()
+    module = trainer.engine.module
+    module.eval()
+    total = tokens = 0.0
+    with torch.no_grad():  # the same rows, summed by hand
+        for b in range(3):
+            batch = trainer.data.batch(cfg, trainer.data.val, b * 2, 2, trainer.ctx.device)
+            out = module(batch.input_ids, labels=batch.labels, loss_mask=batch.loss_mask, segment_ids=batch.segment_ids)
+            total += out.loss.item() * batch.tokens
+            tokens += batch.tokens
+    assert result["tokens"] == tokens and result["val_loss"] == pytest.approx(total / tokens, rel=1e-6)
+    assert {"stream_spread", "weight_entropy", "prefix_cosine", "update_cosine", "diversity_gain"} <= result.keys()
+
+    portable = trainer.export_portable()
+    destroy_distributed()
+    loaded = load_config(
+        job_config(
+            tmp_path,
+            prepared_data,
+            "typed",
+            eval={"max_batches": 3, "stream_diagnostics": True},
+            parscale={"streams": 2, "prefix_len": 4},
+        )
+    )
+    again = evaluate_portable(loaded, str(portable))
+    assert again["tokens"] == result["tokens"] and again["val_loss"] == pytest.approx(result["val_loss"], rel=1e-6)
+    assert again["diversity_gain"] == pytest.approx(result["diversity_gain"], abs=1e-6)
