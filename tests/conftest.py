@@ -44,6 +44,6 @@ def write_yaml(tmp_path: Path):
 def prepared_data(tmp_path_factory) -> Path:
     """The tiny prepared dataset the training tests read, prepared once per session (never written
     to: a test that damages data copies it first)."""
-    from train_helpers import prepare_data
+    from helpers.training import prepare_data
 
     return prepare_data(tmp_path_factory.mktemp("prepared"))

@@ -366,7 +366,7 @@ def test_existing_tokenizer_is_adopted(mixed_job, tmp_path):
 def test_slurm_prep_script_runs_on_its_ray_cluster_with_the_same_outputs(tmp_path):
     """launch/slurm/prep.sbatch for real on one node (srun stand-in): Ray head started, prep attached
     to it by data.ray_address, the same shards as a local run, and the cluster stopped at the end."""
-    from launch_helpers import LAUNCH, clean_env, fake_slurm
+    from helpers.launch import LAUNCH, clean_env, fake_slurm
 
     from pipeline.distributed.runtime import free_port
 

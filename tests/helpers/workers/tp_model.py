@@ -1,6 +1,7 @@
-"""torchrun worker: build the model at the launched TP size, run forward + backward on a fixed
-batch (documents packed in a row, a padded tail), gather logits and every gradient to full size,
-and the forward logits again with FlexAttention, and save them from rank 0.
+"""Rank worker (``helpers.multirank.run_ranks``, or torchrun): build the model at the launched TP
+size, run forward + backward on a fixed batch (documents packed in a row, a padded tail), gather
+logits and every gradient to full size, and the forward logits again with FlexAttention, and save
+them from rank 0.
 
     torchrun --nproc_per_node=N tests/helpers/workers/tp_model.py OUT_DIR CONFIG [CONFIG ...]
 
@@ -28,12 +29,15 @@ def full_grad(param: torch.nn.Parameter, tp_group, tp_size: int) -> torch.Tensor
     return torch.cat(parts, dim=param.partition_dim)
 
 
-def main() -> None:
-    out_dir, configs = Path(sys.argv[1]), sys.argv[2:]
+def compute(out_dir: str, configs: list[str]) -> None:
     ctx = init_distributed(load_config(configs[0]).config)
     for config in configs:
-        run(load_config(config).config, ctx, out_dir / f"{Path(config).stem}.pt")
+        run(load_config(config).config, ctx, Path(out_dir) / f"{Path(config).stem}.pt")
     destroy_distributed()
+
+
+def main() -> None:
+    compute(sys.argv[1], sys.argv[2:])
 
 
 def run(cfg, ctx, out: Path) -> None:

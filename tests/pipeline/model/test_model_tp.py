@@ -1,20 +1,14 @@
-"""Tensor parallelism: the model at TP=2 and TP=4 (processes under torchrun) gives the same logits,
+"""Tensor parallelism: the model at TP=2 and TP=4 (spawned ranks over gloo) gives the same logits,
 loss and (gathered) gradients as at TP=1, dense and ParScale (both prefix parameterisations, prefix
 lengths 1, 3 and 16); at every TP, FlexAttention's logits equal the SDPA path's."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import yaml
-from helpers.paths import REPO, WORKERS
-
-WORKER = str(WORKERS / "tp_model.py")
-
+from helpers.multirank import run_ranks
+from helpers.workers.tp_model import compute
 
 VARIANTS = {
     "dense": {"streams": 1},
@@ -25,7 +19,7 @@ VARIANTS = {
 
 
 def _run(root, tp: int) -> dict:
-    """One torchrun launch at ``tp`` computing every variant; {variant: saved results}."""
+    """One launch of ``tp`` ranks computing every variant; {variant: saved results}."""
     out = root / f"tp{tp}"
     out.mkdir()
     configs = []
@@ -48,20 +42,7 @@ def _run(root, tp: int) -> dict:
         path = out / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         configs.append(str(path))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={tp}",
-        WORKER,
-        str(out),
-        *configs,
-    ]
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_ranks(compute, tp, str(out), configs)
     return {name: torch.load(out / f"{name}.pt", weights_only=True) for name in VARIANTS}
 
 

@@ -325,7 +325,7 @@ def test_latest_skips_an_incomplete_save(tmp_path):
 def test_eval_command_matches_the_trainers_final_evaluation_and_wandb_logs_offline(tmp_path, data):
     import json
 
-    from conftest import run_cli
+    from helpers.process import run_cli
 
     # DP=2 and an odd batch count: the trainer deals the same 3 micro-batches over its ranks
     config = job_config(

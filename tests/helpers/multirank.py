@@ -1,0 +1,78 @@
+"""Several ranks from inside a test, without a launcher: ``run_ranks(fn, n, *args)`` spawns ``n``
+processes that each set the variables torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*), call
+``fn(*args)`` (which brings up its own gloo process groups, as the code under test does) and send
+back what it returns. Cheaper than a torchrun subprocess: no launcher process, no CLI start-up.
+``fn`` must be importable by name (a module-level function)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable
+
+LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(fn: Callable, rank: int, world_size: int, port: int, results, args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    try:
+        results.put((rank, True, fn(*args)))
+    except BaseException:  # noqa: B036 - the parent reports it
+        results.put((rank, False, traceback.format_exc()))
+
+
+def run_ranks(fn: Callable, world_size: int, *args, timeout: float = 300) -> list:
+    """``fn(*args)`` on ranks 0..world_size-1; their return values in rank order. A rank that
+    raises fails the call with its traceback; one that hangs, after ``timeout`` seconds."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_rank_main, args=(fn, rank, world_size, port, results, args), daemon=True)
+        for rank in range(world_size)
+    ]
+    saved = {k: os.environ.pop(k) for k in LAUNCHER if k in os.environ}
+    try:
+        for proc in procs:
+            proc.start()
+        got: dict[int, object] = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < world_size:
+            try:
+                rank, ok, value = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in got]
+                if dead:
+                    raise RuntimeError(f"rank(s) {dead} exited without a result") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{world_size - len(got)} rank(s) gave no result in {timeout} s") from None
+                continue
+            if not ok:
+                raise RuntimeError(f"rank {rank} failed:\n{value}")
+            got[rank] = value
+        return [got[rank] for rank in range(world_size)]
+    finally:
+        os.environ.update(saved)
+        for proc in procs:
+            if proc.pid is not None:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
