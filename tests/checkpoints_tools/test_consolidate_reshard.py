@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 from helpers.process import run_cli
-from helpers.training import job_config, step_losses, train
+from helpers.training import job_config, step_losses, train, train_ranks
 from safetensors.torch import load_file
 
 from checkpoints_tools.consolidate import consolidate
@@ -32,8 +32,7 @@ def runs(tmp_path_factory, prepared_data):
         "bf16": (2, {"parallel": {"zero_stage": 2, "precision": "bf16"}}),
     }
     for name, (nproc, sections) in specs.items():
-        proc = train(job_config(root, data, name, **sections), nproc)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert train_ranks(job_config(root, data, name, **sections), nproc)[0]["step"] == 8
     return root
 
 

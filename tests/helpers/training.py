@@ -1,5 +1,5 @@
 """Shared pieces of the training tests: a small prepared dataset, job configs, and running
-``parscale train`` as one process or under torchrun."""
+``parscale train`` as one process or under torchrun, or the trainer on spawned ranks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .multirank import run_ranks
 from .paths import REPO
 from .process import run_cli
 
@@ -102,3 +103,21 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def step_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}
+
+
+def train_job(config: str) -> dict:
+    """One rank of a training run (for ``run_ranks``): the trainer of ``config``, run to the end."""
+    from pipeline.config import load_config
+    from pipeline.distributed import destroy_distributed
+    from pipeline.training.loop import Trainer
+
+    try:
+        return Trainer.from_loaded(load_config(config)).run()
+    finally:
+        destroy_distributed()
+
+
+def train_ranks(config: Path, nproc: int) -> list[dict]:
+    """The training run of ``config`` on ``nproc`` spawned ranks (no launcher, no CLI start-up); each
+    rank's result. The launcher and CLI paths have tests of their own (kill -9, signals, eval)."""
+    return run_ranks(train_job, nproc, str(config), timeout=600)

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 from helpers.paths import REPO, WORKERS
-from helpers.training import job_config, metrics, step_losses, train, train_command
+from helpers.training import job_config, metrics, step_losses, train, train_command, train_ranks
 from safetensors.torch import load_file
 
 
@@ -74,8 +74,7 @@ def test_zero_stage_matches_plain_pytorch_adamw(tmp_path, data, stage):
         parallel={"zero_stage": stage, "data_parallel_size": 2},
         train={"tokens": 4 * 8 * 32},
     )
-    proc = train(config, nproc=2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert train_ranks(config, 2)[0]["step"] == 4
     got = step_losses(tmp_path / f"zero{stage}")
     expected = _plain_pytorch_losses(config, 4)
     assert [round(got[s + 1], 4) for s in range(4)] == pytest.approx([round(x, 4) for x in expected], abs=2e-4)
