@@ -144,14 +144,7 @@ def local_group(
     for key in runtime.LAUNCHER_VARS:
         os.environ.pop(key, None)
     if world_size > 1:
-        os.environ.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(world_size),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(world_size),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-        )
+        os.environ.update(runtime.launcher_env(rank, world_size, port))
     runtime.ensure_launcher_env()
     runtime.set_cache_defaults()
     quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters

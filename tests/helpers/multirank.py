@@ -9,30 +9,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
 
-LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from pipeline.distributed.runtime import LAUNCHER_VARS, free_port, launcher_env
 
 
 def _rank_main(fn: Callable, rank: int, world_size: int, port: int, results, args: tuple) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
+    os.environ.update(launcher_env(rank, world_size, port), OMP_NUM_THREADS="1")
     try:
         results.put((rank, True, fn(*args)))
     except BaseException:  # noqa: B036 - the parent reports it
@@ -44,12 +29,12 @@ def run_ranks(fn: Callable, world_size: int, *args, timeout: float = 300) -> lis
     raises fails the call with its traceback; one that hangs, after ``timeout`` seconds."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_rank_main, args=(fn, rank, world_size, port, results, args), daemon=True)
         for rank in range(world_size)
     ]
-    saved = {k: os.environ.pop(k) for k in LAUNCHER if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in LAUNCHER_VARS if k in os.environ}
     try:
         for proc in procs:
             proc.start()
