@@ -1,5 +1,6 @@
-"""Start a module under torchrun on this node: the command, its environment, and a dry run that
-prints both. Multi-node, SLURM and DeepSpeed-hostfile launchers build on the same command."""
+"""Start a module under torchrun on this node (or, for one process, plainly): the command, its
+environment, and a dry run that prints both. Multi-node, SLURM and DeepSpeed-hostfile launchers
+build on the same command."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from .runtime import cpu_threads_per_rank
+from .runtime import LAUNCHER_VARS, cpu_threads_per_rank
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,14 @@ class TorchrunLaunch:
     rdzv_endpoint: str | None = None  # host:port of the first node; None = --standalone
     extra_env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def single_process(self) -> bool:
+        """One process on one node: no launcher needed (the process makes itself a world of one)."""
+        return self.nproc_per_node == 1 and self.nnodes == 1 and self.rdzv_endpoint is None
+
     def command(self) -> list[str]:
+        if self.single_process:
+            return [sys.executable, "-m", self.module, *self.args]
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.nproc_per_node}"]
         if self.rdzv_endpoint is None:
             cmd.append("--standalone")
@@ -42,4 +50,7 @@ class TorchrunLaunch:
         if dry_run:
             print(self.describe())
             return 0
-        return subprocess.call(self.command(), env={**os.environ, **self.env()})
+        env = {**os.environ, **self.env()}
+        if self.single_process:  # not a rank of some outer launch
+            env = {k: v for k, v in env.items() if k not in LAUNCHER_VARS}
+        return subprocess.call(self.command(), env=env)

@@ -65,7 +65,7 @@ def test_bf16_zero2_consolidates_the_fp32_masters(runs, tmp_path):
     assert any(not torch.equal(v, v.bfloat16().float()) for v in masters.values())  # and they hold more
 
 
-def test_reshard_tp1_to_2_to_1_is_identical_and_training_resumes_at_the_new_tp(runs, tmp_path):
+def test_reshard_tp1_to_2_to_1_is_identical_and_training_resumes_at_the_new_tp(runs, tmp_path, prepared_data):
     first = reshard(runs / "tp1", tmp_path / "tp2" / "checkpoints", 2)
     assert "TP=1 vs TP=2" in first["verified"]
     back = reshard(tmp_path / "tp2" / "checkpoints", tmp_path / "tp1" / "checkpoints", 1)
@@ -84,7 +84,7 @@ def test_reshard_tp1_to_2_to_1_is_identical_and_training_resumes_at_the_new_tp(r
     # the resharded checkpoint is a run folder's checkpoints: resume it at TP=2 (ZeRO 1 now) to step 12
     config = job_config(
         tmp_path,
-        runs / "data",
+        prepared_data,
         "tp2",
         parallel={"tensor_parallel_size": 2, "zero_stage": 1},
         parscale=PARSCALE,

@@ -15,8 +15,8 @@ from pipeline.training.loop import Trainer
 class FaultyTrainer(Trainer):
     nan_steps: set[int] = set()
 
-    def _forward(self, batch):
-        out = super()._forward(batch)
+    def _forward(self, batch, **extra):
+        out = super()._forward(batch, **extra)
         if self.step + 1 in self.nan_steps:
             out.loss = out.loss * float("nan")
         return out

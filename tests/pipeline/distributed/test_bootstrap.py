@@ -4,6 +4,7 @@ TP=2 and as DP=2, with group sizes, ranks and a DeepSpeed ZeRO step through the 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from helpers.paths import CONFIGS
@@ -132,3 +133,5 @@ def test_torchrun_command_and_thread_split(monkeypatch):
     multi = TorchrunLaunch(module="m", args=[], nproc_per_node=8, nnodes=2, rdzv_endpoint="node0:29500")
     assert {"--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=node0:29500"} <= set(multi.command())
     assert "--standalone" not in multi.command()
+    one = TorchrunLaunch(module="m", args=["a"], nproc_per_node=1)  # a world of one needs no launcher
+    assert one.command() == [sys.executable, "-m", "m", "a"] and one.env()["OMP_NUM_THREADS"] == "16"

@@ -116,11 +116,7 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
         "scaling": {
             "mode": "two_stage",
             "prefix_control": False,
-            "sizes": [
-                {"name": "a"},
-                {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
-                {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64, "num_layers": 2},
-            ],
+            "sizes": [{"name": "a"}, {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64, "num_layers": 2}],
             "streams": [1, 2, 4],
             "inference": {"batch_sizes": [1, 2], "prompt_len": 4, "new_tokens": 2, "repeats": 1},
         },
@@ -129,11 +125,12 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     proc = run_cli("scaling", str(config), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "training " in proc.stdout
     report = tmp_path / "exp" / "report" / "scaling.md"
     assert f"report: {report}" in proc.stdout.replace("\n", "")
     results = json.loads((report.parent / "results.json").read_text())
-    assert sorted((r["size"], r["streams"]) for r in results["rows"]) == [(s, p) for s in "abc" for p in (1, 2, 4)]
-    assert len({r["params"] for r in results["rows"]}) == 3
+    assert sorted((r["size"], r["streams"]) for r in results["rows"]) == [(s, p) for s in "ac" for p in (1, 2, 4)]
+    assert len({r["params"] for r in results["rows"]}) == 2
     assert all(r["tokens_seen"] == 2 * 4 * 32 for r in results["rows"])
     assert all((r["stream_spread"] is None) == (r["streams"] == 1) for r in results["rows"])
     assert all(r["stream_spread"] > 0 for r in results["rows"] if r["streams"] > 1)
@@ -151,13 +148,13 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     assert budget["largest_tried"] == pytest.approx(2 * 4 * 32 / budget["params"])
     assert "## Stage-2 budget: when the P ordering appears" in text and "stage-2 tokens per parameter" in text
     assert (report.parent / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for size in "abc":
+    for size in "ac":
         for stage in ("stage1", "stage2-p2", "stage2-p4", "stage2-dense"):
             assert (tmp_path / "exp" / size / stage / "portable" / "model.safetensors").exists()
 
     again = run_cli("scaling", str(config), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "torch.distributed.run" not in again.stdout and "measuring decode" not in again.stdout
+    assert "training " not in again.stdout and "measuring decode" not in again.stdout
 
 
 def _tiny_from_scratch(tmp_path, **scaling) -> Path:
@@ -267,14 +264,17 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
 
 @pytest.mark.multiprocess
 def test_from_scratch_end_to_end_on_tiny_models(tmp_path):
-    config = _tiny_from_scratch(tmp_path, matched_dense=False, prefix_control=False, seeds=1)  # the plan test has them
+    sizes = [{"name": "a"}, {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64}]
+    # the controls, the second seed and a third size are the plan test's
+    config = _tiny_from_scratch(tmp_path, sizes=sizes, matched_dense=False, prefix_control=False, seeds=1)
     proc = run_cli("scaling", str(config), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = tmp_path / "exp" / "report" / "scaling.md"
     results = json.loads((report.parent / "results.json").read_text())
     assert results["mode"] == "from_scratch"
     runs = sorted((r["size"], r["streams"], r["seed"]) for r in results["rows"])
-    assert runs == sorted((s, p, 0) for s in "abc" for p in (1, 2, 4))
+    assert runs == sorted((s, p, 0) for s in "ac" for p in (1, 2, 4))
+    assert "training " in proc.stdout
     assert all(r["fit_params"] > r["params"] for r in results["rows"] if r["streams"] > 1)
     assert len(results["fits"]["bootstrap_k"]) == 5 and math.isfinite(results["fits"]["free"]["k"])
     text = report.read_text()
@@ -283,7 +283,7 @@ def test_from_scratch_end_to_end_on_tiny_models(tmp_path):
     assert "![stream spread and diversity gain against tokens](streams.png)" in text
     assert (report.parent / "streams.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = run_cli("scaling", str(config), timeout=600)
-    assert again.returncode == 0 and "torch.distributed.run" not in again.stdout
+    assert again.returncode == 0 and "training " not in again.stdout
 
 
 def test_the_two_stage_budget_is_where_the_ordering_appears_and_then_holds():
