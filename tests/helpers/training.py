@@ -40,20 +40,24 @@ def prepare_data(root: Path) -> Path:
     return out
 
 
+#: the model section of the training tests' jobs: 2 layers x 32, GQA 4/2, up to 64 tokens
+TINY_MODEL = {
+    "num_layers": 2,
+    "hidden_size": 32,
+    "ffn_hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_kv_heads": 2,
+    "max_seq_len": 64,
+    "pad_vocab_to_multiple_of": 8,
+}
+
+
 def job_config(root: Path, data: Path, name: str, **sections) -> Path:
     cfg = {
         "run": {"name": name, "output_dir": str(root / name), "seed": 7},
         "data": {"output_dir": str(data)},
         "packing": {"seq_len": 32},
-        "model": {
-            "num_layers": 2,
-            "hidden_size": 32,
-            "ffn_hidden_size": 64,
-            "num_attention_heads": 4,
-            "num_kv_heads": 2,
-            "max_seq_len": 64,
-            "pad_vocab_to_multiple_of": 8,
-        },
+        "model": dict(TINY_MODEL),
         "parallel": {"micro_batch_size": 2, "global_batch_size": 8},
         "optimizer": {"lr": 3e-3},
         "schedule": {"warmup_tokens": 256},

@@ -9,6 +9,7 @@ import math
 import pytest
 import yaml
 from helpers.process import run_cli
+from helpers.training import TINY_MODEL
 
 
 def _job(root, **extra):
@@ -21,15 +22,7 @@ def _job(root, **extra):
         },
         "tokenizer": {"vocab_size": 400, "sample_docs": 40},
         "packing": {"seq_len": 32},
-        "model": {
-            "num_layers": 2,
-            "hidden_size": 32,
-            "ffn_hidden_size": 64,
-            "num_attention_heads": 4,
-            "num_kv_heads": 2,
-            "max_seq_len": 64,
-            "pad_vocab_to_multiple_of": 8,
-        },
+        "model": dict(TINY_MODEL),
         "parallel": {"tensor_parallel_size": 1, "data_parallel_size": 2, "micro_batch_size": 2, "global_batch_size": 8},
         "optimizer": {"lr": 3e-3},
         "train": {"tokens": 6 * 8 * 32},

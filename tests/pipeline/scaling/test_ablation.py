@@ -8,6 +8,7 @@ import math
 
 import pytest
 import yaml
+from helpers.training import TINY_MODEL
 
 from pipeline.config import ConfigError, load_config
 from pipeline.scaling.ablation import Stage2Ablation
@@ -24,14 +25,7 @@ def _config(tmp_path, variants=VARIANTS, seeds=2):
         "run": {"name": "abl", "output_dir": str(tmp_path / "job"), "seed": 7},
         "data": {"sources": [{"type": "stdlib", "glob": "json/*.py"}], "output_dir": str(tmp_path / "data")},
         "packing": {"seq_len": 32},
-        "model": {
-            "num_layers": 2,
-            "hidden_size": 32,
-            "ffn_hidden_size": 64,
-            "num_attention_heads": 4,
-            "num_kv_heads": 2,
-            "max_seq_len": 64,
-        },
+        "model": {k: v for k, v in TINY_MODEL.items() if k != "pad_vocab_to_multiple_of"},
         "parallel": {"data_parallel_size": 2, "micro_batch_size": 2, "global_batch_size": 8},
         "train": {"tokens": 2048},
         "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 1024},

@@ -85,10 +85,10 @@ def test_scaling_config_needs_three_sizes_and_p1(write_yaml):
     assert "scaling.streams" in proc.stderr and "must hold 1" in proc.stderr
 
 
-@pytest.mark.multiprocess
-def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
-    cfg = {
-        "run": {"name": "tiny-scaling", "output_dir": str(tmp_path / "exp"), "seed": 3},
+def _tiny_base(tmp_path, name: str, layers: int) -> dict:
+    """What both tiny experiments share: the json package as corpus, 16-wide models, one process."""
+    return {
+        "run": {"name": name, "output_dir": str(tmp_path / "exp"), "seed": 3},
         "data": {
             "sources": [{"type": "stdlib", "glob": "json/*.py"}],
             "output_dir": str(tmp_path / "data"),
@@ -97,7 +97,7 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
         "tokenizer": {"vocab_size": 400, "sample_docs": 40},
         "packing": {"seq_len": 32},
         "model": {
-            "num_layers": 1,
+            "num_layers": layers,
             "hidden_size": 16,
             "ffn_hidden_size": 32,
             "num_attention_heads": 2,
@@ -105,6 +105,13 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
             "max_seq_len": 64,
             "pad_vocab_to_multiple_of": 8,
         },
+    }
+
+
+@pytest.mark.multiprocess
+def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
+    cfg = {
+        **_tiny_base(tmp_path, "tiny-scaling", layers=1),
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
         "optimizer": {"lr": 3e-3},
         "schedule": {"warmup_tokens": 64},
@@ -161,23 +168,7 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
 
 def _tiny_from_scratch(tmp_path, **scaling) -> Path:
     cfg = {
-        "run": {"name": "tiny-fs", "output_dir": str(tmp_path / "exp"), "seed": 3},
-        "data": {
-            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
-            "output_dir": str(tmp_path / "data"),
-            "val_fraction": 0.2,
-        },
-        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
-        "packing": {"seq_len": 32},
-        "model": {
-            "num_layers": 2,
-            "hidden_size": 16,
-            "ffn_hidden_size": 32,
-            "num_attention_heads": 2,
-            "num_kv_heads": 1,
-            "max_seq_len": 64,
-            "pad_vocab_to_multiple_of": 8,
-        },
+        **_tiny_base(tmp_path, "tiny-fs", layers=2),
         "parscale": {"prefix_len": 2},
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
         "optimizer": {"lr": 3e-3},
