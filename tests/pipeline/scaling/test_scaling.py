@@ -128,7 +128,7 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
                 {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
                 {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64, "num_layers": 2},
             ],
-            "streams": [1, 2],
+            "streams": [1, 2, 4],
             "inference": {"batch_sizes": [1, 2], "prompt_len": 4, "new_tokens": 2, "repeats": 1},
         },
     }
@@ -140,25 +140,27 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     report = tmp_path / "exp" / "report" / "scaling.md"
     assert f"report: {report}" in proc.stdout.replace("\n", "")
     results = json.loads((report.parent / "results.json").read_text())
-    assert sorted((r["size"], r["streams"]) for r in results["rows"]) == [(s, p) for s in "abc" for p in (1, 2)]
+    assert sorted((r["size"], r["streams"]) for r in results["rows"]) == [(s, p) for s in "abc" for p in (1, 2, 4)]
     assert len({r["params"] for r in results["rows"]}) == 3
     assert all(r["tokens_seen"] == 2 * 4 * 32 for r in results["rows"])
     assert all((r["stream_spread"] is None) == (r["streams"] == 1) for r in results["rows"])
     assert all(r["stream_spread"] > 0 for r in results["rows"] if r["streams"] > 1)
     free = results["fits"]["free"]
     assert free["k"] >= 0 and math.isfinite(free["E"]) and results["fits"]["paper_k"]["k"] == PAPER_K
-    assert {(r["batch"], r["streams"]) for r in results["inference"] if r["k"] == PAPER_K} == {(b, 2) for b in (1, 2)}
+    assert {(r["batch"], r["streams"]) for r in results["inference"] if r["k"] == PAPER_K} == {
+        (b, p) for b in (1, 2) for p in (2, 4)
+    }
     text = report.read_text()
     assert "| k |" in text and f"**{PAPER_K}**" in text and "![loss vs N and P" in text and "Measured on:" in text
     budget = results["budget"]  # the largest size's stage-2 evaluations at steps 1 and 2
     assert budget["size"] == "c" and [r["tokens"] for r in budget["rows"]] == [4 * 32, 2 * 4 * 32]
     last = {r["streams"]: r["val_loss"] for r in results["rows"] if r["size"] == "c"}
-    assert budget["rows"][-1]["losses"] == pytest.approx([last[1], last[2]], abs=1e-4)
+    assert budget["rows"][-1]["losses"] == pytest.approx([last[1], last[2], last[4]], abs=1e-4)
     assert budget["largest_tried"] == pytest.approx(2 * 4 * 32 / budget["params"])
     assert "## Stage-2 budget: when the P ordering appears" in text and "stage-2 tokens per parameter" in text
     assert (report.parent / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for size in "abc":
-        for stage in ("stage1", "stage2-p2", "stage2-dense"):
+        for stage in ("stage1", "stage2-p2", "stage2-p4", "stage2-dense"):
             assert (tmp_path / "exp" / size / stage / "portable" / "model.safetensors").exists()
 
     again = run_cli("scaling", str(config), timeout=600)
@@ -257,15 +259,15 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
 
 @pytest.mark.multiprocess
 def test_from_scratch_end_to_end_on_tiny_models(tmp_path):
-    # the controls, the second seed and P = 4 are the plan test's
-    config = _tiny_from_scratch(tmp_path, streams=[1, 2], matched_dense=False, prefix_control=False, seeds=1)
+    # the controls and the second seed are the plan test's
+    config = _tiny_from_scratch(tmp_path, matched_dense=False, prefix_control=False, seeds=1)
     proc = run_cli("scaling", str(config), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = tmp_path / "exp" / "report" / "scaling.md"
     results = json.loads((report.parent / "results.json").read_text())
     assert results["mode"] == "from_scratch"
     runs = sorted((r["size"], r["streams"], r["seed"]) for r in results["rows"])
-    assert runs == sorted((s, p, 0) for s in "abc" for p in (1, 2))
+    assert runs == sorted((s, p, 0) for s in "abc" for p in (1, 2, 4))
     assert "training " in proc.stdout
     assert all(r["fit_params"] > r["params"] for r in results["rows"] if r["streams"] > 1)
     assert len(results["fits"]["bootstrap_k"]) == 5 and math.isfinite(results["fits"]["free"]["k"])
