@@ -13,6 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged_file(path: str | Path) -> Iterator[Path]:
     """A fresh temporary name beside ``path`` (a dot-file, which readers skip) to write ``path``
@@ -22,6 +28,7 @@ def staged_file(path: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the file gets the usual mode
     try:
         yield tmp
         os.replace(tmp, path)
