@@ -45,12 +45,20 @@ def _parscale_options(parser) -> None:
 
 
 def _to_parscale(args) -> int:
+    from pydantic import ValidationError
+
     from pipeline.config.model import ParScaleConfig
 
     from .to_parscale import convert
 
     given = {key: getattr(args, key) for key in _PARSCALE_OPTIONS if getattr(args, key) is not None}
-    parscale = ParScaleConfig(streams=args.streams, **given)
+    try:
+        parscale = ParScaleConfig(streams=args.streams, **given)
+    except ValidationError as exc:
+        for problem in exc.errors():
+            option = "--" + str(problem["loc"][0]).replace("_", "-")
+            print(f"parscale convert to-parscale: {option}: {problem['msg']}", file=sys.stderr)
+        return 2
     print(
         json.dumps(
             convert(

@@ -328,3 +328,11 @@ def test_a_parscale_export_names_the_official_classes_for_trust_remote_code(dens
     )
     loaded = AutoConfig.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True)
     assert type(loaded).__name__ == "Qwen2ParScaleConfig" and loaded.parscale_n == 2
+
+
+def test_to_parscale_options_out_of_range_are_named_without_a_traceback(capsys):
+    from pipeline.cli import main
+
+    assert main(["convert", "to-parscale", "src", "dst", "--streams", "2", "--prefix-init-std", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--prefix-init-std: Input should be greater than 0" in err and "Traceback" not in err
