@@ -8,14 +8,9 @@ from ..config.cli_args import add_config_args, load_from_args
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..distributed import destroy_distributed
-    from ..training.loop import Trainer
+    from ..training.run import train
 
-    loaded = load_from_args(args)
-    try:
-        Trainer.from_loaded(loaded).run()
-    finally:
-        destroy_distributed()
+    train(load_from_args(args))
     return 0
 
 

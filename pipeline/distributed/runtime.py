@@ -4,9 +4,11 @@ to a project-local folder, and DeepSpeed skips a CPU-only op build that training
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,6 +32,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def own_world() -> Iterator[None]:
+    """Inside, this process is a world of its own: the env:// variables of any launcher that started
+    it are set aside (and put back after), so a rank made here is rank 0 of 1 on a fresh port."""
+    saved = {key: os.environ.pop(key) for key in LAUNCHER_VARS if key in os.environ}
+    try:
+        yield
+    finally:
+        for key in LAUNCHER_VARS:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
 
 
 def ensure_launcher_env() -> bool:

@@ -3,7 +3,8 @@
 
 Every stage writes under ``run.output_dir`` and is skipped when its output is already there and
 complete, so a rerun continues where the last one stopped (a training stage cut short resumes from
-its own checkpoints). Training stages run under torchrun with TP x DP processes; each stage's exact
+its own checkpoints). Training stages run under torchrun with TP x DP processes (a stage of one
+process runs in the job's own process); each stage's exact
 config is written as ``<stage>/config.resolved.yaml``."""
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from ..config import LoadedConfig, load_config, write_resolved
 from ..config.model import ModelConfig, ParScaleConfig
 from ..data.loader import planned_seq_len
 from ..distributed.launcher import TorchrunLaunch
+from ..distributed.runtime import own_world
 from ..errors import JobError
 from ..training.evaluation import evaluate_portable
+from ..training.run import train
 from ..utils.fs import atomic_write_text
 from .layout import Layout, stage2_key
 from .report import write_report
@@ -58,14 +61,26 @@ def is_trained(loaded: LoadedConfig) -> bool:
 
 
 def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> None:
-    """``parscale train`` on ``loaded`` under torchrun (``nproc`` processes); its config is written
-    as ``<run.output_dir>/job.yaml``. A failed run resumes from its checkpoints when run again."""
+    """``parscale train`` on ``loaded``: in this process for one process (no launcher, no second
+    import of torch and DeepSpeed), under torchrun with ``nproc`` processes otherwise. Its config is
+    written as ``<run.output_dir>/job.yaml``. A run that failed or was stopped resumes from its
+    checkpoints when the job runs again."""
     out = Path(loaded.config.run.output_dir)
     resolved = out / "job.yaml" if dry_run else write_resolved(loaded, out, "job.yaml")
     launch = TorchrunLaunch(module="pipeline.cli", args=["train", str(resolved)], nproc_per_node=nproc)
+    again = "rerun the same command to resume from its last checkpoint"
+    if launch.single_process:
+        if dry_run:
+            print(f"parscale train {resolved}  (in this process)")
+            return
+        with own_world():
+            result = train(loaded)
+        if result["stopped"]:
+            raise JobError(f"{name} training stopped at step {result['step']} (signal or stop file); {again}")
+        return
     rc = launch.run(dry_run=dry_run)
     if rc:
-        raise JobError(f"{name} training failed (exit {rc}); rerun the same command to resume from its last checkpoint")
+        raise JobError(f"{name} training failed (exit {rc}); {again}")
 
 
 class MainJob:
