@@ -70,7 +70,8 @@ def _rank_logits(source, rank: int, port: int | None, ids: torch.Tensor) -> torc
             return model.full_logits(model(ids).logits)
 
 
-def _worker(rank: int, source, port: int, ids: torch.Tensor, out: str) -> None:
+def _worker(rank: int, source, port: int, ids: torch.Tensor, out: str, env: dict[str, str]) -> None:
+    os.environ.update(env)  # the caller's, not the fork server's (started perhaps by an earlier call)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // source.tp))
     logits = _rank_logits(source, rank, port, ids)
     if rank == 0:
@@ -81,11 +82,13 @@ def logits(source, ids: torch.Tensor) -> torch.Tensor:
     if source.tp == 1:
         return _rank_logits(source, 0, None, ids)
 
-    select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # inherited by the workers
-
+    select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # passed on to the workers
+    # forked from a server that imported this module (torch, megatron-core) once, not imported per rank
+    mp.set_forkserver_preload([__name__])
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "logits.pt")
-        mp.start_processes(_worker, args=(source, free_port(), ids, out), nprocs=source.tp, start_method="spawn")
+        args = (source, free_port(), ids, out, dict(os.environ))
+        mp.start_processes(_worker, args=args, nprocs=source.tp, start_method="forkserver")
         return torch.load(out, weights_only=True)
 
 

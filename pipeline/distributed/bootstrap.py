@@ -140,26 +140,19 @@ def local_group(
     """Rank ``rank`` of a world of processes on this machine (gloo, or NCCL on GPUs), for tools and
     tests that run megatron-core layers outside a launcher: every rank passes the same ``port``.
     The env:// variables it sets are removed again on exit."""
-    saved = {k: os.environ.get(k) for k in runtime.LAUNCHER_VARS}
-    for key in runtime.LAUNCHER_VARS:
-        os.environ.pop(key, None)
-    if world_size > 1:
-        os.environ.update(runtime.launcher_env(rank, world_size, port))
-    runtime.ensure_launcher_env()
-    runtime.set_cache_defaults()
-    quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters
-    backend = _pick_backend("auto")
-    try:
-        device = _start_groups(tp, backend, rank, world_size, rank, timeout_minutes=5)
-        seed_everything(seed)
-        yield _context(rank, world_size, rank, tp, backend, device, torch.get_num_threads())
-    finally:
-        destroy_distributed()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with runtime.own_world():
+        if world_size > 1:
+            os.environ.update(runtime.launcher_env(rank, world_size, port))
+        runtime.ensure_launcher_env()
+        runtime.set_cache_defaults()
+        quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters
+        backend = _pick_backend("auto")
+        try:
+            device = _start_groups(tp, backend, rank, world_size, rank, timeout_minutes=5)
+            seed_everything(seed)
+            yield _context(rank, world_size, rank, tp, backend, device, torch.get_num_threads())
+        finally:
+            destroy_distributed()
 
 
 def single_process(seed: int = 1234) -> contextlib.AbstractContextManager[ParallelContext]:

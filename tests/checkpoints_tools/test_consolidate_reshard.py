@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from helpers.process import run_cli
+from helpers.process import cli
 from helpers.training import job_config, step_losses, train, train_ranks
 from safetensors.torch import load_file
 
@@ -41,12 +41,12 @@ def _weights(path):
 
 
 def test_zero3_tp2_consolidated_equals_the_same_run_at_tp1(runs, tmp_path):
-    proc = run_cli("convert", "consolidate", str(runs / "tp2"), str(tmp_path / "tp2"))
+    proc = cli("convert", "consolidate", str(runs / "tp2"), str(tmp_path / "tp2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert (result["tp"], result["zero_stage"], result["step"]) == (2, 3, 8)
     assert "TP=2 vs TP=1" in result["verified"] and result["replicated_drift"] == 0
-    assert run_cli("convert", "verify", str(tmp_path / "tp2")).returncode == 0
+    assert cli("convert", "verify", str(tmp_path / "tp2")).returncode == 0
     assert "TP=1 vs TP=1" in consolidate(runs / "tp1", tmp_path / "tp1")["verified"]
     a, b = _weights(tmp_path / "tp2"), _weights(tmp_path / "tp1")
     assert a.keys() == b.keys() and "model.layers.1.self_attn.prefix.prefix_k" in a
@@ -116,7 +116,7 @@ def _copy_step(runs, name, tmp_path):
 
 
 def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
-    proc = run_cli("convert", "consolidate", str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    proc = cli("convert", "consolidate", str(tmp_path / "nowhere"), str(tmp_path / "out"))
     assert proc.returncode == 2 and "nowhere: not found" in proc.stderr
 
     truncated = _copy_step(runs, "tp2", tmp_path / "a")

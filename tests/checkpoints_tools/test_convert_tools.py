@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from helpers.checkpoints import tiny_model, tiny_tokenizer
-from helpers.process import run_cli
+from helpers.process import cli
 from safetensors.torch import load_file
 
 from pipeline.checkpoint.portable import save_portable
@@ -29,7 +29,7 @@ def dense(tmp_path_factory):
 
 
 def test_inspect_reports_counts_and_config(dense):
-    proc = run_cli("convert", "inspect", str(dense))
+    proc = cli("convert", "inspect", str(dense))
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["streams"] == 1 and info["tokens_seen"] == 1234 and info["dtype"] == ["F32"]
@@ -39,21 +39,21 @@ def test_inspect_reports_counts_and_config(dense):
 def test_verify_passes_then_catches_corruption(dense, tmp_path):
     import shutil
 
-    assert run_cli("convert", "verify", str(dense)).returncode == 0
+    assert cli("convert", "verify", str(dense)).returncode == 0
     broken = tmp_path / "broken"
     shutil.copytree(dense, broken)
     data = bytearray((broken / "model.safetensors").read_bytes())
     data[-10] ^= 0xFF
     (broken / "model.safetensors").write_bytes(bytes(data))
     (broken / "tokenizer.model").unlink()
-    proc = run_cli("convert", "verify", str(broken))
+    proc = cli("convert", "verify", str(broken))
     assert proc.returncode == 1
     assert "model.safetensors: sha256 differs" in proc.stderr and "tokenizer.model: missing" in proc.stderr
 
 
 def test_dense_to_parscale_keeps_the_backbone_and_adds_streams(dense, tmp_path):
     target = tmp_path / "p4"
-    proc = run_cli("convert", "to-parscale", str(dense), str(target), "--streams", "4", "--prefix-len", "6")
+    proc = cli("convert", "to-parscale", str(dense), str(target), "--streams", "4", "--prefix-len", "6")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["new_tensors"] == 2 * 2 + 4 and "max |diff| 0.00e+00 (tolerance 0.0e+00)" in result["verified"]
@@ -94,14 +94,14 @@ def _hf_logits(directory, ids):
 
 
 def test_export_to_hf_qwen2_loads_in_transformers_and_imports_back_identically(dense, tmp_path):
-    proc = run_cli("convert", "export-hf", str(dense), str(tmp_path / "hf"))
+    proc = cli("convert", "export-hf", str(dense), str(tmp_path / "hf"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["layout"] == "qwen2" and "transformers vs ours" in result["verified"]
     assert (tmp_path / "hf" / "tokenizer.model").exists()
     ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(_our_logits(dense, ids), _hf_logits(tmp_path / "hf", ids), atol=1e-5, rtol=0)
-    back = run_cli("convert", "import-hf", str(tmp_path / "hf"), str(tmp_path / "back"))
+    back = cli("convert", "import-hf", str(tmp_path / "hf"), str(tmp_path / "back"))
     assert back.returncode == 0 and "transformers vs ours" in json.loads(back.stdout)["verified"]
     a, b = load_file(str(dense / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -136,9 +136,9 @@ def test_hf_to_ours_to_hf_keeps_transformers_logits(kind, tmp_path):
             for layer in source.model.layers:
                 layer.self_attn.q_proj.bias.normal_()
     hf_dir = _save_hf(source.eval(), tmp_path / "src")
-    imported = run_cli("convert", "import-hf", str(hf_dir), str(tmp_path / "ours"))
+    imported = cli("convert", "import-hf", str(hf_dir), str(tmp_path / "ours"))
     assert imported.returncode == 0, imported.stderr[-2000:]
-    exported = run_cli("convert", "export-hf", str(tmp_path / "ours"), str(tmp_path / "out"), "--layout", kind)
+    exported = cli("convert", "export-hf", str(tmp_path / "ours"), str(tmp_path / "out"), "--layout", kind)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == kind
     ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(1))
@@ -148,7 +148,7 @@ def test_hf_to_ours_to_hf_keeps_transformers_logits(kind, tmp_path):
 
 
 def test_llama_export_of_a_qkv_bias_model_adds_a_zero_o_proj_bias(dense, tmp_path):
-    proc = run_cli("convert", "export-hf", str(dense), str(tmp_path / "llama"), "--layout", "llama")
+    proc = cli("convert", "export-hf", str(dense), str(tmp_path / "llama"), "--layout", "llama")
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((tmp_path / "llama" / "config.json").read_text())
     state = load_file(str(tmp_path / "llama" / "model.safetensors"))
@@ -183,7 +183,7 @@ def test_bad_hf_inputs_are_refused_and_leave_nothing(dense, tmp_path):
     import shutil
 
     hf = tmp_path / "hf"
-    assert run_cli("convert", "export-hf", str(dense), str(hf)).returncode == 0
+    assert cli("convert", "export-hf", str(dense), str(hf)).returncode == 0
     cases = {}
     cases["missing"] = (tmp_path / "nope", "config.json: unreadable")
     truncated = tmp_path / "truncated"
@@ -210,7 +210,7 @@ def test_bad_hf_inputs_are_refused_and_leave_nothing(dense, tmp_path):
     for name, (source, message) in cases.items():
         target = tmp_path / f"out-{name.replace(' ', '_')}"
         if name == "missing":  # through the CLI once: exit 2, the message on stderr
-            proc = run_cli("convert", "import-hf", str(source), str(target))
+            proc = cli("convert", "import-hf", str(source), str(target))
             assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
         else:
             with pytest.raises(CheckpointError, match=message):
@@ -290,19 +290,19 @@ def test_a_portable_changed_since_written_is_refused_by_every_reader_never_recer
         ("convert", "export-hf", str(broken), str(tmp_path / "hf")),
         ("generate", str(broken), "--max-new-tokens", "2"),
     ):
-        proc = run_cli(*args)
+        proc = cli(*args)
         assert proc.returncode == 2 and named in proc.stderr, (args, proc.stderr[-2000:])
     assert not (tmp_path / "p2").exists() and not (tmp_path / "hf").exists()
 
     garbage = tmp_path / "garbage"
     shutil.copytree(dense, garbage)
     (garbage / "tokenizer.model").write_bytes(b"garbage")
-    proc = run_cli("generate", str(garbage), "--max-new-tokens", "2")
+    proc = cli("generate", str(garbage), "--max-new-tokens", "2")
     assert proc.returncode == 2 and f"{garbage / 'tokenizer.model'}: sha256 differs" in proc.stderr
     meta = json.loads((garbage / "config.json").read_text())
     meta["sha256"].pop("tokenizer.model")  # garbage that was never recorded: still a named error, no traceback
     (garbage / "config.json").write_text(json.dumps(meta))
-    proc = run_cli("generate", str(garbage), "--max-new-tokens", "2")
+    proc = cli("generate", str(garbage), "--max-new-tokens", "2")
     assert proc.returncode == 2 and "tokenizer.model: not a sentencepiece model" in proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -112,13 +112,9 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 def train_job(config: str) -> dict:
     """One rank of a training run (for ``run_ranks``): the trainer of ``config``, run to the end."""
     from pipeline.config import load_config
-    from pipeline.distributed import destroy_distributed
-    from pipeline.training.loop import Trainer
+    from pipeline.training.run import train
 
-    try:
-        return Trainer.from_loaded(load_config(config)).run()
-    finally:
-        destroy_distributed()
+    return train(load_config(config))
 
 
 def train_ranks(config: Path, nproc: int) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from helpers.paths import CONFIGS
-from helpers.process import run_cli
+from helpers.process import cli, run_cli
 
 from pipeline.cli import build_parser
 
@@ -35,7 +35,7 @@ def test_misspelt_key_is_refused_naming_key_and_file(tmp_path):
         .replace("  hidden_size: 128", "  hiden_size: 128")
         .replace("base: prep_stdlib.yaml", f"base: {CONFIGS / 'prep_stdlib.yaml'}")
     )
-    proc = run_cli("train", str(bad))
+    proc = cli("train", str(bad))
     assert proc.returncode == 2
     assert f"invalid config {bad}" in proc.stderr
     assert "model.hiden_size: unknown key; did you mean 'hidden_size'?" in proc.stderr
@@ -43,7 +43,7 @@ def test_misspelt_key_is_refused_naming_key_and_file(tmp_path):
 
 
 def test_nested_override_takes_effect_in_saved_resolved_config(tmp_path):
-    proc = run_cli(
+    proc = cli(
         "config",
         str(CONFIGS / "demo.yaml"),
         "--set",
@@ -60,7 +60,7 @@ def test_nested_override_takes_effect_in_saved_resolved_config(tmp_path):
 
 
 def test_config_get_prints_resolved_values_one_per_line():
-    proc = run_cli(
+    proc = cli(
         "config",
         str(CONFIGS / "demo.yaml"),
         "--set",
@@ -74,14 +74,14 @@ def test_config_get_prints_resolved_values_one_per_line():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["256", "null", "stdlib"]
-    missing = run_cli("config", str(CONFIGS / "demo.yaml"), "--get", "model.hiden_size")
+    missing = cli("config", str(CONFIGS / "demo.yaml"), "--get", "model.hiden_size")
     assert missing.returncode == 2 and "--get model.hiden_size: no such key" in missing.stderr
 
 
 def test_config_schema_is_json(tmp_path):
     import json
 
-    proc = run_cli("config", "--schema")
+    proc = cli("config", "--schema")
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     assert {"model", "parscale", "parallel", "train"} <= set(schema["properties"])
@@ -89,7 +89,7 @@ def test_config_schema_is_json(tmp_path):
 
 def test_demo_run_dry_run_plans_every_stage_with_tp_x_dp_processes(tmp_path):
     """The shipped demo config is a valid main job (the whole run is tested in test_main_job.py)."""
-    proc = run_cli(
+    proc = cli(
         "run",
         str(CONFIGS / "demo.yaml"),
         "--dry-run",

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from helpers.checkpoints import tiny_model, tiny_tokenizer
-from helpers.process import run_cli
+from helpers.process import cli
 
 from pipeline.checkpoint.portable import CheckpointError, load_portable, save_portable
 from pipeline.config.model import ParScaleConfig
@@ -35,7 +35,7 @@ def checkpoint(tmp_path_factory):
 
 def test_generate_is_deterministic_when_greedy(checkpoint):
     args = ["generate", str(checkpoint), "--prompt", "doc 1: alpha", "--prompt", "beta", "--max-new-tokens", "12"]
-    first, second = run_cli(*args), run_cli(*args)
+    first, second = cli(*args), cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout == second.stdout
     assert first.stdout.startswith("doc 1: alpha") and "beta" in first.stdout
@@ -57,26 +57,26 @@ def test_generate_samples_with_a_seed(checkpoint):
         "12",
         "--only-new",
     ]
-    a, b = run_cli(*args, "--seed", "1"), run_cli(*args, "--seed", "1")
+    a, b = cli(*args, "--seed", "1"), cli(*args, "--seed", "1")
     assert a.returncode == 0 and a.stdout == b.stdout
 
 
 def test_bad_checkpoint_folders_are_refused(checkpoint, tmp_path):
-    proc = run_cli("generate", str(tmp_path), "--prompt", "x")
+    proc = cli("generate", str(tmp_path), "--prompt", "x")
     assert proc.returncode == 2 and "tokenizer.model: not found" in proc.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "tokenizer.model"):
         (broken / name).write_bytes((checkpoint / name).read_bytes())
     (broken / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:100])
-    proc = run_cli("generate", str(broken), "--prompt", "x")  # truncated since written: its recorded sha256 tells
+    proc = cli("generate", str(broken), "--prompt", "x")  # truncated since written: its recorded sha256 tells
     assert (
         proc.returncode == 2 and f"{broken / 'model.safetensors'}: sha256 differs from the one recorded" in proc.stderr
     )
     config = json.loads((checkpoint / "config.json").read_text())
     legacy = {k: v for k, v in config.items() if k != "sha256"}  # written before checksums: the loader tells
     (broken / "config.json").write_text(json.dumps(legacy))
-    proc = run_cli("generate", str(broken), "--prompt", "x")
+    proc = cli("generate", str(broken), "--prompt", "x")
     assert proc.returncode == 2 and "model.safetensors: corrupt or truncated" in proc.stderr
     config["parscale"]["streams"] = 3
     (broken / "config.json").write_text(json.dumps(config))

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import yaml
-from helpers.process import run_cli
+from helpers.process import cli, run_cli
 from helpers.training import TINY_MODEL
 
 
@@ -97,7 +97,7 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
 
 def test_dry_run_prints_each_stage_and_writes_nothing(tmp_path):
     config = _job(tmp_path)
-    proc = run_cli("run", str(config), "--dry-run")
+    proc = cli("run", str(config), "--dry-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 4
@@ -111,5 +111,5 @@ def test_a_config_without_stage2_is_refused_by_run(tmp_path):
     cfg = yaml.safe_load(config.read_text())
     del cfg["stage2"]
     config.write_text(yaml.safe_dump(cfg))
-    proc = run_cli("run", str(config), "--dry-run")
+    proc = cli("run", str(config), "--dry-run")
     assert proc.returncode == 2 and "stage2" in proc.stderr and "required by 'run'" in proc.stderr

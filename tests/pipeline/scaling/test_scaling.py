@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.process import run_cli
+from helpers.process import cli, run_cli
 
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import single_process
@@ -80,7 +80,7 @@ def test_decode_memory_is_weights_plus_the_kv_cache_of_every_stream():
 def test_scaling_config_needs_three_sizes_and_p1(write_yaml):
     sizes = [{"name": f"s{i}", "hidden_size": 32 * (i + 1)} for i in range(2)]
     path = write_yaml("bad.yaml", yaml.safe_dump({"scaling": {"sizes": sizes, "streams": [2, 4, 8]}}))
-    proc = run_cli("config", str(path))
+    proc = cli("config", str(path))
     assert proc.returncode == 2
     assert "scaling.sizes" in proc.stderr and "at least 3" in proc.stderr
     assert "scaling.streams" in proc.stderr and "must hold 1" in proc.stderr
