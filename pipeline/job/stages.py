@@ -74,13 +74,15 @@ def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> N
             print(f"parscale train {resolved}  (in this process)")
             return
         with own_world():
-            result = train(loaded)
-        if result["stopped"]:
-            raise JobError(f"{name} training stopped at step {result['step']} (signal or stop file); {again}")
-        return
-    rc = launch.run(dry_run=dry_run)
-    if rc:
-        raise JobError(f"{name} training failed (exit {rc}); {again}")
+            train(loaded)
+    else:
+        rc = launch.run(dry_run=dry_run)
+        if rc:
+            raise JobError(f"{name} training failed (exit {rc}); {again}")
+        if dry_run:
+            return
+    if not is_trained(loaded):  # a stop file or signal ended it early: the next stage must not start
+        raise JobError(f"{name} training stopped before the end of its budget (signal or stop file); {again}")
 
 
 class MainJob:

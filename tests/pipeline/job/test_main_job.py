@@ -65,7 +65,7 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     init = json.loads((job / "convert" / "stage2-init-p2" / "config.json").read_text())
     assert init["parscale"]["streams"] == 2 and "stage1-fp32" in init["converted_from"]
 
-    again = run_cli("run", str(config), timeout=600)
+    again = cli("run", str(config))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skip") >= 8 and "torch.distributed.run" not in again.stdout
     assert report.exists()
@@ -77,7 +77,7 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     ablate = tmp_path / "ablate.yaml"
     ablate.write_text(yaml.safe_dump(cfg))
     trained = {p: p.stat().st_mtime_ns for p in job.glob("*/portable/model.safetensors")}
-    proc = run_cli("ablate", str(ablate), timeout=600)
+    proc = cli("ablate", str(ablate))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(trained) == 4 and {p: p.stat().st_mtime_ns for p in trained} == trained  # nothing retrained
     variant = job / "ablation" / "lr-x10-seed0"
@@ -90,7 +90,7 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     assert "| lr-x10 | `optimizer.parscale_lr_mult=10` |" in (job / "ablation" / "report" / "ablation.md").read_text()
 
     finished = (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes()
-    changed = run_cli("run", str(config), "--set", "stage2.parscale.prefix_len=3", timeout=600)
+    changed = cli("run", str(config), "--set", "stage2.parscale.prefix_len=3")
     assert changed.returncode == 2 and f"{job / 'stage2-p2'} holds a run of another model" in changed.stderr
     assert (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes() == finished
 

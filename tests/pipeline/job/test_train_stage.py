@@ -23,7 +23,9 @@ def test_a_one_process_stage_runs_here_stops_by_name_and_resumes(tmp_path, prepa
     stop = tmp_path / "STOP"
     stop.touch()
     loaded = load_config(job_config(tmp_path, prepared_data, "stage", checkpoint={"stop_file": str(stop)}))
-    with pytest.raises(JobError, match=r"stage training stopped at step \d \(signal or stop file\); rerun the same"):
+    with pytest.raises(
+        JobError, match=r"stage training stopped before the end of its budget \(signal or stop file\); rerun"
+    ):
         train_stage(loaded, "stage", 1, dry_run=False)
     assert signal.getsignal(signal.SIGTERM) is before
     assert {key: os.environ[key] for key in outer} == outer
