@@ -177,6 +177,15 @@ def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[di
     return out
 
 
+def _stage2_budget(exp) -> str:
+    """Stage 2's tokens: one figure, or per size when the budget is set in tokens per parameter."""
+    per_param = exp.cfg.scaling.stage2_tokens_per_param
+    if not per_param:
+        return f"{exp.cfg.stage2.tokens:,} tokens"
+    sizes = ", ".join(f"{name} {job.cfg.stage2.tokens:,}" for name, job in exp.jobs.items())
+    return f"{per_param:g} tokens per non-embedding parameter ({sizes} tokens)"
+
+
 def write_report(exp, console) -> Path:
 
     out = exp.report_dir
@@ -204,7 +213,7 @@ def write_report(exp, console) -> Path:
         f"# {cfg.run.name}: the parallel scaling law at small scale",
         "",
         config_line(exp.path, exp.overrides)
-        + f". Each size: stage 1 dense on {cfg.train.tokens:,} tokens, then stage 2 on {s2.tokens:,} tokens at "
+        + f". Each size: stage 1 dense on {cfg.train.tokens:,} tokens, then stage 2 on {_stage2_budget(exp)} at "
         f"P = {', '.join(map(str, exp.streams))} (P=1: the dense model continued with the same schedule; "
         f"prefix length {s2.parscale.prefix_len}). Validation loss on the same batches for every run "
         f"({cfg.eval.max_batches} batches).",
