@@ -183,7 +183,7 @@ def _stage2_budget(exp) -> str:
     if not per_param:
         return f"{exp.cfg.stage2.tokens:,} tokens"
     sizes = ", ".join(f"{name} {job.cfg.stage2.tokens:,}" for name, job in exp.jobs.items())
-    return f"{per_param:g} tokens per non-embedding parameter ({sizes} tokens)"
+    return f"{per_param:g} x N tokens (N: non-embedding parameters; {sizes} tokens)"
 
 
 def write_report(exp, console) -> Path:
