@@ -293,3 +293,30 @@ def test_the_two_stage_budget_is_where_the_ordering_appears_and_then_holds():
     rows = [{"tokens_per_param": t, "ordered": o} for t, o in ((0.1, True), (0.2, False), (0.3, True), (0.4, True))]
     assert appears_at(rows) == 0.3  # the early ordered point does not count: it did not hold
     assert appears_at(rows[:2]) is None and appears_at([]) is None
+
+
+def test_a_stage2_budget_per_parameter_gives_each_size_its_tokens_and_the_report_says_so(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.scaling.experiment import ScalingExperiment
+    from pipeline.scaling.report import _stage2_budget
+
+    config = tmp_path / "budget.yaml"
+    cfg = _tiny_base(tmp_path, "budget", layers=1) | {
+        "train": {"tokens": 512},
+        "stage2": {"parscale": {"streams": 2, "prefix_len": 2}, "tokens": 999},
+        "scaling": {
+            "mode": "two_stage",
+            "stage2_tokens_per_param": 0.5,
+            "sizes": [{"name": "a"}, {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48}, {"name": "c"}],
+            "streams": [1, 2, 4],
+        },
+    }
+    config.write_text(yaml.safe_dump(cfg))
+    exp = ScalingExperiment(load_config(config), str(config), [], dry_run=True)
+    tokens = {name: job.cfg.stage2.tokens for name, job in exp.jobs.items()}
+    assert tokens == {name: math.ceil(0.5 * non_embedding(job.cfg.model, 1)) for name, job in exp.jobs.items()}
+    assert tokens["b"] > tokens["a"] and 999 not in tokens.values()
+    assert (
+        _stage2_budget(exp)
+        == f"0.5 x N tokens (N: non-embedding parameters; a {tokens['a']:,}, b {tokens['b']:,}, c {tokens['c']:,} tokens)"
+    )
