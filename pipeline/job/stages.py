@@ -4,8 +4,8 @@
 Every stage writes under ``run.output_dir`` and is skipped when its output is already there and
 complete, so a rerun continues where the last one stopped (a training stage cut short resumes from
 its own checkpoints). Training stages run under torchrun with TP x DP processes (a stage of one
-process runs in the job's own process); each stage's exact
-config is written as ``<stage>/config.resolved.yaml``."""
+process runs in the job's own process); each stage's exact config is written as
+``<stage>/config.resolved.yaml``."""
 
 from __future__ import annotations
 

@@ -45,7 +45,6 @@ def run_ranks(fn: Callable, world_size: int, *args, timeout: float = 300) -> lis
         ctx.Process(target=_rank_main, args=(fn, rank, world_size, port, results, args, env), daemon=True)
         for rank in range(world_size)
     ]
-    saved = {k: os.environ.pop(k) for k in LAUNCHER_VARS if k in os.environ}
     try:
         for proc in procs:
             proc.start()
@@ -66,7 +65,6 @@ def run_ranks(fn: Callable, world_size: int, *args, timeout: float = 300) -> lis
             got[rank] = value
         return [got[rank] for rank in range(world_size)]
     finally:
-        os.environ.update(saved)
         for proc in procs:
             if proc.pid is not None:
                 proc.join(timeout=30)
