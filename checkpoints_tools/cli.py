@@ -23,8 +23,15 @@ def _verify(args) -> int:
     return 1 if problems else 0
 
 
-#: ParScaleConfig fields ``to-parscale`` takes as options; unset ones keep the config's defaults
+#: ParScaleConfig fields ``to-parscale`` takes as options; unset ones keep the config's defaults,
+#: but for those of a stage-2 conversion (``_defaults``, as ``stage2.parscale`` has them)
 _PARSCALE_OPTIONS = ("prefix_len", "eps", "prefix_init", "prefix_init_std")
+
+
+def _defaults() -> dict:
+    from pipeline.config.model import STAGE2_PREFIX_INIT_STD
+
+    return {"prefix_init_std": STAGE2_PREFIX_INIT_STD}
 
 
 def _parscale_options(parser) -> None:
@@ -32,15 +39,17 @@ def _parscale_options(parser) -> None:
 
     from pipeline.config.model import ParScaleConfig
 
+    stage2 = _defaults()
     for key in _PARSCALE_OPTIONS:
         field = ParScaleConfig.model_fields[key]
         choices = get_args(field.annotation) or None
         kind = None if choices else field.annotation
+        default, source = (stage2[key], "as stage2.parscale") if key in stage2 else (field.default, "as parscale")
         parser.add_argument(
             f"--{key.replace('_', '-')}",
             type=kind,
             choices=choices,
-            help=f"{field.description.rstrip('.')} (default: {field.default}, as parscale.{key})",
+            help=f"{field.description.rstrip('.')} (default: {default}, {source}.{key})",
         )
 
 
@@ -51,7 +60,7 @@ def _to_parscale(args) -> int:
 
     from .to_parscale import convert
 
-    given = {key: getattr(args, key) for key in _PARSCALE_OPTIONS if getattr(args, key) is not None}
+    given = _defaults() | {key: getattr(args, key) for key in _PARSCALE_OPTIONS if getattr(args, key) is not None}
     try:
         parscale = ParScaleConfig(streams=args.streams, **given)
     except ValidationError as exc:
@@ -99,7 +108,8 @@ def _export_hf(args) -> int:
 def _import_hf(args) -> int:
     from .hf import import_hf
 
-    print(json.dumps(import_hf(args.source, args.target, verify=not args.no_verify), indent=2))
+    result = import_hf(args.source, args.target, verify=not args.no_verify, tokenizer=args.tokenizer)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -158,7 +168,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--allow-more-streams", action="store_true", help="accept a ParScale source (P -> larger P)")
     p.add_argument("--no-verify", action="store_true", help="skip the backbone logits check")
     p.set_defaults(func=_to_parscale)
-    p = tools.add_parser("export-hf", help="portable -> Hugging Face folder (qwen2, llama, official qwen2_parscale)")
+    p = tools.add_parser(
+        "export-hf",
+        help="portable -> Hugging Face folder (qwen2, llama, official qwen2_parscale)",
+        description="Writes model.safetensors, config.json (with bos/eos/pad ids), generation_config.json and a "
+        "tokenizer that AutoTokenizer loads with the checkpoint's ids (checked before the folder is written).",
+    )
     p.add_argument("source")
     p.add_argument("target")
     p.add_argument(
@@ -181,5 +196,10 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("source")
     p.add_argument("target")
+    p.add_argument(
+        "--tokenizer",
+        help="the model's tokenizer when SOURCE has none (tokenizer.json, a .model, or a folder); default: "
+        "SOURCE's own tokenizer files, copied into the checkpoint and recorded",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the check (transformers' logits vs ours)")
     p.set_defaults(func=_import_hf)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_prep.manifest import ManifestError, read_manifest
+from data_prep.text_tokenizer import TokenizerError
+from data_prep.tokenizer import TokenizerInfo, locate
 from pipeline.checkpoint import tp_layout
-from pipeline.checkpoint.portable import TOKENIZER, CheckpointError, save_portable_state
+from pipeline.checkpoint.portable import CheckpointError, save_portable_state
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.data.loader import dataset_entries
 from pipeline.utils.fs import staged_dir
@@ -19,18 +22,32 @@ from pipeline.utils.fs import staged_dir
 from . import logits_check
 
 
-def tokenizer_of(ck: TrainerCheckpoint, override: str | Path | None) -> Path:
-    path = Path(override) if override else Path(dataset_entries(ck.config)[0].path) / TOKENIZER
-    if not path.is_file():
-        raise CheckpointError(f"{path}: tokenizer not found (the run's data folder moved?); pass --tokenizer")
-    return path
+def tokenizer_of(ck: TrainerCheckpoint, override: str | Path | None) -> tuple[Path, TokenizerInfo | None]:
+    """The tokenizer to ship: ``override`` (a file or folder), or the run's prepared data's, with
+    the record its data was prepared with."""
+    if override:
+        try:
+            locate(override)
+        except TokenizerError as exc:
+            raise CheckpointError(f"--tokenizer: {exc}") from None
+        return Path(override), None
+    data = Path(dataset_entries(ck.config)[0].path)
+    try:
+        info = TokenizerInfo.from_dict(read_manifest(data)["tokenizer"])
+    except ManifestError as exc:
+        raise CheckpointError(f"{exc}; the run's data folder moved? pass --tokenizer") from None
+    if not (data / info.path).is_file():
+        raise CheckpointError(
+            f"{data / info.path}: tokenizer not found (the run's data folder moved?); pass --tokenizer"
+        )
+    return data, info
 
 
 def consolidate(
     source: str | Path, target: str | Path, tokenizer: str | Path | None = None, verify: bool = True
 ) -> dict:
     ck = TrainerCheckpoint(source)
-    tok = tokenizer_of(ck, tokenizer)
+    tok, tok_info = tokenizer_of(ck, tokenizer)
     full, drift = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
     result = ck.describe() | {"target": str(target), "replicated_drift": drift}
     result["verified"] = (
@@ -45,5 +62,5 @@ def consolidate(
         "source_layout": {k: result[k] for k in ("tp", "zero_stage", "precision")},
     }
     with staged_dir(target) as out:
-        save_portable_state(full, ck.model, ck.parscale, ck.vocab, out, tok, meta)
+        save_portable_state(full, ck.model, ck.parscale, ck.vocab, out, tok, meta, tok_info)
     return result

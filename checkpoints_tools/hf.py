@@ -12,34 +12,35 @@
 
 Verification at run time: for qwen2/llama, ``transformers`` loads the Hugging Face side and its
 logits are compared with ours (tolerance printed); for qwen2_parscale the written tensors are read
-back and compared exactly. Tokenizer files next to the weights go along as they are. Only
-safetensors weights are read (pickled ``.bin`` files are refused)."""
+back and compared exactly. Tokenizers travel both ways: an import copies the folder's tokenizer
+files into the portable checkpoint (recorded there); an export writes one that ``AutoTokenizer``
+loads with the model's ids (``hf_tokenizer``), the special ids in ``config.json`` and a
+``generation_config.json``. Only safetensors weights are read (pickled ``.bin`` files are refused)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
-from pipeline.checkpoint.portable import CheckpointError, read_config, read_weights, save_portable_state
+from data_prep.text_tokenizer import TokenizerError
+from data_prep.tokenizer import describe, locate
+from pipeline.checkpoint.portable import (
+    CheckpointError,
+    read_config,
+    read_weights,
+    save_portable_state,
+    tokenizer_info,
+)
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.utils.fs import staged_dir
 
-from . import logits_check
+from . import hf_tokenizer, logits_check
 from .inspect_ckpt import expected_shapes
 
-TOKENIZER_FILES = (
-    "tokenizer.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "generation_config.json",
-)
 LAYOUTS = ("qwen2", "llama", "qwen2_parscale")
 _ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen2_parscale": "Qwen2ParScaleForCausalLM"}
 
@@ -89,11 +90,16 @@ def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -
     return config
 
 
-def _pick_layout(layout: str, model: ModelConfig, ps: ParScaleConfig) -> str:
+def _pick_layout(layout: str, model: ModelConfig, ps: ParScaleConfig, tokenizer_kind: str | None) -> str:
+    """``auto``: qwen2_parscale for P > 1; else qwen2 for a model with QKV biases and a Hugging Face
+    tokenizer, else llama (transformers loads a qwen2 folder's tokenizer as Qwen2's byte-level BPE
+    whatever its tokenizer_config says, so a sentencepiece model goes out as llama)."""
     if ps.single_prefix:
         raise CheckpointError("no Hugging Face layout holds the one-stream prefix control (parscale.single_prefix)")
     if layout == "auto":
-        return "qwen2_parscale" if ps.streams > 1 else ("qwen2" if model.qkv_bias else "llama")
+        if ps.streams > 1:
+            return "qwen2_parscale"
+        return "qwen2" if model.qkv_bias and tokenizer_kind != "sentencepiece" else "llama"
     if (layout == "qwen2_parscale") != (ps.streams > 1):
         raise CheckpointError(
             f"layout {layout} is for {'ParScale' if layout == 'qwen2_parscale' else 'dense'} models; "
@@ -138,20 +144,35 @@ def _copy_tensors_check(written: dict[str, torch.Tensor], expected: dict[str, to
     return f"{what}: every tensor read back equal to the source's (exact; the official modeling code is not run)"
 
 
-def export_hf(source: str | Path, target: str | Path, layout: str = "auto", verify: bool = True) -> dict:
+def export_hf(
+    source: str | Path,
+    target: str | Path,
+    layout: str = "auto",
+    verify: bool = True,
+    tokenizer_sample: list[str] | None = None,
+) -> dict:
+    """``tokenizer_sample``: more texts the exported tokenizer must encode as the checkpoint's does."""
     source, target = Path(source), Path(target)
     meta = read_config(source)
     model, ps = ModelConfig.model_validate(meta["model"]), ParScaleConfig.model_validate(meta["parscale"])
-    layout = _pick_layout(layout, model, ps)
+    info = tokenizer_info(source)
+    layout = _pick_layout(layout, model, ps, info.kind if info is not None else None)
     weights = read_weights(source)
     state = _hf_state(layout, model, weights)
     result = {"source": str(source), "target": str(target), "layout": layout}
     with staged_dir(target) as out:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-        (out / "config.json").write_text(json.dumps(hf_config(layout, model, ps, meta["vocab_size"]), indent=2) + "\n")
-        for name in TOKENIZER_FILES:
-            if (source / name).exists():
-                shutil.copyfile(source / name, out / name)
+        config = hf_config(layout, model, ps, meta["vocab_size"])
+        if info is not None:  # config.json first: AutoTokenizer picks its class by the model type too
+            config |= hf_tokenizer.special_ids(source)
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            hf_tokenizer.export(source, info, out, tokenizer_sample, layout)
+            generation = {"_from_model_config": True, "do_sample": False, **hf_tokenizer.special_ids(source)}
+            (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            result["tokenizer"] = f"{info.kind} {info.path}: AutoTokenizer gives the checkpoint's ids (checked)"
+        else:
+            result["tokenizer"] = "none (the checkpoint carries no tokenizer)"
+            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if not verify:
             result["verified"] = "skipped (--no-verify)"
         elif layout == "qwen2_parscale":
@@ -256,7 +277,34 @@ def _our_configs(config: dict, source: Path) -> tuple[ModelConfig, ParScaleConfi
     return model, ps
 
 
-def import_hf(source: str | Path, target: str | Path, verify: bool = True) -> dict:
+def _source_tokenizer(where: str | Path, config: dict, source: Path):
+    """(tokenizer source, its record) of an import: the folder's own tokenizer files (or
+    ``--tokenizer``), the end of document its ``eos_token``, else the ``eos_token_id`` of its
+    config.json; (None, None) when the folder has none and none is given."""
+    try:
+        locate(where)
+    except TokenizerError:
+        if Path(where) != source:
+            raise CheckpointError(f"--tokenizer: {where}: holds no tokenizer") from None
+        return None, None
+    eos = config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    try:
+        info = describe(where)
+    except TokenizerError:
+        if eos is None or locate(where)[0] != "hf":
+            raise
+        # no end-of-document token named by the tokenizer: the model's eos_token_id
+        info = describe(where, Tokenizer.from_file(str(locate(where)[1])).id_to_token(eos))
+    if info.vocab_size > config["vocab_size"]:
+        raise CheckpointError(
+            f"{where}: a tokenizer of {info.vocab_size} ids for a model of {config['vocab_size']} vocabulary rows"
+        )
+    return Path(where), info
+
+
+def import_hf(source: str | Path, target: str | Path, verify: bool = True, tokenizer: str | Path | None = None) -> dict:
+    """``tokenizer``: where the tokenizer is when the model folder has none (a file or folder)."""
     source, target = Path(source), Path(target)
     config, hf_state = _read_hf(source)
     model, ps = _our_configs(config, source)
@@ -275,21 +323,15 @@ def import_hf(source: str | Path, target: str | Path, verify: bool = True) -> di
             f"{source}: tensors do not match its config.json (missing "
             f"{sorted(expected.keys() - state.keys())[:4]}, unexpected {sorted(state.keys() - expected.keys())[:4]})"
         )
-    tokenizer = source / "tokenizer.model"
     result = {"source": str(source), "target": str(target), "layout": config["model_type"]}
+    tokenizer, info = _source_tokenizer(tokenizer or source, config, source)
+    result["tokenizer"] = (
+        info.describe() if info is not None else "none found (generate and eval need one: --tokenizer)"
+    )
     with staged_dir(target) as out:
         save_portable_state(
-            state,
-            model,
-            ps,
-            config["vocab_size"],
-            out,
-            tokenizer if tokenizer.exists() else None,
-            {"imported_from": str(source)},
+            state, model, ps, config["vocab_size"], out, tokenizer, {"imported_from": str(source)}, info
         )
-        for name in TOKENIZER_FILES[1:]:
-            if (source / name).exists():
-                shutil.copyfile(source / name, out / name)
         if not verify:
             result["verified"] = "skipped (--no-verify)"
         elif config["model_type"] == "qwen2_parscale":

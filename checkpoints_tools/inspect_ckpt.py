@@ -106,8 +106,11 @@ def verify(directory: str | Path) -> list[str]:
             problems.append(f"{path}: sha256 differs from {directory / CONFIG}")
     if "sha256" not in config:
         problems.append(f"{directory / CONFIG}: no checksums recorded")
-    if not (directory / TOKENIZER).exists():
-        problems.append(f"{directory / TOKENIZER}: missing")
+    recorded = config.get("tokenizer")
+    if recorded is None and not (directory / TOKENIZER).exists():
+        problems.append(f"{directory}: carries no tokenizer")
+    elif recorded is not None and recorded["path"] not in config.get("sha256", {}):
+        problems.append(f"{directory / CONFIG}: the tokenizer's {recorded['path']} has no checksum recorded")
     try:
         shapes = tensor_shapes(directory)
     except CheckpointError as exc:

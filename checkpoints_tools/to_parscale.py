@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from pipeline.checkpoint.portable import (
-    TOKENIZER,
     CheckpointError,
+    load_tokenizer,
     read_config,
     read_weights,
     save_portable_state,
-    tokenizer_file,
+    tokenizer_info,
 )
 from pipeline.checkpoint.sharding import load_full_state
 from pipeline.config.model import ModelConfig, ParScaleConfig
@@ -79,7 +79,10 @@ def convert(
             logits_check.FullWeights(_backbone(out_state), model_cfg, dense, vocab),
             "backbone run as a dense model",
         )
-    tokenizer = tokenizer_file(source) if (source / TOKENIZER).exists() else None
+    info = tokenizer_info(source)
+    if info is not None:
+        load_tokenizer(source)  # its files checked against their recorded sha256 before they are copied on
     meta = {k: config[k] for k in ("step", "tokens_seen") if k in config} | {"converted_from": str(source)}
-    save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target, tokenizer, meta)
+    tokenizer = source if info is not None else None
+    save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target, tokenizer, meta, info)
     return result

@@ -1,6 +1,7 @@
 """A whole prep job: plan -> tokenizer -> tokenize units on Ray -> pack -> shards + manifest.
 
-Outputs in ``data.output_dir``: ``tokenizer.model``, ``{train,val}/<source>/shard_NNNNN.{bin,idx}``,
+Outputs in ``data.output_dir``: the tokenizer's files (``tokenizer.model``, or ``tokenizer.json`` and
+its ``tokenizer_config.json``), ``{train,val}/<source>/shard_NNNNN.{bin,idx}``,
 ``manifest.json``, ``config.resolved.yaml``; resumable state in ``work/``. The same inputs and
 config give byte-identical outputs; a rerun after a crash redoes only the missing units and shards."""
 
@@ -18,6 +19,7 @@ from pipeline.distributed.runtime import cpu_threads_per_rank
 from pipeline.errors import JobError
 from pipeline.utils.fs import out_of_space, staged_file
 
+from . import sentencepiece_tokenizer
 from . import tokenizer as tok
 from .filters import clean
 from .manifest import FORMAT, ManifestError, read_manifest, write_manifest
@@ -25,6 +27,7 @@ from .pack_stage import ShardProgress, pack_source, unit_path
 from .progress import Reporter
 from .ray_runtime import cluster_cpus, ray_session
 from .readers import read_unit
+from .text_tokenizer import TokenizerError
 from .tokenize_units import UnitTokenizer
 from .units import InputError, SourcePlan, plan
 
@@ -38,7 +41,7 @@ class PrepError(JobError):
 # Keys added after prepared folders existed, each with the value that reproduces what those folders
 # hold: a key at that value stays out of the fingerprint, so those folders stay valid; a folder
 # whose job lacks the key was prepared with that value.
-ADDED_LATER = {"data.control_chars": "keep"}
+ADDED_LATER = {"data.control_chars": "keep", "tokenizer.eod_token": None}
 
 
 def _fingerprint_sections(cfg: JobConfig) -> dict:
@@ -103,12 +106,13 @@ def _sample_documents(plans: list[SourcePlan], cfg: JobConfig) -> list[str]:
 
 
 def _tokenizer(plans, cfg: JobConfig, out: Path, reporter: Reporter) -> tok.TokenizerInfo:
-    path = out / tok.TOKENIZER_NAME
+    """The tokenizer's files copied (given) or trained into ``out``, described."""
+    path = out / sentencepiece_tokenizer.MODEL_NAME
     if cfg.tokenizer.model_path:
         try:
-            tok.adopt(cfg.tokenizer.model_path, path)
-        except FileNotFoundError as exc:
-            raise PrepError(str(exc)) from None
+            tok.copy_files(cfg.tokenizer.model_path, out)
+        except TokenizerError as exc:
+            raise PrepError(f"tokenizer.model_path: {exc}") from None
     elif not path.exists():
         with reporter.phase("training tokenizer"):
             sample = _sample_documents(plans, cfg)
@@ -116,15 +120,18 @@ def _tokenizer(plans, cfg: JobConfig, out: Path, reporter: Reporter) -> tok.Toke
                 raise PrepError("data.sources: no document passes the filters; nothing to train a tokenizer on")
             try:
                 with staged_file(path) as tmp:
-                    tok.train(cfg.tokenizer, sample, cfg.run.seed, tmp)
+                    sentencepiece_tokenizer.train(cfg.tokenizer, sample, cfg.run.seed, tmp)
             except RuntimeError as exc:  # sentencepiece explains what to change
                 raise PrepError(f"tokenizer: sentencepiece training failed: {str(exc).split('] ')[-1]}") from None
     try:
-        info = tok.describe(path, cfg.tokenizer.type)
-    except ValueError as exc:
+        info = tok.describe(out, cfg.tokenizer.eod_token)
+    except TokenizerError as exc:
         raise PrepError(f"tokenizer.model_path: {exc}") from None
     if info.eos_id < 0:
-        raise PrepError(f"tokenizer.model_path: {path} has no EOS piece, needed as the end-of-document token")
+        raise PrepError(
+            f"tokenizer.model_path: {out / info.path} has no EOS piece, needed as the end-of-document token; "
+            "set tokenizer.eod_token"
+        )
     return info
 
 
@@ -143,8 +150,9 @@ def _tokenize_units(
         workers = min(cfg.data.num_workers or cluster_cpus(), len(todo))
         actor = ray.remote(num_cpus=1)(UnitTokenizer)
         data_json = cfg.data.model_dump_json()
-        model = str((out / tok.TOKENIZER_NAME).resolve())
-        pool = ActorPool([actor.remote(model, data_json, dtype.name, info.eos_id) for _ in range(workers)])
+        folder = str(out.resolve())
+        eod = cfg.tokenizer.eod_token
+        pool = ActorPool([actor.remote(folder, eod, data_json, dtype.name) for _ in range(workers)])
         jobs = ((u.to_dict(), str(unit_path(work, u.key).resolve())) for u in todo)
         for summary in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
             advance(summary["bytes"], tokens=summary["tokens"])
@@ -159,8 +167,12 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
     started = time.perf_counter()
     try:  # everything that can be refused is refused before any work starts
         plans = plan(cfg.data)
-        if not cfg.tokenizer.model_path:
+        if cfg.tokenizer.model_path:
+            tok.locate(cfg.tokenizer.model_path)
+        else:
             tok.token_dtype(cfg.tokenizer.vocab_size, cfg.packing.token_dtype)
+    except TokenizerError as exc:
+        raise PrepError(f"tokenizer.model_path: {exc}") from None
     except (InputError, ValueError) as exc:
         raise PrepError(str(exc)) from None
     _claim_output(work, cfg)

@@ -1,4 +1,4 @@
-"""Tokenize one work unit: read -> clean and filter -> hash -> batched sentencepiece -> EOD.
+"""Tokenize one work unit: read -> clean and filter -> hash -> batched encoding -> EOD.
 The result (tokens, per-document lengths and hashes, rejections) is written atomically to one
 .npz file per unit, so a killed job resumes from the units already done."""
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 
 from pipeline.config.data import DataConfig
 from pipeline.utils.fs import staged_file
@@ -17,6 +16,8 @@ from pipeline.utils.fs import staged_file
 from .filters import CONTROL_CHARS, clean, content_hash
 from .readers import read_unit
 from .rejects import RejectLog
+from .text_tokenizer import TextTokenizer
+from .tokenizer import open_tokenizer
 from .units import WorkUnit
 
 ENCODE_BATCH = 256
@@ -57,9 +58,9 @@ class UnitResult:
             )
 
 
-def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int, threads: int = 1) -> UnitResult:
-    """Tokenize every document of ``unit`` with the sentencepiece processor ``sp``, on ``threads``
-    threads (1 in a Ray actor, which owns one CPU; sentencepiece's default would use them all)."""
+def process_unit(unit: WorkUnit, tokenizer: TextTokenizer, data: DataConfig, dtype: np.dtype) -> UnitResult:
+    """Tokenize every document of ``unit`` with ``tokenizer`` (on its own threads: 1 in a Ray actor,
+    which owns one CPU), each followed by the end-of-document id."""
     src = data.sources[unit.source]
     result = UnitResult(np.empty(0, dtype), np.empty(0, np.int64), np.empty(0, np.uint64))
     texts, hashes, wheres = [], [], []
@@ -79,10 +80,11 @@ def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int
         wheres.append(record.where)
     pieces: list[list[int]] = []
     for i in range(0, len(texts), ENCODE_BATCH):
-        pieces.extend(sp.encode(texts[i : i + ENCODE_BATCH], num_threads=threads))
+        pieces.extend(tokenizer.encode_batch(texts[i : i + ENCODE_BATCH]))
     lengths = np.fromiter((len(p) + 1 for p in pieces), np.int64, len(pieces))
     tokens = np.empty(int(lengths.sum()), dtype)
     ends = np.cumsum(lengths)
+    eod = tokenizer.eos_id
     for ids, end, n in zip(pieces, ends, lengths, strict=True):
         tokens[end - n : end - 1] = ids
         tokens[end - 1] = eod
@@ -92,20 +94,19 @@ def process_unit(unit: WorkUnit, sp, data: DataConfig, dtype: np.dtype, eod: int
 
 
 class UnitTokenizer:
-    """Ray actor: holds the sentencepiece model, tokenizes units handed to it."""
+    """Ray actor: holds the tokenizer (of the prepared folder ``folder``), tokenizes units handed to it."""
 
-    def __init__(self, model_path: str, data_json: str, dtype: str, eod: int):
-        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    def __init__(self, folder: str, eod_token: str | None, data_json: str, dtype: str):
+        self.tokenizer = open_tokenizer(folder, eod_token)
         self.data = DataConfig.model_validate_json(data_json)
         self.dtype = np.dtype(dtype)
-        self.eod = eod
 
     def ready(self) -> bool:
         return True
 
     def run(self, unit: dict, out: str) -> dict:
         work = WorkUnit.from_dict(unit)
-        result = process_unit(work, self.sp, self.data, self.dtype, self.eod)
+        result = process_unit(work, self.tokenizer, self.data, self.dtype)
         result.save(Path(out))
         return {
             "key": work.key,

@@ -66,7 +66,7 @@ ONE_PLACE = [
         r'"trainer_state\.json"|"resharded\.json"|"COMPLETE"|= "latest"',
         "pipeline/checkpoint/layout.py",
     ),
-    ("the batches' pad id", r'\["pad_id"\]', "pipeline/data/loader.py"),
+    ("the padding id of a tokenizer without one", r"max\([\w.]*pad_id, 0\)", "data_prep/text_tokenizer.py"),
     ("steps from a token budget", r"math\.ceil\([^)]*\.tokens\b", "pipeline/config/training.py"),
     ("the config arguments of a command", r"def add_config_args", "pipeline/config/cli_args.py"),
     (

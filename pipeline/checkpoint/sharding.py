@@ -27,11 +27,16 @@ def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _fit_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+def _fit_rows(tensor: torch.Tensor, rows: int, name: str, source: str) -> torch.Tensor:
+    """Vocabulary rows padded with zeros to the model's padded size (padding rows no id reaches);
+    more rows than the model has is an error (a different vocabulary is never cut to fit)."""
     if tensor.shape[0] == rows:
         return tensor
     if tensor.shape[0] > rows:
-        return tensor[:rows]
+        raise JobError(
+            f"{source}: {name} has {tensor.shape[0]} vocabulary rows, the model {rows} (a different vocabulary; "
+            "model.vocab_size must hold the checkpoint's)"
+        )
     return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
 
 
@@ -63,7 +68,8 @@ def load_full_state(
             continue
         full = state[name]
         if name in VOCAB_ROWS:
-            full = _fit_rows(full, param.shape[0] * (size if getattr(param, "tensor_model_parallel", False) else 1))
+            rows = param.shape[0] * (size if getattr(param, "tensor_model_parallel", False) else 1)
+            full = _fit_rows(full, rows, name, source)
         if size > 1 and getattr(param, "tensor_model_parallel", False):
             dim = param.partition_dim
             chunk = full.shape[dim] // size

@@ -6,31 +6,35 @@ import argparse
 import sys
 
 
-def _run(args: argparse.Namespace) -> int:
-    from data_prep.tokenizer import load as load_tokenizer
+def prompt_ids(tok, prompt: str) -> list[int]:
+    """A prompt's ids as the model saw documents in training: right after an end-of-document token."""
+    return [tok.eos_id] + tok.encode(prompt)
 
-    from ..checkpoint.portable import load_portable, tokenizer_file
+
+def _run(args: argparse.Namespace) -> int:
+    from data_prep.text_tokenizer import padding_id
+
+    from ..checkpoint.portable import load_portable, load_tokenizer
     from ..distributed import single_process
     from ..model.generation import Sampling, generate
 
-    sp = load_tokenizer(tokenizer_file(args.checkpoint))
+    tok = load_tokenizer(args.checkpoint)
     prompts = args.prompt or [""]
-    # documents start right after an end-of-document token in training data: start prompts the same way
-    encoded = [[sp.eos_id()] + sp.encode(p) for p in prompts]
+    encoded = [prompt_ids(tok, p) for p in prompts]
     sampling = Sampling(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        eos_id=sp.eos_id(),
+        eos_id=tok.eos_id,
         seed=args.seed,
     )
     with single_process(seed=args.seed) as ctx:
         model, _ = load_portable(args.checkpoint)
         model.to(ctx.device)
-        outputs = generate(model, encoded, sampling, pad_id=max(sp.pad_id(), 0))
+        outputs = generate(model, encoded, sampling, pad_id=padding_id(tok.pad_id))
     for prompt, tokens in zip(prompts, outputs, strict=True):
-        text = sp.decode([t for t in tokens if t != sp.eos_id()])
+        text = tok.decode([t for t in tokens if t != tok.eos_id])
         print(f"{prompt}{text}" if not args.only_new else text)
         if len(prompts) > 1:
             print("-" * 40)
@@ -43,7 +47,7 @@ def add_parser(subparsers) -> None:
         "generate",
         help="generate text from a checkpoint",
         description="Incremental decoding with a KV cache (ParScale prefixes pre-seed P caches per sequence) "
-        "from a portable checkpoint folder (model.safetensors, config.json, tokenizer.model).",
+        "from a portable checkpoint folder (model.safetensors, config.json and the tokenizer's files).",
     )
     parser.add_argument("checkpoint", help="portable checkpoint folder")
     parser.add_argument("--prompt", action="append", default=[], help="prompt text; repeat for a batch")

@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
         description="Train on prepared data, one process per rank: run it under a launcher (torchrun, srun, "
         "deepspeed) for TP x DP > 1, or plainly for one process. Resumes from the latest checkpoint in "
         "checkpoint.dir; SIGTERM/SIGUSR1 save and exit. Stage 2 is a config with parscale.streams > 1 "
-        "and train.init_from set to a (dense) portable checkpoint.",
+        "and train.init_from set to a (dense) portable checkpoint; its data order reads on after the "
+        "tokens_seen that checkpoint records (unless train.skip_tokens is set).",
     )
     add_config_args(parser)
     parser.set_defaults(func=_run)

@@ -104,7 +104,18 @@ class DataConfig(StrictModel):
 
 
 class TokenizerConfig(StrictModel):
-    model_path: str | None = Field(None, description="An existing sentencepiece .model; None trains one.")
+    model_path: str | None = Field(
+        None,
+        description="An existing tokenizer: a sentencepiece .model, a Hugging Face tokenizer.json, or a model folder "
+        "holding either (e.g. a Qwen2.5 checkpoint: its tokenizer.json and tokenizer_config.json); None trains a "
+        "sentencepiece model on the corpus.",
+    )
+    eod_token: str | None = Field(
+        None,
+        description="The end-of-document token appended to every document (a token of the given tokenizer). None: "
+        "sentencepiece's EOS piece; for a Hugging Face tokenizer its eos_token (tokenizer_config.json), else the "
+        "first of <|endoftext|>, </s>, <|end_of_text|>, <eos> it has.",
+    )
     type: Literal["bpe", "unigram"] = "bpe"
     vocab_size: int = Field(8192, ge=64)
     byte_fallback: bool = True

@@ -67,6 +67,13 @@ class ModelConfig(StrictModel):
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
 
+#: The prefix init std for stage 2 (prefixes added to a trained dense model): measured in
+#: docs/results/stage2_ablation.md, at 0.02 (ParScaleConfig's default, which from-scratch runs keep)
+#: the streams move together and stay alike (single-prefix tuning), at 1.0 they decorrelate and the
+#: loss is lower. The default of ``stage2.parscale`` and of ``parscale convert to-parscale``.
+STAGE2_PREFIX_INIT_STD = 1.0
+
+
 class ParScaleConfig(StrictModel):
     """Parallel scaling: P weight-sharing streams with per-layer prefixes and a learned merge."""
 

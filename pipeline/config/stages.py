@@ -4,16 +4,18 @@ dense control continues alongside for the comparison at equal stage-2 tokens."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import Count, Scaled, StrictModel
-from .model import ParScaleConfig
+from .model import STAGE2_PREFIX_INIT_STD, ParScaleConfig
 from .training import ScheduleConfig
 
 
 class Stage2Config(StrictModel):
     parscale: ParScaleConfig = Field(
-        default_factory=lambda: ParScaleConfig(streams=4), description="The ParScale model of stage 2 (streams >= 2)."
+        default_factory=lambda: ParScaleConfig(streams=4, prefix_init_std=STAGE2_PREFIX_INIT_STD),
+        description="The ParScale model of stage 2 (streams >= 2); its prefix_init_std defaults to "
+        f"{STAGE2_PREFIX_INIT_STD} (STAGE2_PREFIX_INIT_STD), not the from-scratch 0.02.",
     )
     tokens: Count = Field(gt=0, description="Stage-2 token budget (the paper: a small share of stage 1's).")
     schedule: ScheduleConfig = Field(
@@ -27,6 +29,22 @@ class Stage2Config(StrictModel):
         description="Also continue the dense model with one learned prefix per layer "
         "(parscale.single_prefix) for the same tokens: what prefix tuning "
         "alone gives.",
+    )
+
+    @field_validator("parscale", mode="before")
+    @classmethod
+    def _stage2_prefix_init_std(cls, value: object) -> object:
+        """A ``stage2.parscale`` section that does not set prefix_init_std gets the stage-2 one."""
+        if isinstance(value, dict):
+            return {"prefix_init_std": STAGE2_PREFIX_INIT_STD, **value}
+        return value
+
+    init_from: str | None = Field(
+        None,
+        description="A dense portable checkpoint to start stage 2 from instead of training stage 1 (e.g. a "
+        "pretrained model brought in by 'parscale convert import-hf'): the job prepares the data (with the "
+        "checkpoint's tokenizer: tokenizer.model_path), converts it to ParScale, trains stage 2 and the controls "
+        "from it; the model section is taken from the checkpoint.",
     )
 
     @model_validator(mode="after")

@@ -87,12 +87,24 @@ class TrainConfig(StrictModel):
     datasets: list[BlendEntry] = Field(
         default_factory=list, description="Prepared datasets and weights; empty = data.output_dir."
     )
-    init_from: str | None = Field(None, description="Checkpoint to start from (ours, portable or HF).")
-    skip_tokens: Count = Field(
-        0,
+    init_from: str | None = Field(
+        None,
+        description="A portable checkpoint folder to start from (every run exports one to "
+        "<output_dir>/portable/; parscale convert consolidate makes one from trainer checkpoints, "
+        "import-hf from a Hugging Face folder).",
+    )
+    skip_tokens: Count | None = Field(
+        None,
         ge=0,
-        description="Start this far into the data order (whole sequences): "
-        "stage 2 continues after the tokens stage 1 trained on.",
+        description="Start this far into the data order (whole sequences). None: the tokens_seen that "
+        "train.init_from's config.json records (stage 2 reads on after the tokens stage 1 trained on), "
+        "0 without init_from; a number given wins.",
+    )
+    grow_vocab: bool = Field(
+        False,
+        description="Let train.init_from's vocabulary grow to the model's (the data's tokenizer appends tokens to "
+        "the checkpoint's): the new embedding and output rows start at the mean of the trained ones. Without it a "
+        "different tokenizer or vocabulary size is refused; shrinking always is.",
     )
     max_nonfinite_in_a_row: int = Field(5, ge=1, description="Skipped steps in a row before stopping.")
     verify_data: Literal["size", "sha256"] = Field(

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from data_prep.manifest import ManifestError, read_manifest
+from data_prep.text_tokenizer import padding_id
+from data_prep.tokenizer import TokenizerInfo
 from data_prep.verify import dataset_problems
 
 from ..config.job import JobConfig
@@ -78,15 +80,22 @@ class DataSpec:
 
     path: Path
     seq_len: int
-    tokenizer_vocab: int
-    pad_id: int  # padding id of the batches: the tokenizer's pad, or 0 when it has none
+    tokenizer: TokenizerInfo  # its files are in ``path``
 
     @classmethod
     def of(cls, cfg: JobConfig) -> DataSpec:
         path = Path(dataset_entries(cfg)[0].path)
         manifest = read_manifest(path)
-        tokenizer = manifest["tokenizer"]
-        return cls(path, manifest["seq_len"], tokenizer["vocab_size"], max(tokenizer["pad_id"], 0))
+        return cls(path, manifest["seq_len"], TokenizerInfo.from_dict(manifest["tokenizer"]))
+
+    @property
+    def tokenizer_vocab(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        """Padding id of the batches: the tokenizer's pad, or 0 when it has none."""
+        return padding_id(self.tokenizer.pad_id)
 
     def vocab_size(self, cfg: JobConfig) -> int:
         """The model's vocabulary: ``model.vocab_size``, or the tokenizer's when unset."""

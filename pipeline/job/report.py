@@ -29,6 +29,8 @@ def label(key: str) -> str:
 def read_metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(tokens, train loss) and (tokens, val loss) points of one training run."""
     train, val, per_step = [], [], None
+    if not (run_dir / "metrics.jsonl").is_file():  # not trained here (stage 2 from a given checkpoint)
+        return train, val
     for record in read_records(run_dir / "metrics.jsonl"):
         if "loss" in record and "tokens_seen" in record:
             train.append((record["tokens_seen"], record["loss"]))
@@ -76,6 +78,7 @@ def write_report(job) -> Path:
     stage1_tokens = curves["stage1"][0][-1][0] if curves["stage1"][0] else 0
     plot(curves, stage1_tokens, out / "loss.png")
     evals = json.loads(layout.eval.read_text())
+    finals = job._finals()
     cfg = job.cfg
     streams = ", ".join(f"P={p}" for p in job.streams)
     lines = [
@@ -88,11 +91,12 @@ def write_report(job) -> Path:
     ]
     for key, result in evals.items():
         ps = job.configs[key].config.parscale
-        counts = parameter_counts(cfg.model, ps, job.configs[key].config.model.vocab_size or _vocab(runs[key]))
+        counts = parameter_counts(cfg.model, ps, job.configs[key].config.model.vocab_size or _vocab(finals[key]))
         train = curves[key][0]
+        last = f"{train[-1][1]:.4f}" if train else "—"  # stage 1 given as a checkpoint: not trained here
         lines.append(
             f"| {label(key)} | {ps.streams} | {counts.total:,} ({100 * counts.parscale_fraction:.1f}%) | "
-            f"{result['tokens_seen']:,} | {train[-1][1]:.4f} | {result['val_loss']:.4f} | {result['val_ppl']:.2f} |"
+            f"{result['tokens_seen'] or 0:,} | {last} | {result['val_loss']:.4f} | {result['val_ppl']:.2f} |"
         )
     if "dense" in evals:
         lines.append("")
@@ -128,8 +132,7 @@ def write_report(job) -> Path:
     ]
     lines += [f"| {name} | {t['status']} | {t['seconds']:.1f} |" for name, t in job.timings.items()]
     outputs = [
-        layout.stage1,
-        layout.consolidated,
+        *([job.start] if job.start else [layout.stage1, layout.consolidated]),
         *(layout.init(p) for p in job.streams),
         *(layout.stage2(p) for p in job.streams),
         layout.dense,
@@ -139,5 +142,5 @@ def write_report(job) -> Path:
     return atomic_write_text(out / "report.md", "\n".join(lines))
 
 
-def _vocab(run_dir: Path) -> int:
-    return json.loads((run_dir / "portable" / "config.json").read_text())["vocab_size"]
+def _vocab(portable: Path) -> int:
+    return json.loads((portable / "config.json").read_text())["vocab_size"]

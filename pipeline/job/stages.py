@@ -17,9 +17,9 @@ from checkpoints_tools.consolidate import consolidate
 from checkpoints_tools.to_parscale import convert
 from data_prep.job import is_complete, prepare
 
+from ..checkpoint.portable import CheckpointError, read_config
 from ..config import LoadedConfig, load_config, write_resolved
 from ..config.model import ModelConfig, ParScaleConfig
-from ..data.loader import planned_seq_len
 from ..distributed.launcher import TorchrunLaunch
 from ..distributed.runtime import own_world
 from ..errors import JobError
@@ -85,6 +85,17 @@ def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> N
         raise JobError(f"{name} training stopped before the end of its budget (signal or stop file); {again}")
 
 
+def _start_model(start: Path | None, loaded: LoadedConfig) -> list[str]:
+    """``--set`` overrides that give the job the model of ``stage2.init_from`` (none without it)."""
+    if start is None:
+        return []
+    try:
+        model = read_config(start)["model"]
+    except CheckpointError as exc:
+        raise loaded.error("stage2.init_from", str(exc)) from None
+    return [f"model.{key}={json.dumps(value)}" for key, value in model.items()]
+
+
 class MainJob:
     """``streams``: the stage-2 stream counts to train (default: ``stage2.parscale.streams``); each
     gets its own conversion and run. ``report``: whether the job writes its own report.
@@ -104,12 +115,18 @@ class MainJob:
         stage2_root: Path | None = None,
         init_seed_offset: int = 0,
     ):
-        loaded.require("run", "model", "train", "stage2")
+        loaded.require("run", "stage2")
+        self.stage2 = loaded.config.stage2
+        #: an existing dense checkpoint stage 2 starts from (stage2.init_from), else None: stage 1 trains
+        self.start = Path(self.stage2.init_from) if self.stage2.init_from else None
+        self.path, self.dry_run, self.with_report = config_path, dry_run, report
+        self.overrides = _start_model(self.start, loaded) + list(overrides)
+        loaded = load_config(config_path, self.overrides) if self.start else loaded
+        loaded.require("run", "model", *(() if self.start else ("train",)))
         self.loaded, self.cfg = loaded, loaded.config
-        self.path, self.overrides, self.dry_run, self.with_report = config_path, list(overrides), dry_run, report
-        self.stage2 = self.cfg.stage2
         self.streams = streams or [self.stage2.parscale.streams]
         self.layout = Layout(Path(self.cfg.run.output_dir), stage2_root)
+        self.source = self.start or self.layout.consolidated  # what stage 2 converts and the controls continue
         self.init_seed_offset = init_seed_offset
         self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
         self.configs = {"stage1": self._derive([f"run.output_dir={self.layout.stage1}"])}
@@ -118,14 +135,10 @@ class MainJob:
                 self._stage2_sets(self.layout.stage2(p), self.parscale(p).model_dump(mode="json"), self.layout.init(p))
             )
         if self.stage2.dense_baseline:
-            self.configs["dense"] = self._derive(
-                self._stage2_sets(self.layout.dense, {"streams": 1}, self.layout.consolidated)
-            )
+            self.configs["dense"] = self._derive(self._stage2_sets(self.layout.dense, {"streams": 1}, self.source))
         if self.stage2.prefix_control:
             control = self.parscale(1).model_copy(update={"single_prefix": True}).model_dump(mode="json")
-            self.configs["prefix1"] = self._derive(
-                self._stage2_sets(self.layout.prefix_control, control, self.layout.consolidated)
-            )
+            self.configs["prefix1"] = self._derive(self._stage2_sets(self.layout.prefix_control, control, self.source))
         self.timings: dict[str, dict] = {}
 
     def parscale(self, streams: int):
@@ -133,18 +146,13 @@ class MainJob:
 
     # ------------------------------------------------------------------ configs
 
-    def _stage1_tokens(self) -> int:
-        """Tokens stage 1 trains on (whole steps), where stage 2's data begins."""
-        per_step = self.cfg.parallel.global_batch_size * planned_seq_len(self.cfg)
-        return self.cfg.train.steps(per_step) * per_step
-
     def _stage2_sets(self, out: Path, parscale: dict, init: Path) -> list[str]:
         sets = [
             f"run.output_dir={out}",
             f"parscale={json.dumps(parscale)}",
             f"train.tokens={self.stage2.tokens}",
-            f"train.skip_tokens={self._stage1_tokens()}",
             f"train.init_from={init}",
+            "train.skip_tokens=null",  # its rule: read on after the init's tokens_seen (stage 1's)
             f"schedule={json.dumps(self.stage2.schedule.model_dump(mode='json'))}",
         ]
         return sets + ([f"optimizer.lr={self.stage2.lr}"] if self.stage2.lr else [])
@@ -156,11 +164,12 @@ class MainJob:
 
     def stages(self) -> list[tuple[str, object, object]]:
         """(name, is_done, run) for each stage, in order."""
-        stages = [
-            ("data prep", self._prep_done, self._prep),
-            ("stage 1: dense", lambda: self._trained("stage1"), lambda: self._train("stage1")),
-            ("consolidate stage 1", self._consolidated, self._consolidate),
-        ]
+        stages = [("data prep", self._prep_done, self._prep)]
+        if self.start is None:
+            stages += [
+                ("stage 1: dense", lambda: self._trained("stage1"), lambda: self._train("stage1")),
+                ("consolidate stage 1", self._consolidated, self._consolidate),
+            ]
         for p in self.streams:
             key = stage2_key(p)
             stages += [
@@ -221,7 +230,7 @@ class MainJob:
         print(result["verified"])
 
     def _converted(self, streams: int) -> bool:
-        meta, source = _portable_meta(self.layout.init(streams)), _portable_meta(self.layout.consolidated)
+        meta, source = _portable_meta(self.layout.init(streams)), _portable_meta(self.source)
         return (
             meta is not None
             and source is not None
@@ -231,13 +240,10 @@ class MainJob:
 
     def _convert(self, streams: int) -> None:
         if self.dry_run:
-            print(
-                f"parscale convert to-parscale {self.layout.consolidated} {self.layout.init(streams)} "
-                f"--streams {streams}"
-            )
+            print(f"parscale convert to-parscale {self.source} {self.layout.init(streams)} --streams {streams}")
             return
         result = convert(
-            self.layout.consolidated,
+            self.source,
             self.layout.init(streams),
             self.parscale(streams),
             seed=self.cfg.run.seed + self.init_seed_offset,
@@ -245,7 +251,8 @@ class MainJob:
         print(result["verified"])
 
     def _finals(self) -> dict[str, Path]:
-        return {key: Path(loaded.config.run.output_dir) / "portable" for key, loaded in self.configs.items()}
+        finals = {key: Path(loaded.config.run.output_dir) / "portable" for key, loaded in self.configs.items()}
+        return finals | ({"stage1": self.start} if self.start else {})
 
     def _evaluated(self) -> bool:
         try:

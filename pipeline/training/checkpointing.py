@@ -139,4 +139,6 @@ def check_compatible(saved: dict, expected: dict, where: Path, ignore: tuple[str
             hint = "; to add ParScale streams to a dense checkpoint start a new run with train.init_from (portable)"
         elif any(k == "parallel.tensor_parallel_size" for k in expected if saved.get(k) != expected[k]):
             hint = f"; reshard it first: parscale convert reshard {where} NEW_RUN/checkpoints --tp {expected['parallel.tensor_parallel_size']}"
+        elif saved.get("tokenizer.sha256") != expected.get("tokenizer.sha256"):
+            hint = "; the data was prepared with another tokenizer than the one this run trained on: train on data of that tokenizer, or start a new run"
         raise JobError(f"{where}: does not match the config ({'; '.join(diffs)}){hint}")

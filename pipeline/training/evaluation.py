@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint.portable import load_portable
+from ..checkpoint.portable import CheckpointError, load_portable, tokenizer_info
 from ..config import LoadedConfig
 from ..config.job import JobConfig
 from ..data.loader import Batch, DataSpec, EmptySplit, SplitStream, collate
 from ..distributed import single_process
 from ..model.stream_stats import StreamStats, mean_pairwise_cosine, mean_prefix, stream_vectors
 from ..utils import collectives
+from .init_vocab import tokenizer_problem
 
 Forward = Callable[[Batch, bool], object]  # (batch, return stream states) -> the model's output
 MakeBatch = Callable[[int, int], Batch]  # (first row, rows) -> a batch on the device
@@ -108,6 +109,12 @@ def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | 
     if max_batches:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_batches": max_batches})})
     spec = DataSpec.of(cfg)
+    try:
+        problem = tokenizer_problem(checkpoint, tokenizer_info(checkpoint), spec)
+    except CheckpointError as exc:
+        problem = str(exc)
+    if problem:
+        raise loaded.error("data.output_dir", problem)
     try:
         rows = validation_rows(cfg, cfg.run.seed + 1)
     except EmptySplit as exc:

@@ -95,8 +95,8 @@ class Trainer:
             tp_size=self.ctx.tp_size,
             activation_checkpointing=cfg.parallel.activation_checkpointing,
         )
-        self.restore = Restore.find(cfg, identity(cfg, self.vocab))
-        self.restore.weights(model, cfg, self.ctx.tp_rank, error_at, self.ctx.is_main)
+        self.restore = Restore.find(cfg, identity(cfg, self.vocab, self.data.spec.tokenizer.sha256))
+        self.restore.weights(model, cfg, self.ctx.tp_rank, self.data.init, error_at, self.ctx.is_main)
         self.trainable = apply_trainable(model, cfg)
         self.engine = build_engine(model.to(self.ctx.device), cfg, self.dp)
         self.schedule = WSD.build(cfg.schedule, cfg.optimizer.lr, self.total_steps, self.tokens_per_step)
@@ -265,7 +265,7 @@ class Trainer:
             "skipped": self.skipped,
             "consumed_samples": self.step * self.cfg.parallel.global_batch_size,
             "tokens_seen": self.step * self.tokens_per_step,
-            "identity": identity(self.cfg, self.vocab),
+            "identity": identity(self.cfg, self.vocab, self.data.spec.tokenizer.sha256),
         }
         return ckpt.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.checkpoint.keep_last, self.resolved)
 
@@ -287,8 +287,9 @@ class Trainer:
                 self.cfg.parscale,
                 self.vocab,
                 out,
-                tokenizer=self.data.spec.path / "tokenizer.model",
+                tokenizer=self.data.spec.path,
                 meta={"step": self.step, "tokens_seen": self.step * self.tokens_per_step},
+                tokenizer_info=self.data.spec.tokenizer,
             )
         collectives.barrier()
         return out
@@ -325,6 +326,8 @@ class Trainer:
                 f"parameters)",
                 flush=True,
             )
+            if self.data.skip_rows:  # train.skip_tokens, or the tokens_seen train.init_from records
+                print(f"data: from token {self.data.skip_rows * self.seq_len:,} of the data order", flush=True)
             atomic_write_text(Path(cfg.run.output_dir) / RESOLVED_NAME, self.resolved)
         self.progress.start(self.step)
         saved_at = self.step

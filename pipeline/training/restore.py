@@ -17,11 +17,13 @@ from ..checkpoint.trainer_ckpt import TrainerCheckpoint
 from ..config.errors import ErrorAt
 from ..config.job import JobConfig
 from . import checkpointing as ckpt
+from .init_vocab import InitVocab, grow_rows
 
 
-def identity(cfg: JobConfig, vocab: int) -> dict:
-    """What a checkpoint must agree with to be resumed by this config."""
+def identity(cfg: JobConfig, vocab: int, tokenizer_sha256: str) -> dict:
+    """What a checkpoint must agree with to be resumed by this config (and data: its tokenizer)."""
     return {
+        "tokenizer.sha256": tokenizer_sha256,
         "model": cfg.model.identity(),
         "parscale.streams": cfg.parscale.streams,
         "parscale.prefix_len": cfg.parscale.prefix_len,
@@ -56,22 +58,29 @@ class Restore:
         resharded = tag is not None and layout.is_resharded(directory / tag)
         if tag is not None:
             folder = directory / tag
-            ckpt.check_compatible(
-                layout.read_state(folder)["identity"],
-                expected,
-                folder,
-                ignore=("parallel.zero_stage",) if resharded else (),
-            )
+            saved = layout.read_state(folder)["identity"]
+            ignore = ("parallel.zero_stage",) if resharded else ()
+            if "tokenizer.sha256" not in saved:  # saved before the record: its data cannot be checked
+                ignore += ("tokenizer.sha256",)
+            ckpt.check_compatible(saved, expected, folder, ignore=ignore)
         return cls(directory, tag, resharded)
 
-    def weights(self, model: torch.nn.Module, cfg: JobConfig, tp_rank: int, error_at: ErrorAt, is_main: bool) -> None:
+    def weights(
+        self,
+        model: torch.nn.Module,
+        cfg: JobConfig,
+        tp_rank: int,
+        vocab: InitVocab | None,
+        error_at: ErrorAt,
+        is_main: bool,
+    ) -> None:
         """Before the engine exists: a resharded checkpoint's slices, or ``train.init_from``'s weights
         for a new run."""
         if self.resharded:
             folder = self.directory / self.tag
             load_rank_state(model, TrainerCheckpoint(folder).rank_state(tp_rank), str(folder))
         elif cfg.train.init_from and self.tag is None:
-            init_from(model, cfg, cfg.train.init_from, error_at, is_main)
+            init_from(model, cfg, cfg.train.init_from, vocab, error_at, is_main)
 
     def engine_state(self, engine, is_main: bool) -> tuple[int, int]:
         """After the engine exists: (step, skipped steps) of the checkpoint, the engine restored
@@ -87,12 +96,22 @@ class Restore:
         return saved["step"], saved["skipped"]
 
 
-def init_from(model: torch.nn.Module, cfg: JobConfig, source: str, error_at: ErrorAt, is_main: bool) -> None:
+def init_from(
+    model: torch.nn.Module, cfg: JobConfig, source: str, vocab: InitVocab, error_at: ErrorAt, is_main: bool
+) -> None:
+    """Load ``source``'s weights (its vocabulary grown as ``vocab`` says, already checked against the data)."""
     meta = read_config(source)
     if meta["model"] != cfg.model.identity() | {"vocab_size": meta["model"].get("vocab_size")}:
         diffs = [k for k, v in meta["model"].items() if k != "vocab_size" and getattr(cfg.model, k) != v]
         if diffs:
             raise error_at("train.init_from", f"{source} has a different model shape ({', '.join(diffs)})")
-    new = load_full_state(model, read_weights(source), source, allow_new_parscale=cfg.parscale.has_prefix)
+    state = grow_rows(read_weights(source), vocab.rows)
+    new = load_full_state(model, state, source, allow_new_parscale=cfg.parscale.has_prefix)
     if is_main:
-        print(f"initialised from {source}" + (f" (+{len(new)} new ParScale tensors)" if new else ""), flush=True)
+        grown = f", vocabulary {vocab.checkpoint_rows} -> {vocab.rows} rows (+{vocab.added} at the mean embedding)"
+        print(
+            f"initialised from {source}"
+            + (f" (+{len(new)} new ParScale tensors)" if new else "")
+            + (grown if vocab.added else ""),
+            flush=True,
+        )

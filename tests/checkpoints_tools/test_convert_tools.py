@@ -7,11 +7,14 @@ import json
 import pytest
 import torch
 from helpers.checkpoints import tiny_model, tiny_tokenizer
+from helpers.paths import REPO
 from helpers.process import cli
 from safetensors.torch import load_file
 
 from pipeline.checkpoint.portable import save_portable
-from pipeline.config.model import ParScaleConfig
+from pipeline.config import load_config
+from pipeline.config.model import STAGE2_PREFIX_INIT_STD, ParScaleConfig
+from pipeline.config.stages import Stage2Config
 from pipeline.distributed import single_process
 
 
@@ -67,6 +70,8 @@ def test_dense_to_parscale_keeps_the_backbone_and_adds_streams(dense, tmp_path):
     assert after["model.layers.0.self_attn.prefix.prefix_k"].shape == (4, 2, 6, 8)
     info = inspect(target)
     assert info["streams"] == 4 and 0 < info["parameters"]["parscale_extra_pct"]
+    assert info["tokens_seen"] == 1234  # carried over: stage 2's train.skip_tokens rule reads it
+    assert info["parscale"]["prefix_init_std"] == STAGE2_PREFIX_INIT_STD  # the default without --prefix-init-std
 
     p6 = ParScaleConfig(streams=6, prefix_len=6)
     with pytest.raises(CheckpointError, match="already ParScale with P=4; pass --allow-more-streams"):
@@ -336,3 +341,25 @@ def test_to_parscale_options_out_of_range_are_named_without_a_traceback(capsys):
     assert main(["convert", "to-parscale", "src", "dst", "--streams", "2", "--prefix-init-std", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--prefix-init-std: Input should be greater than 0" in err and "Traceback" not in err
+
+
+def test_one_stage2_prefix_init_std_for_to_parscale_stage2_and_the_shipped_configs():
+    """STAGE2_PREFIX_INIT_STD is to-parscale's default, stage2.parscale's default (a section that
+    omits it included) and what every shipped stage-2 config trains with; from scratch keeps 0.02."""
+    help_text = " ".join(cli("convert", "to-parscale", "--help").stdout.split())
+    assert f"(default: {STAGE2_PREFIX_INIT_STD}, as stage2.parscale.prefix_init_std)" in help_text
+    assert Stage2Config(tokens=1).parscale.prefix_init_std == STAGE2_PREFIX_INIT_STD
+    assert Stage2Config(tokens=1, parscale={"streams": 2}).parscale.prefix_init_std == STAGE2_PREFIX_INIT_STD
+    assert Stage2Config(tokens=1, parscale={"streams": 2, "prefix_init_std": 0.5}).parscale.prefix_init_std == 0.5
+    assert ParScaleConfig().prefix_init_std == 0.02  # from-scratch runs (configs/scaling_from_scratch.yaml)
+    pinned = {"ablation_stage2.yaml"}  # its baseline is the init before the ablation, 0.02 on purpose
+    stage2 = {}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path).config
+        if cfg.stage2 is not None and path.name not in pinned:
+            stage2[path.name] = cfg.stage2.parscale.prefix_init_std
+        if cfg.train is not None and cfg.train.init_from and cfg.parscale.streams > 1:  # a stage 2 run by hand
+            stage2[path.name] = cfg.parscale.prefix_init_std
+    assert {"demo.yaml", "scaling.yaml", "stage2_parscale.yaml", "stage2_frozen.yaml"} <= set(stage2)
+    assert stage2 == dict.fromkeys(stage2, STAGE2_PREFIX_INIT_STD)
+    assert load_config(REPO / "configs" / "ablation_stage2.yaml").config.stage2.parscale.prefix_init_std == 0.02

@@ -175,13 +175,15 @@ CONTROL_DOCS = [
 @pytest.mark.parametrize("mode", ["strip", "reject", "keep"])
 def test_control_characters_are_stripped_rejected_or_kept(tmp_path, mode):
     class Chars:  # a tokenizer of one id per character, enough to read back what was kept
-        def encode(self, texts, num_threads=1):
+        eos_id = -1
+
+        def encode_batch(self, texts):
             return [[ord(c) for c in t] for t in texts]
 
     write_jsonl(tmp_path / "c.jsonl", CONTROL_DOCS)
     data = DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}], control_chars=mode)
     (src,) = plan(data)
-    result = process_unit(src.units[0], Chars(), data, np.dtype(np.int32), eod=-1)
+    result = process_unit(src.units[0], Chars(), data, np.dtype(np.int32))
     kept = "".join(chr(t) if t >= 0 else "|" for t in result.tokens.tolist()).split("|")[:-1]
     where = [f"{tmp_path / 'c.jsonl'}:{i}" for i in range(1, 6)]
     if mode == "strip":  # the default

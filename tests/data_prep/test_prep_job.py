@@ -295,7 +295,7 @@ def test_changed_config_in_same_output_dir_is_refused(tmp_path):
             r"data.sources\[0\].path: input path does not exist",
         ),
         ({"sources": "empty"}, "no document passes the filters"),
-        ({"tokenizer": {"model_path": "/nonexistent.model"}}, "tokenizer.model_path: no such file"),
+        ({"tokenizer": {"model_path": "/nonexistent.model"}}, "tokenizer.model_path: /nonexistent.model: no such file"),
     ],
 )
 def test_bad_jobs_are_refused_before_work_starts(tmp_path, change, message):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from data_prep import tokenizer as tok
+from data_prep import sentencepiece_tokenizer as sp_tok
+from data_prep.tokenizer import open_tokenizer
 from pipeline.config.data import TokenizerConfig
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.model import ParScaleLM
@@ -15,8 +16,8 @@ from .corpus import text_doc
 
 
 def tiny_tokenizer(root: Path) -> tuple[Path, int]:
-    model_file = tok.train(TokenizerConfig(vocab_size=300), [text_doc(i) for i in range(100)], 0, root / "t.model")
-    return model_file, tok.load(model_file).get_piece_size()
+    model_file = sp_tok.train(TokenizerConfig(vocab_size=300), [text_doc(i) for i in range(100)], 0, root / "t.model")
+    return model_file, open_tokenizer(model_file).vocab_size
 
 
 def tiny_model(vocab: int, parscale: ParScaleConfig, tie: bool = True) -> ParScaleLM:

@@ -63,7 +63,7 @@ def test_generate_samples_with_a_seed(checkpoint):
 
 def test_bad_checkpoint_folders_are_refused(checkpoint, tmp_path):
     proc = cli("generate", str(tmp_path), "--prompt", "x")
-    assert proc.returncode == 2 and "tokenizer.model: not found" in proc.stderr
+    assert proc.returncode == 2 and "config.json: not found" in proc.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "tokenizer.model"):

@@ -1,13 +1,18 @@
 """``parscale run``: the whole pipeline in a fast mode (tiny corpus and model, a few steps per
-stage, 2 processes), its report, the rerun that skips every finished stage, and the dry run."""
+stage, 2 processes), its report, the rerun that skips every finished stage, the README's commands
+on its output, and the dry run."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
+import time
 
 import pytest
 import yaml
+from helpers.paths import REPO
 from helpers.process import cli, run_cli
 from helpers.training import TINY_MODEL
 
@@ -36,12 +41,19 @@ def _job(root, **extra):
     return path
 
 
-@pytest.mark.multiprocess
-def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stages(tmp_path):
-    config = _job(tmp_path)
+@pytest.fixture(scope="module")
+def finished_job(tmp_path_factory):
+    """One ``parscale run`` of the fast job for the module: (its config, the finished process)."""
+    config = _job(tmp_path_factory.mktemp("main-job"))
     proc = run_cli("run", str(config), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    job = tmp_path / "job"
+    return config, proc
+
+
+@pytest.mark.multiprocess
+def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stages(finished_job, tmp_path):
+    config, proc = finished_job
+    job = config.parent / "job"
     report = job / "report" / "report.md"
     assert f"report: {report}" in proc.stdout.replace("\n", "")
     text = report.read_text()
@@ -61,7 +73,9 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     for stage in ("stage1", "stage2-p2", "stage2-dense"):
         assert (job / stage / "portable" / "config.json").exists() and (job / stage / "job.yaml").exists()
     stage2 = yaml.safe_load((job / "stage2-p2" / "job.yaml").read_text())
-    assert stage2["train"]["skip_tokens"] == 6 * 8 * 32  # stage 2 reads on after stage 1's data
+    assert stage2["train"]["skip_tokens"] is None  # the rule: the init's tokens_seen, stage 1's (6 steps)
+    # every stage-2 run (P=2, dense control, one-prefix control) reads on after stage 1's data
+    assert proc.stdout.count(f"data: from token {6 * 8 * 32:,} of the data order") == 3
     init = json.loads((job / "convert" / "stage2-init-p2" / "config.json").read_text())
     assert init["parscale"]["streams"] == 2 and "stage1-fp32" in init["converted_from"]
 
@@ -93,6 +107,43 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     changed = cli("run", str(config), "--set", "stage2.parscale.prefix_len=3")
     assert changed.returncode == 2 and f"{job / 'stage2-p2'} holds a run of another model" in changed.stderr
     assert (job / "stage2-p2" / "portable" / "model.safetensors").read_bytes() == finished
+
+
+def _readme_demo_commands() -> list[list[str]]:
+    """Every command line of the README's bash blocks that names the demo's output (``runs/demo``),
+    as arguments (comments dropped, continued lines joined)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    commands = [shlex.split(line, comments=True) for line in lines]
+    return [args for args in commands if any("runs/demo" in a for a in args)]
+
+
+def _on_job(arg: str, job, streams: int, scratch) -> str:
+    """A README argument turned to the fast job's output: ``runs/demo`` -> the job's folder (so
+    ``runs/demo-tp2`` is a sibling of it), ``/tmp/...`` -> a folder under ``scratch``, and the demo's
+    P=4 stage-2 folders (``stage2-p4``) -> the fast job's P (its stage2.parscale.streams, 2)."""
+    if "runs/demo" in arg:
+        arg = re.sub(r"(stage2(?:-init)?)-p\d+\b", rf"\g<1>-p{streams}", arg.replace("runs/demo", str(job)))
+    return re.sub(r"^/tmp/", f"{scratch}/", arg)
+
+
+@pytest.mark.multiprocess
+def test_the_readme_commands_on_the_demo_output_run_on_a_real_job_output(finished_job, tmp_path):
+    config, _ = finished_job
+    job = config.parent / "job"
+    streams = yaml.safe_load(config.read_text())["stage2"]["parscale"]["streams"]
+    commands = _readme_demo_commands()
+    assert len(commands) >= 3, commands
+    for args in commands:
+        assert args[0] == ".venv/bin/parscale", f"not a parscale command, run it here too: {shlex.join(args)}"
+        mapped = [_on_job(a, job, streams, tmp_path) for a in args[1:]]
+        start = time.perf_counter()
+        proc = cli(*mapped)
+        assert proc.returncode == 0, f"{shlex.join(args)} -> {shlex.join(mapped)}\n{proc.stderr[-3000:]}"
+        print(f"{time.perf_counter() - start:5.1f}s  {shlex.join(args)}")
+        assert not [a for a in mapped if "runs/demo" in a or a.startswith("/tmp/")]
+    assert (tmp_path / "stage1-portable" / "config.json").exists() and (tmp_path / "hf-parscale").is_dir()
+    assert (job.parent / "job-tp2" / "checkpoints" / "latest").exists()
 
 
 def test_dry_run_prints_each_stage_and_writes_nothing(tmp_path):

@@ -41,6 +41,19 @@ def test_config_errors_name_the_key_and_from_yaml_the_line(tmp_path, prepared_da
         Trainer.from_loaded(load_config(path))
 
 
+def test_an_init_from_that_is_not_portable_is_refused_naming_the_key_and_the_command(
+    tmp_path, prepared_data, single_rank
+):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "qwen2"}')
+    path = job_config(tmp_path, prepared_data, "init", train={"tokens": 256, "init_from": str(hf)})
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("init_from:"))
+    with pytest.raises(ConfigError, match=rf"{path}:{line}: train.init_from: {hf}: a Hugging Face folder") as caught:
+        Trainer.from_loaded(load_config(path))
+    assert f"run `parscale convert import-hf {hf} DST`" in str(caught.value)
+
+
 def test_steps_resolve_and_one_loss_loop_for_training_and_parscale_eval(tmp_path, prepared_data, single_rank):
     cfg = _typed(
         tmp_path,

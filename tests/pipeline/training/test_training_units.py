@@ -1,5 +1,5 @@
 """Trainer building blocks without processes: blended data order, DP slicing, collation, the WSD
-schedule, optimizer groups and the frozen-backbone switch."""
+schedule, optimizer groups and the frozen-backbone switch, where a run starts in the data order."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
+from pipeline.checkpoint.portable import CheckpointError
 from pipeline.config.job import JobConfig
-from pipeline.config.training import ScheduleConfig
+from pipeline.config.training import ScheduleConfig, TrainConfig
 from pipeline.data.blend import BlendedOrder
 from pipeline.data.loader import collate, micro_batch_start
 from pipeline.training.optim import apply_trainable, param_groups
+from pipeline.training.run_data import skip_tokens
 from pipeline.training.schedule import WSD
 
 
@@ -164,3 +166,24 @@ def test_metrics_are_read_one_record_per_step_the_replayed_one_winning(tmp_path)
         (3, "train"),
     ]
     assert records[2]["loss"] == 3.9
+
+
+def test_skip_tokens_given_wins_else_the_init_checkpoints_tokens_seen_else_zero(tmp_path):
+    """One rule for ``parscale run``'s stage 2 and one started by hand: read on after the tokens the
+    init checkpoint saw (stage 1's, carried over by to-parscale)."""
+    init = tmp_path / "stage2-init-p4"
+    init.mkdir()
+    (init / "config.json").write_text(json.dumps({"format": "parscale-portable/1", "tokens_seen": 6 * 8 * 32}))
+    imported = tmp_path / "imported"  # e.g. import-hf of a released model: nothing recorded
+    imported.mkdir()
+    (imported / "config.json").write_text(json.dumps({"format": "parscale-portable/1"}))
+    assert skip_tokens(TrainConfig(tokens=100)) == 0
+    assert skip_tokens(TrainConfig(tokens=100, init_from=str(init))) == 6 * 8 * 32
+    assert skip_tokens(TrainConfig(tokens=100, init_from=str(imported))) == 0
+    assert skip_tokens(TrainConfig(tokens=100, init_from=str(init), skip_tokens=0)) == 0  # a number given wins
+    assert skip_tokens(TrainConfig(tokens=100, init_from=str(init), skip_tokens="1K")) == 1000
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="parscale convert import-hf"):
+        skip_tokens(TrainConfig(tokens=100, init_from=str(hf)))
