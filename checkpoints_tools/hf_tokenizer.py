@@ -123,5 +123,10 @@ def export(source: Path, info: TokenizerInfo, out: Path, sample: list[str] | Non
     try:
         _check_same_ids(ours, out, SAMPLE + (sample or []))
     except CheckpointError as exc:
-        hint = "; a sentencepiece tokenizer needs --layout llama (or auto)" if layout == "qwen2" else ""
+        hint = (
+            "; transformers loads the tokenizer of a qwen2 folder as Qwen2's byte-level BPE whatever its "
+            "tokenizer_config.json says, and this one is not Qwen2's: export with --layout llama"
+            if layout == "qwen2"
+            else ""
+        )
         raise CheckpointError(f"{exc}{hint}") from None

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pipeline.config import LoadedConfig, write_resolved
 from pipeline.config.job import JobConfig
-from pipeline.distributed.runtime import cpu_threads_per_rank
 from pipeline.errors import JobError
 from pipeline.utils.fs import out_of_space, staged_file
 
@@ -25,7 +24,7 @@ from .filters import clean
 from .manifest import FORMAT, ManifestError, read_manifest, write_manifest
 from .pack_stage import ShardProgress, pack_source, unit_path
 from .progress import Reporter
-from .ray_runtime import cluster_cpus, ray_session
+from .ray_runtime import cluster_cpus, local_cpus, ray_session
 from .readers import read_unit
 from .text_tokenizer import TokenizerError
 from .tokenize_units import UnitTokenizer
@@ -216,7 +215,7 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
 
 def _tokenize_and_pack(plans, cfg: JobConfig, info, dtype, out: Path, work: Path, reporter: Reporter) -> list[dict]:
     cpus = cfg.data.num_workers or None
-    with ray_session(cfg.data.ray_address, cpus or _local_cpus()):
+    with ray_session(cfg.data.ray_address, cpus or local_cpus()):
         _tokenize_units(plans, cfg, info, dtype, out, work, reporter)
     progress = ShardProgress(work)
     seen: set[int] | None = set() if cfg.data.dedup else None
@@ -235,10 +234,6 @@ def is_complete(cfg: JobConfig) -> bool:
         return read_manifest(cfg.data.output_dir).get("config_sha256") == config_sha256(cfg)
     except ManifestError:
         return False
-
-
-def _local_cpus() -> int:
-    return cpu_threads_per_rank()
 
 
 def _totals(sources: list[dict], row_len: int) -> dict:

@@ -38,6 +38,14 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
         ray.shutdown()
 
 
+def local_cpus() -> int:
+    """CPUs this process may use (its affinity mask), what a local runtime is sized to."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def cluster_cpus() -> int:
     import ray
 

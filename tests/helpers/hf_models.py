@@ -9,6 +9,10 @@ from pathlib import Path
 import torch
 
 EOD = "<|endoftext|>"
+#: Qwen2's pre-tokenization (its tokenizer.json): what transformers' Qwen2Tokenizer applies
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 QWEN_SHAPE = dict(
     hidden_size=32,
     intermediate_size=64,
@@ -23,13 +27,20 @@ QWEN_SHAPE = dict(
 
 
 def byte_level_bpe(texts: list[str], folder: Path, vocab_size: int = 600) -> Path:
-    """Train a byte-level BPE on ``texts``; save it as a Hugging Face tokenizer folder
-    (``tokenizer.json``, ``tokenizer_config.json`` with ``<|endoftext|>`` as eos and pad, no BOS)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a byte-level BPE on ``texts`` with Qwen2's pre-tokenization; save it as a Hugging Face
+    tokenizer folder (``tokenizer.json``, ``tokenizer_config.json`` with ``<|endoftext|>`` as eos and
+    pad, no BOS), as a Qwen2.5 folder has."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[EOD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
