@@ -1,4 +1,5 @@
-"""A whole prep job: plan -> tokenizer -> tokenize units on Ray -> pack -> shards + manifest.
+"""A whole prep job: plan -> tokenizer -> tokenize units on Ray, packing them into shards as they
+come -> manifest.
 
 Outputs in ``data.output_dir``: the tokenizer's files (``tokenizer.model``, or ``tokenizer.json`` and
 its ``tokenizer_config.json``), ``{train,val}/<source>/shard_NNNNN.{bin,idx}``,
@@ -22,13 +23,13 @@ from . import sentencepiece_tokenizer
 from . import tokenizer as tok
 from .filters import clean
 from .manifest import FORMAT, ManifestError, read_manifest, write_manifest
-from .pack_stage import ShardProgress, pack_source, unit_path
+from .pack_stage import PackStage, unit_path
 from .progress import Reporter
-from .ray_runtime import cluster_cpus, local_cpus, ray_session
+from .ray_runtime import ActorFeed, cluster_cpus, local_cpus, ray_session
 from .readers import read_unit
 from .text_tokenizer import TokenizerError
 from .tokenize_units import UnitTokenizer
-from .units import InputError, SourcePlan, plan
+from .units import InputError, SourcePlan, WorkUnit, plan
 
 JOB_NAME = "job.json"
 
@@ -134,27 +135,18 @@ def _tokenizer(plans, cfg: JobConfig, out: Path, reporter: Reporter) -> tok.Toke
     return info
 
 
-def _tokenize_units(
-    plans, cfg: JobConfig, info: tok.TokenizerInfo, dtype, out: Path, work: Path, reporter: Reporter
-) -> None:
+def _tokenize_units(todo: list[WorkUnit], cfg: JobConfig, dtype, out: Path, work: Path) -> ActorFeed:
+    """Start tokenizing ``todo`` on Ray actors (one per CPU, or data.num_workers); iterating the
+    feed yields each unit's summary as it is saved."""
     import ray
-    from ray.util import ActorPool
 
-    todo = [u for p in plans for u in p.units if not unit_path(work, u.key).exists()]
-    total = sum(u.size for p in plans for u in p.units)
-    (work / "units").mkdir(parents=True, exist_ok=True)
-    with reporter.bar("tokenizing", total=total, done=total - sum(u.size for u in todo)) as advance:
-        if not todo:
-            return
-        workers = min(cfg.data.num_workers or cluster_cpus(), len(todo))
-        actor = ray.remote(num_cpus=1)(UnitTokenizer)
-        data_json = cfg.data.model_dump_json()
-        folder = str(out.resolve())
-        eod = cfg.tokenizer.eod_token
-        pool = ActorPool([actor.remote(folder, eod, data_json, dtype.name) for _ in range(workers)])
-        jobs = ((u.to_dict(), str(unit_path(work, u.key).resolve())) for u in todo)
-        for summary in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
-            advance(summary["bytes"], tokens=summary["tokens"])
+    workers = min(cfg.data.num_workers or cluster_cpus(), len(todo))
+    actor = ray.remote(num_cpus=1)(UnitTokenizer)
+    data_json = cfg.data.model_dump_json()
+    folder = str(out.resolve())
+    actors = [actor.remote(folder, cfg.tokenizer.eod_token, data_json, dtype.name) for _ in range(workers)]
+    jobs = [(u.to_dict(), str(unit_path(work, u.key).resolve())) for u in todo]
+    return ActorFeed(actors, lambda a, job: a.run.remote(*job), jobs)
 
 
 def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
@@ -214,14 +206,27 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
 
 
 def _tokenize_and_pack(plans, cfg: JobConfig, info, dtype, out: Path, work: Path, reporter: Reporter) -> list[dict]:
-    cpus = cfg.data.num_workers or None
-    with ray_session(cfg.data.ray_address, cpus or local_cpus()):
-        _tokenize_units(plans, cfg, info, dtype, out, work, reporter)
-    progress = ShardProgress(work)
+    """Tokenize the units not done yet on Ray and, meanwhile, pack every unit in plan order as soon
+    as it and those before it are done; the sources' manifest entries."""
+    units = [u for p in plans for u in p.units]
+    done = [u.key for u in units if unit_path(work, u.key).exists()]
+    todo = [u for u in units if u.key not in set(done)]
+    total = sum(u.size for u in units)
+    (work / "units").mkdir(parents=True, exist_ok=True)
     seen: set[int] | None = set() if cfg.data.dedup else None
-    total = sum(u.size for p in plans for u in p.units)
-    with reporter.bar("packing", total=total) as advance:
-        return [pack_source(p, i, cfg, out, work, dtype, progress, seen, advance) for i, p in enumerate(plans)]
+    specs = [("tokenizing", total, total - sum(u.size for u in todo)), ("packing", total, 0)]
+    with reporter.bars(*specs) as (tokenized, packed):
+        stage = PackStage(plans, cfg, out, work, dtype, seen, packed)
+        if not todo:
+            stage.ready(done)
+            return stage.finish()
+        with ray_session(cfg.data.ray_address, cfg.data.num_workers or local_cpus()):
+            feed = _tokenize_units(todo, cfg, dtype, out, work)
+            stage.ready(done)  # what an earlier run finished, packed while the actors start
+            for summary in feed:
+                tokenized(summary["bytes"], tokens=summary["tokens"])
+                stage.ready([summary["key"]])
+        return stage.finish()
 
 
 def config_sha256(cfg: JobConfig) -> str:

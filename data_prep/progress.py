@@ -28,14 +28,15 @@ class Reporter:
 
     @contextlib.contextmanager
     def bar(self, label: str, total: int, done: int = 0) -> Iterator[Callable[..., None]]:
-        state = {"tokens": 0, "start": time.perf_counter()}
+        with self.bars((label, total, done)) as (advance,):
+            yield advance
 
-        def rate() -> str:
-            seconds = max(1e-9, time.perf_counter() - state["start"])
-            return f"{state['tokens'] / 1e6:.2f}M tok, {state['tokens'] / seconds / 1e6:.2f}M tok/s"
-
+    @contextlib.contextmanager
+    def bars(self, *specs: tuple[str, int, int]) -> Iterator[list[Callable[..., None]]]:
+        """One bar per (label, total, done), shown together (phases that run at the same time);
+        yields an ``advance(n, tokens=0)`` per bar."""
         if not self.enabled:
-            yield lambda n, tokens=0: None
+            yield [lambda n, tokens=0: None for _ in specs]
             return
         columns = [
             TextColumn("{task.description}"),
@@ -45,13 +46,25 @@ class Reporter:
             TimeRemainingColumn(),
         ]
         with Progress(*columns, console=self.console, transient=False) as progress:
-            task = progress.add_task(label, total=max(total, 1), completed=done, rate="")
+            yield [
+                self._advance(progress, progress.add_task(label, total=max(total, 1), completed=done, rate=""))
+                for label, total, done in specs
+            ]
 
-            def advance(n: int, tokens: int = 0) -> None:
-                state["tokens"] += tokens
-                progress.update(task, advance=n, rate=rate() if state["tokens"] else "")
+    @staticmethod
+    def _advance(progress: Progress, task) -> Callable[..., None]:
+        state = {"tokens": 0, "start": time.perf_counter()}
 
-            yield advance
+        def advance(n: int, tokens: int = 0) -> None:
+            state["tokens"] += tokens
+            if not state["tokens"]:
+                progress.update(task, advance=n)
+                return
+            seconds = max(1e-9, time.perf_counter() - state["start"])
+            rate = f"{state['tokens'] / 1e6:.2f}M tok, {state['tokens'] / seconds / 1e6:.2f}M tok/s"
+            progress.update(task, advance=n, rate=rate)
+
+        return advance
 
     def summary(self, manifest: dict, seconds: float, out) -> None:
         if not self.enabled:

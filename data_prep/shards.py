@@ -2,10 +2,16 @@
 shard. In Megatron's terms each row is one *document* whose *sequences* are the row's document
 pieces, so the row boundaries and the document boundaries inside a row both survive, and
 ``IndexedDataset`` reads the shards as they are. A shard is written under temporary names and
-renamed when complete; shards a previous run finished (same checksum on disk) are not rewritten."""
+renamed when complete; shards a previous run finished (same checksum on disk) are not rewritten.
+
+The files are written here with numpy, byte for byte as megatron-core's ``IndexedDatasetBuilder``
+writes them (importing megatron-core, and torch with it, would cost prep seconds); they are read
+back with megatron-core's own ``IndexedDataset``."""
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +20,23 @@ import numpy as np
 from pipeline.utils.fs import file_sha256, staged_file
 
 from .packing import Row
+
+#: the .idx file's header: magic and version, as megatron-core's _IndexWriter writes them
+INDEX_HEADER = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1)
+#: megatron-core's code of each token dtype (its ``DType`` enum)
+DTYPE_CODES = {"uint8": 1, "int8": 2, "int16": 3, "int32": 4, "int64": 5, "float64": 6, "float32": 7, "uint16": 8}
+
+
+def index_bytes(dtype: np.dtype, rows: list[Row]) -> bytes:
+    """The .idx file of ``rows``: each row one Megatron document whose sequences are its pieces."""
+    lengths = np.fromiter((len(p) for r in rows for p in r.pieces), np.int32)
+    pointers = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
+    documents = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(np.fromiter((len(r.pieces) for r in rows), np.int64, len(rows)), out=documents[1:])
+    head = INDEX_HEADER + struct.pack("<B", DTYPE_CODES[dtype.name])
+    counts = struct.pack("<Q", len(lengths)) + struct.pack("<Q", len(documents))
+    return head + counts + lengths.tobytes() + pointers.tobytes() + documents.tobytes()
 
 
 def shard_entry_ok(root: Path, entry: dict) -> bool:
@@ -71,24 +94,22 @@ class ShardWriter:
         self.on_shard(entry)
 
     def _write(self, name: str, rows: list[Row]) -> dict:
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
+        """Both files of one shard, hashed as they are written (not read back)."""
+        data = np.concatenate([p for r in rows for p in r.pieces]).astype(self.dtype, copy=False)
+        index = index_bytes(self.dtype, rows)
         final_bin, final_idx = self.root / f"{name}.bin", self.root / f"{name}.idx"
-        final_bin.parent.mkdir(parents=True, exist_ok=True)
         with staged_file(final_bin) as tmp_bin, staged_file(final_idx) as tmp_idx:
-            builder = IndexedDatasetBuilder(str(tmp_bin), dtype=self.dtype.type)
-            for row in rows:
-                builder.add_document(row.tokens, row.segments)
-            builder.finalize(str(tmp_idx))
-            entry = {
-                "prefix": name,
-                "sequences": len(rows),
-                "bin_sha256": file_sha256(tmp_bin),
-                "idx_sha256": file_sha256(tmp_idx),
-                "bin_bytes": tmp_bin.stat().st_size,
-                "idx_bytes": tmp_idx.stat().st_size,
-            }
-        return entry
+            with open(tmp_bin, "wb") as handle:
+                handle.write(data.data)
+            tmp_idx.write_bytes(index)
+        return {
+            "prefix": name,
+            "sequences": len(rows),
+            "bin_sha256": hashlib.sha256(data.data).hexdigest(),
+            "idx_sha256": hashlib.sha256(index).hexdigest(),
+            "bin_bytes": data.nbytes,
+            "idx_bytes": len(index),
+        }
 
 
 class ShardReader:

@@ -98,11 +98,16 @@ def _hf_logits(directory, ids):
         return AutoModelForCausalLM.from_pretrained(str(directory)).eval()(ids).logits
 
 
-def test_export_to_hf_qwen2_loads_in_transformers_and_imports_back_identically(dense, tmp_path):
+def test_export_to_hf_loads_in_transformers_and_imports_back_identically(dense, tmp_path):
     proc = cli("convert", "export-hf", str(dense), str(tmp_path / "hf"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    assert result["layout"] == "qwen2" and "transformers vs ours" in result["verified"]
+    # a QKV-bias model with a sentencepiece tokenizer goes out as llama: transformers would give a qwen2
+    # folder Qwen2's byte-level tokenizer whatever its tokenizer_config says (refused by the check below)
+    assert result["layout"] == "llama" and "transformers vs ours" in result["verified"]
+    refused = cli("convert", "export-hf", str(dense), str(tmp_path / "qwen2"), "--layout", "qwen2")
+    assert refused.returncode == 2 and "export with --layout llama" in refused.stderr
+    assert not (tmp_path / "qwen2").exists()
     assert (tmp_path / "hf" / "tokenizer.model").exists()
     ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(_our_logits(dense, ids), _hf_logits(tmp_path / "hf", ids), atol=1e-5, rtol=0)
@@ -231,7 +236,7 @@ def test_no_hugging_face_layout_holds_the_single_prefix_control():
     model = ModelConfig(num_layers=1, hidden_size=16, ffn_hidden_size=32, num_attention_heads=2, num_kv_heads=2)
     for layout in ("auto", "qwen2", "qwen2_parscale"):
         with pytest.raises(CheckpointError, match="single_prefix"):
-            _pick_layout(layout, model, ParScaleConfig(single_prefix=True))
+            _pick_layout(layout, model, ParScaleConfig(single_prefix=True), "sentencepiece")
 
 
 def test_a_parscale_config_without_smoothing_gets_the_official_default(tmp_path):
