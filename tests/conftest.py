@@ -40,6 +40,18 @@ def write_yaml(tmp_path: Path):
     return _write
 
 
+@pytest.fixture
+def single_rank(monkeypatch):
+    """A trainer built in this process at world size 1: no launcher variables, its groups torn down after."""
+    from pipeline.distributed import destroy_distributed
+    from pipeline.distributed.runtime import LAUNCHER_VARS
+
+    for key in LAUNCHER_VARS:
+        monkeypatch.delenv(key, raising=False)
+    yield
+    destroy_distributed()
+
+
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory) -> Path:
     """The tiny prepared dataset the training tests read, prepared once per session (never written

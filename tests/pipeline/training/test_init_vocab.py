@@ -12,20 +12,11 @@ from helpers.training import TINY_MODEL, job_config
 from pipeline.checkpoint.portable import save_portable
 from pipeline.config import ConfigError, load_config
 from pipeline.config.model import ModelConfig, ParScaleConfig
-from pipeline.distributed import destroy_distributed, single_process
-from pipeline.distributed.runtime import LAUNCHER_VARS
+from pipeline.distributed import single_process
 from pipeline.model import ParScaleLM
 from pipeline.training.loop import Trainer
 
 EMBED = "model.embed_tokens.weight"
-
-
-@pytest.fixture
-def single_rank(monkeypatch):
-    for key in LAUNCHER_VARS:
-        monkeypatch.delenv(key, raising=False)
-    yield
-    destroy_distributed()
 
 
 def _portable(path, rows: int, tokenizer=None, seed: int = 0):

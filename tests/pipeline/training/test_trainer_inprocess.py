@@ -15,17 +15,8 @@ from helpers.training import job_config
 from pipeline.config import ConfigError, load_config
 from pipeline.config.job import JobConfig
 from pipeline.distributed import destroy_distributed
-from pipeline.distributed.runtime import LAUNCHER_VARS
 from pipeline.training.evaluation import evaluate_portable
 from pipeline.training.loop import Trainer
-
-
-@pytest.fixture
-def single_rank(monkeypatch):
-    for key in LAUNCHER_VARS:
-        monkeypatch.delenv(key, raising=False)
-    yield
-    destroy_distributed()
 
 
 def _typed(tmp_path, data, **sections) -> JobConfig:
