@@ -162,17 +162,17 @@ def export_hf(
     result = {"source": str(source), "target": str(target), "layout": layout}
     with staged_dir(target) as out:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-        config = hf_config(layout, model, ps, meta["vocab_size"])
-        if info is not None:  # config.json first: AutoTokenizer picks its class by the model type too
-            config |= hf_tokenizer.special_ids(source)
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        special = hf_tokenizer.special_ids(source) if info is not None else {}
+        config = hf_config(layout, model, ps, meta["vocab_size"]) | special
+        # config.json before the tokenizer: AutoTokenizer picks the tokenizer's class by the model type too
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if info is not None:
             hf_tokenizer.export(source, info, out, tokenizer_sample, layout)
-            generation = {"_from_model_config": True, "do_sample": False, **hf_tokenizer.special_ids(source)}
+            generation = {"_from_model_config": True, "do_sample": False, **special}
             (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
             result["tokenizer"] = f"{info.kind} {info.path}: AutoTokenizer gives the checkpoint's ids (checked)"
         else:
             result["tokenizer"] = "none (the checkpoint carries no tokenizer)"
-            (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if not verify:
             result["verified"] = "skipped (--no-verify)"
         elif layout == "qwen2_parscale":

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "prep",
         help="tokenize and pack a corpus into training shards",
-        description="Read the config's data sources, train or load a sentencepiece tokenizer, tokenize on "
+        description="Read the config's data sources, train a sentencepiece tokenizer or load one "
+        "(a .model, a Hugging Face tokenizer.json or model folder), tokenize on "
         "Ray (local, or the cluster at data.ray_address), pack into seq_len+1 sequences, and write "
         "megatron-core .bin/.idx shards with a manifest. Rerunning resumes an interrupted job.",
     )

@@ -16,13 +16,15 @@ def dataset_problems(directory: str | Path, hashes: bool = False) -> list[str]:
     root = Path(directory)
     manifest = read_manifest(root)
     found: list[str] = []
-    tokenizer = root / manifest["tokenizer"]["path"]
-    if not tokenizer.is_file():
-        found.append(f"{tokenizer}: missing")
-    elif file_sha256(tokenizer) != manifest["tokenizer"]["sha256"]:
-        found.append(
-            f"{tokenizer}: not the tokenizer this data was tokenized with (sha256 differs from {root / MANIFEST_NAME})"
-        )
+    recorded = manifest["tokenizer"]
+    for name, sha in (recorded.get("files") or {recorded["path"]: recorded["sha256"]}).items():
+        tokenizer = root / name  # every file of the tokenizer (tokenizer.json and its tokenizer_config.json)
+        if not tokenizer.is_file():
+            found.append(f"{tokenizer}: missing")
+        elif file_sha256(tokenizer) != sha:
+            found.append(
+                f"{tokenizer}: not the tokenizer this data was tokenized with (sha256 differs from {root / MANIFEST_NAME})"
+            )
     for source in manifest["sources"]:
         for split in source["splits"].values():
             for shard in split["shards"]:

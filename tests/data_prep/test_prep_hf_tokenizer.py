@@ -95,3 +95,16 @@ def test_a_tokenizer_without_an_end_of_document_token_names_the_key(tmp_path):
         _prep(tmp_path, folder, "noeod")
     manifest, _ = _prep(tmp_path, folder, "named", eod_token="<|nothing|>")
     assert manifest["tokenizer"]["eos_id"] == data["model"]["vocab"]["<|nothing|>"]
+
+
+def test_every_tokenizer_file_of_the_prepared_folder_is_checked(tmp_path):
+    from data_prep.verify import dataset_problems
+
+    folder = byte_level_bpe(DOCS, tmp_path / "hf", vocab_size=400)
+    _, out = _prep(tmp_path, folder, "out")
+    assert dataset_problems(out) == []
+    config = out / "tokenizer_config.json"  # another end-of-document token would change what the data means
+    config.write_text(config.read_text().replace('"eos_token"', '"bos_token"'))
+    assert dataset_problems(out) == [
+        f"{config}: not the tokenizer this data was tokenized with (sha256 differs from {out / 'manifest.json'})"
+    ]

@@ -21,6 +21,7 @@ import yaml
 from helpers.corpus import text_doc, write_jsonl
 from helpers.hf_models import pretrained_folder
 from helpers.paths import CONFIGS, REPO
+from helpers.process import cli
 
 from pipeline.config import load_config
 
@@ -200,3 +201,12 @@ def test_transformers_greedy_generate_on_the_dense_export_equals_ours(recipe):
     with torch.no_grad():
         out = hf.generate(torch.tensor([hf_ids]), max_new_tokens=10, do_sample=False)[0, len(hf_ids) :].tolist()
     assert out[: len(ours)] == list(ours) and len(ours) > 0
+
+
+@pytest.mark.multiprocess
+def test_generate_and_eval_work_on_the_imported_model(recipe):
+    run = recipe["run"]
+    proc = cli("generate", str(run / "imported"), "--prompt", "doc 3:", "--max-new-tokens", "6")
+    assert proc.returncode == 0 and proc.stdout.startswith("doc 3:"), proc.stderr[-2000:]
+    evals = json.loads((run / "eval.json").read_text())
+    assert evals["stage1"]["checkpoint"] == str(run / "imported") and evals["stage1"]["val_loss"] > 0
