@@ -83,7 +83,8 @@ def recipe(tmp_path_factory):
     corpus = write_jsonl(root / "corpus.jsonl", docs)
     hf_model = pretrained_folder(root / "Qwen-tiny", docs)
     run = root / "run"
-    script = readme_block().replace(SHIPPED, str(_tiny_config(root, run, corpus)))
+    config = _tiny_config(root, run, corpus)
+    script = readme_block().replace(SHIPPED, str(config))
     script = script.replace(".venv/bin/", f"{Path(sys.executable).parent}/")
     script = re.sub(r"^HF_MODEL=\S+", f"HF_MODEL={hf_model}", script, flags=re.M)
     script = re.sub(r"^RUN=\S+", f"RUN={run}", script, flags=re.M)
@@ -96,7 +97,7 @@ def recipe(tmp_path_factory):
         env=os.environ,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return {"run": run, "docs": docs, "hf_model": hf_model, "out": proc.stdout}
+    return {"run": run, "docs": docs, "hf_model": hf_model, "out": proc.stdout, "config": config}
 
 
 @pytest.mark.multiprocess
@@ -210,3 +211,12 @@ def test_generate_and_eval_work_on_the_imported_model(recipe):
     assert proc.returncode == 0 and proc.stdout.startswith("doc 3:"), proc.stderr[-2000:]
     evals = json.loads((run / "eval.json").read_text())
     assert evals["stage1"]["checkpoint"] == str(run / "imported") and evals["stage1"]["val_loss"] > 0
+
+
+@pytest.mark.multiprocess
+def test_a_rerun_skips_every_stage_and_there_is_no_stage_1(recipe):
+    proc = cli("run", str(recipe["config"]), "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stage 1: dense" not in proc.stdout and "consolidate" not in proc.stdout
+    for stage in ("data prep", f"dense -> ParScale P={STREAMS}", f"stage 2: ParScale P={STREAMS}", "evaluation"):
+        assert f"skip {stage}: output already there" in proc.stdout, stage
