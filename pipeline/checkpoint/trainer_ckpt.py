@@ -33,9 +33,10 @@ from .layout import COMPLETE, CONFIG, RESHARDED, STATE, latest_tag
 from .portable import CheckpointError
 
 
-def safe_load(path: Path) -> dict:
+def safe_load(path: Path, mmap: bool = True) -> dict:
     """``torch.load(weights_only=True)`` with DeepSpeed's plain data classes allowed; nothing else
-    in the file can run code."""
+    in the file can run code. ``mmap``: tensors stay mapped from the file (readers that only look);
+    a resume reads them into memory (training updates what it loads)."""
     select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # before DeepSpeed's import
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -43,7 +44,7 @@ def safe_load(path: Path) -> dict:
 
     try:
         with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, fragment_address]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found") from None
     except pickle.UnpicklingError as exc:

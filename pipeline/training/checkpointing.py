@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from ..checkpoint import integrity
 from ..checkpoint.layout import COMPLETE, CONFIG, LATEST, STATE, complete_tags, latest_tag, tag_for
+from ..checkpoint.trainer_ckpt import safe_load
 from ..errors import JobError
 from ..utils.collectives import barrier
 from ..utils.fs import atomic_write_text, out_of_space
@@ -114,8 +115,27 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
     return directory / tag
 
 
+class SafeLoads:
+    """DeepSpeed's checkpoint engine with its ``load`` (``torch.load(weights_only=False)``: any
+    pickle runs) replaced by the converters' ``safe_load``: ``weights_only=True`` with DeepSpeed's
+    plain data classes allowed, so a planted payload in a handed-over run folder is refused, naming
+    the file, and never runs. Saving is DeepSpeed's own."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def load(self, path: str, map_location=None):
+        return safe_load(Path(path), mmap=False)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 def load(engine, directory: str | Path, tag: str) -> dict:
-    """Collective: restore the engine at ``tag``; returns the trainer state saved with it."""
+    """Collective: restore the engine at ``tag`` (nothing unpickled beyond tensors and plain data);
+    returns the trainer state saved with it."""
+    if not isinstance(engine.checkpoint_engine, SafeLoads):
+        engine.checkpoint_engine = SafeLoads(engine.checkpoint_engine)
     path, client = engine.load_checkpoint(
         str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
     )
