@@ -14,10 +14,10 @@ from data_prep.manifest import ManifestError, read_manifest
 from data_prep.text_tokenizer import TokenizerError
 from data_prep.tokenizer import TokenizerInfo, locate
 from pipeline.checkpoint import tp_layout
-from pipeline.checkpoint.portable import CheckpointError, save_portable_state
+from pipeline.checkpoint.portable import PORTABLE_KIND, CheckpointError, save_portable_state
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.data.loader import dataset_entries
-from pipeline.utils.fs import staged_dir
+from pipeline.utils.fs import claim_target, staged_dir
 
 from . import logits_check
 
@@ -46,6 +46,7 @@ def tokenizer_of(ck: TrainerCheckpoint, override: str | Path | None) -> tuple[Pa
 def consolidate(
     source: str | Path, target: str | Path, tokenizer: str | Path | None = None, verify: bool = True
 ) -> dict:
+    claim_target(Path(target), PORTABLE_KIND, (source,))  # before the work: refused targets cost nothing
     ck = TrainerCheckpoint(source)
     tok, tok_info = tokenizer_of(ck, tokenizer)
     full, drift = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
@@ -61,6 +62,6 @@ def consolidate(
         "consolidated_from": str(ck.folder),
         "source_layout": {k: result[k] for k in ("tp", "zero_stage", "precision")},
     }
-    with staged_dir(target) as out:
+    with staged_dir(target, PORTABLE_KIND, (source,)) as out:
         save_portable_state(full, ck.model, ck.parscale, ck.vocab, out, tok, meta, tok_info)
     return result

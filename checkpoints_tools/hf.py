@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from data_prep.text_tokenizer import TokenizerError
 from data_prep.tokenizer import describe, locate
 from pipeline.checkpoint.portable import (
+    PORTABLE_KIND,
     CheckpointError,
     read_config,
     read_weights,
@@ -36,11 +37,12 @@ from pipeline.checkpoint.portable import (
     tokenizer_info,
 )
 from pipeline.config.model import ModelConfig, ParScaleConfig
-from pipeline.utils.fs import staged_dir
+from pipeline.utils.fs import claim_target, staged_dir
 
 from . import hf_tokenizer, logits_check
 from .inspect_ckpt import expected_shapes
 
+EXPORT_KIND = "Hugging Face export"
 LAYOUTS = ("qwen2", "llama", "qwen2_parscale")
 _ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen2_parscale": "Qwen2ParScaleForCausalLM"}
 
@@ -153,6 +155,7 @@ def export_hf(
 ) -> dict:
     """``tokenizer_sample``: more texts the exported tokenizer must encode as the checkpoint's does."""
     source, target = Path(source), Path(target)
+    claim_target(target, EXPORT_KIND, (source,))
     meta = read_config(source)
     model, ps = ModelConfig.model_validate(meta["model"]), ParScaleConfig.model_validate(meta["parscale"])
     info = tokenizer_info(source)
@@ -160,7 +163,7 @@ def export_hf(
     weights = read_weights(source)
     state = _hf_state(layout, model, weights)
     result = {"source": str(source), "target": str(target), "layout": layout}
-    with staged_dir(target) as out:
+    with staged_dir(target, EXPORT_KIND, (source,)) as out:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         special = hf_tokenizer.special_ids(source) if info is not None else {}
         config = hf_config(layout, model, ps, meta["vocab_size"]) | special
@@ -306,6 +309,7 @@ def _source_tokenizer(where: str | Path, config: dict, source: Path):
 def import_hf(source: str | Path, target: str | Path, verify: bool = True, tokenizer: str | Path | None = None) -> dict:
     """``tokenizer``: where the tokenizer is when the model folder has none (a file or folder)."""
     source, target = Path(source), Path(target)
+    claim_target(target, PORTABLE_KIND, (source,))
     config, hf_state = _read_hf(source)
     model, ps = _our_configs(config, source)
     state = {_rename(k, False): v.float() for k, v in hf_state.items()}
@@ -328,7 +332,7 @@ def import_hf(source: str | Path, target: str | Path, verify: bool = True, token
     result["tokenizer"] = (
         info.describe() if info is not None else "none found (generate and eval need one: --tokenizer)"
     )
-    with staged_dir(target) as out:
+    with staged_dir(target, PORTABLE_KIND, (source,)) as out:
         save_portable_state(
             state, model, ps, config["vocab_size"], out, tokenizer, {"imported_from": str(source)}, info
         )

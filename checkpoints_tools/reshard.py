@@ -26,6 +26,8 @@ from pipeline.utils.fs import atomic_write_text, staged_dir
 
 from . import logits_check
 
+RESHARD_KIND = "resharded checkpoint"
+
 
 def reshard(source: str | Path, target: str | Path, tp: int, verify: bool = True) -> dict:
     ck = TrainerCheckpoint(source)
@@ -35,7 +37,7 @@ def reshard(source: str | Path, target: str | Path, tp: int, verify: bool = True
     target = Path(target)
     tag = ck.folder.name
     result = ck.describe() | {"target": str(target / tag), "target_tp": tp, "replicated_drift": drift}
-    with staged_dir(target / tag) as out:
+    with staged_dir(target / tag, RESHARD_KIND, (source,)) as out:
         for rank, state in enumerate(tp_layout.split(full, tp, ck.model, ck.vocab)):
             save_file(state, str(out / f"tp_rank_{rank:02d}.safetensors"), metadata={"format": "pt"})
         state = json.loads(json.dumps(ck.state))

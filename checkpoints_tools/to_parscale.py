@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pipeline.checkpoint.portable import (
+    PORTABLE_KIND,
     CheckpointError,
     load_tokenizer,
     read_config,
@@ -26,6 +27,7 @@ from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import single_process
 from pipeline.model import ParScaleLM
 from pipeline.model.param_groups import is_prefix, parscale_parameter
+from pipeline.utils.fs import claim_target
 
 from . import logits_check
 
@@ -43,6 +45,7 @@ def convert(
     verify: bool = True,
 ) -> dict:
     source, target = Path(source), Path(target)
+    claim_target(target, PORTABLE_KIND, (source,))
     config = read_config(source)
     old = ParScaleConfig.model_validate(config["parscale"])
     if old.streams > 1 and not allow_more_streams:

@@ -25,6 +25,7 @@ from . import layout
 from .sharding import load_full_state
 
 FORMAT = "parscale-portable/1"
+PORTABLE_KIND = "portable checkpoint"  # what staged_dir lets a later portable replace
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"
 
 
@@ -74,7 +75,7 @@ def save_portable_state(
         "vocab_size": vocab_size,
         **(meta or {}),
     }
-    with staged_dir(directory) as tmp:
+    with staged_dir(directory, PORTABLE_KIND) as tmp:
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         config["sha256"] = {WEIGHTS: file_sha256(tmp / WEIGHTS)}
         if tokenizer is not None:

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import JobError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -94,14 +96,63 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+#: a hidden file in every folder a tool builds with ``staged_dir``, naming the kind of output: a
+#: later run may replace a folder only when it names the same kind
+OWNER = ".parscale-output"
+
+
+class TargetError(JobError):
+    """An output folder that is not this tool's to write (the message names it; nothing changed)."""
+
+
+def _owner(folder: Path) -> str | None:
+    try:
+        return (folder / OWNER).read_text(encoding="utf-8").strip()
+    except OSError:
+        try:  # a portable checkpoint written before the marker existed
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return (
+            "portable checkpoint"
+            if isinstance(config, dict) and config.get("format") == "parscale-portable/1"
+            else None
+        )
+
+
+def claim_target(target: Path, kind: str, sources: tuple[str | Path, ...] = ()) -> None:
+    """Refuse to build ``target`` when it is, holds or sits inside a source, or when it exists,
+    is not empty and is not an earlier output of the same ``kind``: a tool never removes what it did
+    not write."""
+    where = target.resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        if where == src or src in where.parents or where in src.parents:
+            relation = "is" if where == src else ("is inside" if src in where.parents else "holds")
+            raise TargetError(
+                f"{target}: the output folder {relation} the source {source}; choose a target outside it "
+                "(nothing was changed)"
+            )
+    if target.is_dir() and any(target.iterdir()) and _owner(target) != kind:
+        raise TargetError(
+            f"{target}: exists, is not empty and is not an earlier {kind} output (nothing was changed); "
+            "choose a new or empty folder, or remove it yourself"
+        )
+    if target.exists() and not target.is_dir():
+        raise TargetError(f"{target}: exists and is not a folder (nothing was changed)")
+
+
 @contextlib.contextmanager
-def staged_dir(target: str | Path) -> Iterator[Path]:
-    """A fresh sibling folder to build ``target`` in; renamed onto ``target`` (replacing it) only
-    if the block succeeds, removed if it raises: no partial output under the final name."""
+def staged_dir(target: str | Path, kind: str, sources: tuple[str | Path, ...] = ()) -> Iterator[Path]:
+    """A fresh sibling folder to build ``target`` in (``claim_target`` first); renamed onto
+    ``target`` (replacing an earlier output of the same ``kind``) only if the block succeeds,
+    removed if it raises: no partial output under the final name."""
     target = Path(target)
+    claim_target(target, kind, sources)
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    (staging / OWNER).write_text(kind + "\n", encoding="utf-8")
     try:
         yield staging
     except BaseException:

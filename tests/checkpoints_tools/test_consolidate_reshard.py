@@ -168,3 +168,25 @@ def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
     with pytest.raises(CheckpointError, match="TP=3 does not divide model.num_attention_heads=4"):
         reshard(runs / "tp1", tmp_path / "r3", 3)
     assert not (tmp_path / "r3").exists()
+
+
+def test_converters_never_remove_what_they_did_not_write(runs, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("not a checkpoint")
+    proc = cli("convert", "consolidate", str(runs / "tp1"), str(precious))
+    assert proc.returncode == 2 and "is not an earlier portable checkpoint output" in proc.stderr
+    assert sorted(p.name for p in precious.iterdir()) == ["notes.txt"]
+    before = sorted(p.relative_to(runs / "tp1") for p in (runs / "tp1").rglob("*"))
+    proc = cli("convert", "consolidate", str(runs / "tp1"), str(runs / "tp1"))  # the run itself
+    assert proc.returncode == 2 and "the output folder is the source" in proc.stderr
+    proc = cli("convert", "consolidate", str(runs / "tp1"), str(runs / "tp1" / "fp32"))
+    assert proc.returncode == 2 and "the output folder is inside the source" in proc.stderr
+    assert sorted(p.relative_to(runs / "tp1") for p in (runs / "tp1").rglob("*")) == before
+    portable = runs / "tp1" / "portable"
+    proc = cli("convert", "export-hf", str(portable), str(portable))
+    assert proc.returncode == 2 and "the output folder is the source" in proc.stderr
+    assert (portable / "model.safetensors").is_file()
+    out = tmp_path / "again"
+    for _ in range(2):  # its own earlier output is replaced
+        assert cli("convert", "consolidate", str(runs / "tp1"), str(out), "--no-verify").returncode == 0
