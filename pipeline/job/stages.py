@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from checkpoints_tools.consolidate import consolidate
@@ -25,6 +26,7 @@ from ..distributed.runtime import own_world
 from ..errors import JobError
 from ..training.evaluation import evaluate_portable
 from ..training.run import train
+from ..utils.folder_lock import folder_lock, lock_path_in
 from ..utils.fs import atomic_write_text
 from .layout import Layout, stage2_key
 from .report import write_report
@@ -188,6 +190,13 @@ class MainJob:
         return stages
 
     def run(self, console) -> Path:
+        """Every stage not done yet, in order, holding the job folder's lock (a second job on the
+        folder is refused; a dry run takes no lock)."""
+        lock = nullcontext() if self.dry_run else folder_lock(lock_path_in(self.cfg.run.output_dir), "parscale run")
+        with lock:
+            return self._run(console)
+
+    def _run(self, console) -> Path:
         for name, done, action in self.stages():
             if done():
                 console.print(f"[green]skip[/] {name}: output already there")

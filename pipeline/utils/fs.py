@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import JobError
+from .folder_lock import folder_lock, lock_path_beside
 
 
 def _umask() -> int:
@@ -148,7 +149,12 @@ def staged_dir(target: str | Path, kind: str, sources: tuple[str | Path, ...] = 
     ``target`` (replacing an earlier output of the same ``kind``) only if the block succeeds,
     removed if it raises: no partial output under the final name."""
     target = Path(target)
-    claim_target(target, kind, sources)
+    with folder_lock(lock_path_beside(target), f"writing a {kind}"):
+        claim_target(target, kind, sources)
+        yield from _build(target, kind)
+
+
+def _build(target: Path, kind: str) -> Iterator[Path]:
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -97,6 +97,23 @@ def _kill_after_checkpoint(config, nproc: int, ckpt_dir, step: int) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert marker.exists(), "the run never reached its first checkpoint"
+    # its ranks (each in a session of its own) die with the launcher: none is left to write beside a resume
+    deadline = time.time() + 5  # the kernel kills them at once; orphans would train on (and finish the run)
+    while time.time() < deadline and _ranks_of(config):
+        time.sleep(0.1)
+    assert not _ranks_of(config), "ranks of the killed run are still alive"
+
+
+def _ranks_of(config) -> list[int]:
+    """Pids of live processes training ``config``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = p.info["cmdline"] or []
+        if str(config) in cmdline and "train" in cmdline and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p.info["pid"])
+    return found
 
 
 @pytest.mark.multiprocess
