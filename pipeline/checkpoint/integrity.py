@@ -56,15 +56,17 @@ def record(folder: str | Path, distributed: bool = False) -> dict:
     return files
 
 
-def problems(folder: str | Path, hashes: bool = True, distributed: bool = False) -> list[str] | None:
+def problems(folder: str | Path, hashes: bool = True, distributed: bool = False) -> list[str]:
     """Files of ``folder`` that differ from its record: missing, another size, or (``hashes``)
-    another sha256, one line each naming the file. None when the folder has no record (saved
-    before records existed). Collective when ``distributed``: every rank gets the same answer."""
+    another sha256, one line each naming the file. A folder without its record is a problem too:
+    every checkpoint this pipeline writes has one (written before the folder's ``COMPLETE``), so
+    its absence means a copy that lost it or a folder made elsewhere, and nothing in it can be
+    trusted. Collective when ``distributed``: every rank gets the same answer."""
     folder = Path(folder)
     try:
         files = json.loads((folder / FILES).read_text())["files"]
     except FileNotFoundError:
-        return None
+        return [f"{folder / FILES}: missing (no record of the files' sizes and sha256 to check them against)"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{folder / FILES}: unreadable record ({exc})"]
     found: list[str] = []

@@ -122,12 +122,12 @@ def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
     truncated = _copy_step(runs, "tp2", tmp_path / "a")
     optim = truncated / "zero_pp_rank_0_mp_rank_01_optim_states.pt"
     optim.write_bytes(optim.read_bytes()[:1000])
-    legacy = _copy_step(runs, "tp2", tmp_path / "a2")  # saved before files.json existed: the loader must tell
-    (legacy / "files.json").unlink()
+    legacy = _copy_step(runs, "tp2", tmp_path / "a2")  # a record made after the damage: the loader must tell
     (legacy / optim.name).write_bytes(optim.read_bytes())
     missing = _copy_step(runs, "bf16", tmp_path / "b")
-    (missing / "files.json").unlink()
     next(missing.glob("*zero_pp_rank_1_*optim_states.pt")).unlink()
+    unrecorded = _copy_step(runs, "tp1", tmp_path / "u")  # lost its record: nothing in it can be checked
+    (unrecorded / "files.json").unlink()
     incomplete = _copy_step(runs, "tp1", tmp_path / "c")
     (incomplete / "COMPLETE").unlink()
     mismatched = _copy_step(runs, "tp1", tmp_path / "d")
@@ -135,21 +135,22 @@ def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
     config.write_text(config.read_text().replace("num_layers: 2", "num_layers: 3"))
     edited = _copy_step(runs, "tp1", tmp_path / "d2")
     (edited / config.name).write_text(config.read_text())
-    (mismatched / "files.json").unlink()
     hostile = _copy_step(runs, "bf16", tmp_path / "e")
-    (hostile / "files.json").unlink()
 
     class Boom:  # a pickle that would run code when loaded
         def __reduce__(self):
             return (print, ("unpickled code ran",))
 
     torch.save({"module": Boom()}, hostile / "mp_rank_00_model_states.pt")
+    for folder in (legacy, missing, mismatched, hostile):
+        integrity.record(folder)  # records consistent with the damage: what the loaders themselves catch
     from checkpoints_tools.inspect_ckpt import inspect, verify
 
     info = inspect(runs / "tp2")
     assert (info["tp"], info["zero_stage"], info["tokens_seen"], info["streams"]) == (2, 3, 2048, 2)
     assert verify(runs / "tp2") == [] and f"{optim}: 1000 bytes" in verify(truncated)[0]
     assert "config.resolved.yaml: sha256 differs from the one recorded at save" in verify(edited)[0]
+    assert f"{unrecorded / 'files.json'}: missing" in verify(unrecorded)[0]
     cases = [
         (truncated, "damaged since it was saved: .*optim_states.pt: 1000 bytes"),
         (legacy, "corrupt or truncated"),
@@ -158,6 +159,7 @@ def test_bad_trainer_checkpoints_are_refused_and_leave_nothing(runs, tmp_path):
         (mismatched, "missing \\['model.layers.2"),
         (edited, "config.resolved.yaml: sha256 differs"),
         (hostile, "refused to unpickle"),
+        (unrecorded, "files.json: missing"),
     ]
     for source, message in cases:
         target = tmp_path / "out" / source.parent.name

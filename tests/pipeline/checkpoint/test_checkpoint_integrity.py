@@ -39,8 +39,31 @@ def test_missing_truncated_and_flipped_files_are_each_named(tmp_path):
     ]
 
 
-def test_a_folder_saved_before_records_existed_has_none_and_a_garbled_record_is_a_problem(tmp_path):
+def test_a_folder_without_its_record_or_with_a_garbled_one_is_a_problem(tmp_path):
     folder = _folder(tmp_path)
-    assert problems(folder) is None
+    assert problems(folder) == [
+        f"{folder / FILES}: missing (no record of the files' sizes and sha256 to check them against)"
+    ]
     (folder / FILES).write_text("{not json")
     assert problems(folder)[0].startswith(f"{folder / FILES}: unreadable record")
+
+
+def test_a_resume_sets_aside_a_checkpoint_without_its_record_and_says_so(tmp_path, capsys):
+    from pipeline.training.checkpointing import intact_tag
+
+    for step in (2, 4):
+        folder = tmp_path / f"step{step:08d}"
+        folder.mkdir()
+        (folder / "model.pt").write_bytes(b"x" * step)
+        record(folder)
+        (folder / "COMPLETE").write_text("")
+    (tmp_path / "latest").write_text("step00000004")
+    (tmp_path / "step00000004" / FILES).unlink()  # a flipped byte in it would go unseen: never trusted
+    assert intact_tag(tmp_path, distributed=False) == "step00000002"
+    err = capsys.readouterr().err
+    assert (
+        "warning: resuming from" in err
+        and f"{tmp_path / 'corrupt-step00000004'}" in err
+        and "files.json: missing" in err
+    )
+    assert (tmp_path / "corrupt-step00000004" / "model.pt").is_file()  # set aside, never deleted
