@@ -13,9 +13,10 @@ _NUMBER = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([K
 
 
 class StrictModel(BaseModel):
-    """Every config section: unknown keys are refused, assignments are re-validated."""
+    """Every config section: unknown keys are refused, assignments are re-validated, and no number
+    may be infinite or NaN (``lr: .inf`` is an error, not a run that diverges at step 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 def _parse_scaled(value: object) -> object:

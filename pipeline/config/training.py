@@ -4,9 +4,10 @@ evaluation and logging."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from pathlib import PurePath
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from .base import Count, Scaled, StrictModel
 
@@ -151,9 +152,18 @@ class EvalConfig(StrictModel):
     )
 
 
+def _inside_the_run(path: str) -> str:
+    """A relative output path may not climb out of the run folder (``../x``); an absolute one is the user's."""
+    if not PurePath(path).is_absolute() and ".." in PurePath(path).parts:
+        raise ValueError(f"{path!r} climbs out of run.output_dir; give a path inside it, or an absolute one")
+    return path
+
+
 class LoggingConfig(StrictModel):
     interval_steps: int = Field(10, ge=1)
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "parscale"
-    metrics_file: str = Field("metrics.jsonl", description="Relative to run.output_dir.")
+    metrics_file: Annotated[str, AfterValidator(_inside_the_run)] = Field(
+        "metrics.jsonl", description="Relative to run.output_dir (and inside it), or an absolute path."
+    )
     peak_flops: Scaled | None = Field(None, gt=0, description="Per-device peak FLOP/s for MFU, e.g. 989T.")

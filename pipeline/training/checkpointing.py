@@ -57,11 +57,25 @@ def intact_tag(directory: str | Path, hashes: bool = True, distributed: bool = T
     directory = Path(directory)
     first = latest_tag(directory)
     candidates = [first] + [t for t in reversed(complete_tags(directory)) if t != first] if first else []
+    talk = not distributed or dist.get_rank() == 0
+    pointed = (directory / LATEST).read_text().strip() if (directory / LATEST).is_file() else None
+    if pointed and first and pointed != first and talk:
+        print(
+            f"warning: {directory / pointed}: an incomplete save (no {COMPLETE} marker); resuming from {first}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if not candidates and (aside := sorted(p.name for p in directory.glob("corrupt-step*"))):
+        raise JobError(
+            f"no intact checkpoint to resume from in {directory}: {', '.join(aside)} set aside as damaged before. "
+            "Move the checkpoints folder aside to start afresh (this run would otherwise start from step 0 "
+            "beside them), or restore the files."
+        )
     damaged: list[str] = []
     for tag in candidates:
         found = integrity.problems(directory / tag, hashes=hashes, distributed=distributed)
         if not found:
-            if damaged and (not distributed or dist.get_rank() == 0):
+            if damaged and talk:
                 print(
                     f"warning: resuming from {directory / tag}, the newest intact checkpoint; set aside as damaged: "
                     + "; ".join(damaged),

@@ -81,6 +81,13 @@ class Trainer:
         for section in ("model", "train"):
             if getattr(cfg, section) is None:
                 raise error_at(section, "required by 'train' but missing")
+        stop_file = cfg.checkpoint.stop_file
+        if stop_file and Path(stop_file).exists():  # would stop the run at once, then be deleted
+            raise error_at(
+                "checkpoint.stop_file",
+                f"{stop_file} exists before the run started; it is the file whose appearance stops training "
+                "(and is removed when acted on): remove it, or name a file that does not exist",
+            )
         self.cfg, self.error_at, self.resolved = cfg, error_at, resolved or dump_config(cfg)
         self.ctx = init_distributed(cfg, error_at)
         self.dp, self.gas = self.ctx.dp_size, cfg.parallel.grad_accum_steps(self.ctx.dp_size)

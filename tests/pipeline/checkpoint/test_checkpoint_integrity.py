@@ -67,3 +67,23 @@ def test_a_resume_sets_aside_a_checkpoint_without_its_record_and_says_so(tmp_pat
         and "files.json: missing" in err
     )
     assert (tmp_path / "corrupt-step00000004" / "model.pt").is_file()  # set aside, never deleted
+
+
+def test_only_damaged_checkpoints_left_is_refused_again_and_an_incomplete_latest_is_named(tmp_path, capsys):
+    import pytest
+
+    from pipeline.errors import JobError
+    from pipeline.training.checkpointing import intact_tag
+
+    (tmp_path / "corrupt-step00000004").mkdir()  # set aside by the last run, which exited 2
+    with pytest.raises(JobError, match="corrupt-step00000004 set aside as damaged before"):
+        intact_tag(tmp_path, distributed=False)  # never a silent start from step 0 beside it
+    folder = tmp_path / "step00000002"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"x")
+    record(folder)
+    (folder / "COMPLETE").write_text("")
+    (tmp_path / "step00000006").mkdir()  # a save cut short: no marker
+    (tmp_path / "latest").write_text("step00000006")
+    assert intact_tag(tmp_path, distributed=False) == "step00000002"
+    assert f"warning: {tmp_path / 'step00000006'}: an incomplete save" in capsys.readouterr().err

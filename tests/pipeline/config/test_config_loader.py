@@ -74,6 +74,9 @@ def test_misspelt_key_names_key_file_and_line(write_yaml):
             "unknown key",
         ),
         ("schedule:\n  decay_fraction: 2\n", "schedule.decay_fraction", "less than or equal to 1"),
+        ("optimizer:\n  lr: .inf\n", "optimizer.lr", "finite number"),
+        ("optimizer:\n  lr: .nan\n", "optimizer.lr", "finite number"),
+        ("logging:\n  metrics_file: ../x.jsonl\n", "logging.metrics_file", "climbs out of run.output_dir"),
     ],
 )
 def test_bad_values_are_refused_with_the_dotted_key(write_yaml, edit, key, expected):

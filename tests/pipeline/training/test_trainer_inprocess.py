@@ -89,3 +89,12 @@ def test_steps_resolve_and_one_loss_loop_for_training_and_parscale_eval(tmp_path
     again = evaluate_portable(loaded, str(portable))
     assert again["tokens"] == result["tokens"] and again["val_loss"] == pytest.approx(result["val_loss"], rel=1e-6)
     assert again["diversity_gain"] == pytest.approx(result["diversity_gain"], abs=1e-6)
+
+
+def test_a_stop_file_that_exists_before_the_run_is_refused_and_kept(tmp_path, prepared_data, single_rank):
+    stop = tmp_path / "STOP"
+    stop.write_text("left from last week")
+    path = job_config(tmp_path, prepared_data, "stop", checkpoint={"stop_file": str(stop)})
+    with pytest.raises(ConfigError, match=rf"checkpoint.stop_file: {stop} exists before the run started"):
+        Trainer.from_loaded(load_config(path))
+    assert stop.read_text() == "left from last week"
