@@ -6,6 +6,7 @@ code. It is written to a temporary sibling folder and renamed into place."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..config.model import ModelConfig, ParScaleConfig
 from ..errors import JobError
 from ..model import ParScaleLM
 from ..model.param_groups import VOCAB_ROWS
-from ..utils.fs import file_sha256, read_format_json, staged_dir
+from ..utils.fs import file_sha256, out_of_space, read_format_json, staged_dir
 from . import layout
 from .sharding import load_full_state
 
@@ -76,7 +77,12 @@ def save_portable_state(
         **(meta or {}),
     }
     with staged_dir(directory, PORTABLE_KIND) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        try:
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        except (SafetensorError, OSError) as exc:  # safetensors reports a full disk as "os error 28"
+            if out_of_space(exc, directory) or "os error 28" in str(exc):
+                raise OSError(errno.ENOSPC, "No space left on device", str(directory / WEIGHTS)) from exc
+            raise
         config["sha256"] = {WEIGHTS: file_sha256(tmp / WEIGHTS)}
         if tokenizer is not None:
             copy_files(tokenizer, tmp)

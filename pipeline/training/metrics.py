@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 from ..config.job import JobConfig
@@ -26,6 +27,7 @@ class MetricsSink:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut_partial_tail(self.path)
         if cfg.logging.wandb_mode != "disabled":
             import wandb
 
@@ -42,8 +44,12 @@ class MetricsSink:
     def log(self, record: dict, console: str | None = None) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        try:  # one write of a whole line; a disk that fills midway is named (the rerun cuts the partial line)
+            with open(self.path, "ab", buffering=0) as handle:
+                handle.write(line)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         if self.wandb is not None:
             self.wandb.log(
                 {k: v for k, v in record.items() if isinstance(v, (int, float)) and math.isfinite(v)},
@@ -57,14 +63,45 @@ class MetricsSink:
             self.wandb.finish()
 
 
+def cut_partial_tail(path: Path) -> int:
+    """Remove a last line cut short (a run killed or out of space mid-write) so appends start on a
+    line of their own; says so, naming the file. Returns the bytes removed."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+    print(
+        f"warning: {path}: removed a partial last line ({len(data) - keep} bytes) left by an interrupted write",
+        file=sys.stderr,
+        flush=True,
+    )
+    return len(data) - keep
+
+
 def read_records(path: str | Path) -> list[dict]:
     """A metrics file's records, one per (kind, step) in step order: a resumed run logs the steps it
-    replays a second time, and the later record (what the finished run did) wins."""
+    replays a second time, and the later record (what the finished run did) wins. A line that is not
+    a JSON record (cut short by a full disk) is skipped and counted in a warning naming the file."""
     records: dict[tuple[str, int], dict] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    bad = 0
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip():
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if not isinstance(record, dict):
+                bad += 1
+                continue
             records[(record.get("kind", "train"), record.get("step", -1))] = record
+    if bad:
+        print(f"warning: {path}: skipped {bad} malformed line(s)", file=sys.stderr, flush=True)
     return sorted(records.values(), key=lambda r: (r.get("step", -1), r.get("kind", "train")))
 
 

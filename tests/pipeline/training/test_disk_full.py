@@ -76,3 +76,40 @@ def test_prep_on_a_full_disk_is_a_named_error(tmp_path, monkeypatch):
     monkeypatch.setattr(job, "_tokenize_and_pack", full)
     with pytest.raises(job.PrepError, match=f"no space left on device: {tmp_path / 'out'}; free space and rerun"):
         job.prepare(load_config(path))
+
+
+def test_a_partial_metrics_line_is_cut_on_resume_and_readers_skip_malformed_lines(tmp_path, capsys):
+    from pipeline.training.metrics import MetricsSink, read_records
+
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = run / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # the disk filled mid-line
+    cfg = type("Cfg", (), {})()
+    cfg.run = type("R", (), {"output_dir": str(run), "name": "x"})()
+    cfg.logging = type("L", (), {"metrics_file": "metrics.jsonl", "wandb_mode": "disabled"})()
+    sink = MetricsSink(cfg, enabled=True)
+    assert f"warning: {metrics}: removed a partial last line (15 bytes)" in capsys.readouterr().err
+    sink.log({"step": 2, "loss": 1.5})
+    assert [r["step"] for r in read_records(metrics)] == [1, 2]
+    metrics.write_text('{"step": 1, "loss": 2.0}\nnot json\n{"step": 3, "loss": 1.0}\n')
+    assert [r["step"] for r in read_records(metrics)] == [1, 3]
+    assert f"warning: {metrics}: skipped 1 malformed line(s)" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_the_portable_export_names_the_file(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from pipeline.checkpoint import portable
+    from pipeline.config.model import ModelConfig, ParScaleConfig
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: ... })")
+
+    monkeypatch.setattr(portable, "save_file", full)
+    monkeypatch.setattr(fs.shutil, "disk_usage", lambda path: type("U", (), {"free": 0})())
+    model = ModelConfig(num_layers=1, hidden_size=16, ffn_hidden_size=32, num_attention_heads=2, num_kv_heads=2)
+    with pytest.raises(OSError) as err:
+        portable.save_portable_state({}, model, ParScaleConfig(), 8, tmp_path / "portable")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "portable" / "model.safetensors")
+    assert not (tmp_path / "portable").exists()  # nothing half-written under the final name
