@@ -11,10 +11,15 @@ import numpy as np
 from data_prep.manifest import ManifestError, read_manifest, shard_prefixes
 from data_prep.shards import ShardReader
 
+from ..errors import JobError
+
 
 class SourceRows:
-    def __init__(self, name: str, prefixes: list[str]):
-        self.name = name
+    """``vocab``: the tokenizer's ids; a row holding an id past them (a shard damaged since it was
+    written, at the same size) is refused naming the shard, never an IndexError in the embedding."""
+
+    def __init__(self, name: str, prefixes: list[str], vocab: int | None = None):
+        self.name, self.prefixes, self.vocab = name, prefixes, vocab
         self.readers = [ShardReader(p) for p in prefixes]
         self.starts = np.cumsum([0] + [len(r) for r in self.readers]).tolist()
 
@@ -23,7 +28,14 @@ class SourceRows:
 
     def row(self, i: int) -> tuple[np.ndarray, list[int]]:
         shard = bisect.bisect_right(self.starts, i) - 1
-        return self.readers[shard].row(i - self.starts[shard])
+        tokens, lengths = self.readers[shard].row(i - self.starts[shard])
+        if self.vocab is not None and tokens.size and int(tokens.max()) >= self.vocab:
+            raise JobError(
+                f"{self.prefixes[shard]}.bin: row {i - self.starts[shard]} holds token id {int(tokens.max())}, past the "
+                f"tokenizer's {self.vocab} ids: the shard was damaged since it was written. Set train.verify_data: "
+                "sha256 to find every damaged shard, and rerun 'parscale prep' with its config to rewrite them"
+            )
+        return tokens, lengths
 
 
 def open_sources(
@@ -36,4 +48,5 @@ def open_sources(
             f"{Path(directory) / 'manifest.json'}: tokenized with tokenizer sha256 "
             f"{manifest['tokenizer']['sha256'][:16]}..., but the other training data used {tokenizer_sha256[:16]}..."
         )
-    return [(SourceRows(name, prefixes), weight) for name, weight, prefixes in shard_prefixes(directory, split)]
+    vocab = manifest["tokenizer"]["vocab_size"]
+    return [(SourceRows(name, prefixes, vocab), weight) for name, weight, prefixes in shard_prefixes(directory, split)]

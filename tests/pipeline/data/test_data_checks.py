@@ -85,3 +85,22 @@ def test_training_on_a_dataset_whose_every_document_was_rejected_names_it_and_th
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"no train rows in {tmp_path / 'empty'} (" in proc.stderr and "rejected by reason: too_short" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_out_of_vocabulary_id_at_the_same_size_is_named_not_an_index_error(data, tmp_path):
+    import numpy as np
+
+    from data_prep.manifest import read_manifest
+
+    damaged = _copy(data, tmp_path, "oov")
+    manifest = read_manifest(damaged)
+    shard = next((damaged / "train").rglob("*.bin"))
+    tokens = np.fromfile(shard, dtype=manifest["token_dtype"])
+    tokens[:64] = manifest["tokenizer"]["vocab_size"] + 5  # the first rows, same size: only a hash would tell
+    tokens.tofile(shard)
+    from pipeline.data.packed import open_sources
+
+    with pytest.raises(JobError, match=rf"{shard.with_suffix('')}.bin: row 0 holds token id \d+, past the tokenizer"):
+        for rows, _ in open_sources(damaged, "train"):  # what every training and evaluation read goes through
+            for i in range(len(rows)):
+                rows.row(i)
