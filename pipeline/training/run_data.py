@@ -40,6 +40,12 @@ class RunData:
     @classmethod
     def build(cls, cfg: JobConfig, error_at: ErrorAt) -> RunData:
         spec = DataSpec.of(cfg)
+        if "seq_len" in cfg.packing.model_fields_set and cfg.packing.seq_len != spec.seq_len:
+            raise error_at(
+                "packing.seq_len",
+                f"{cfg.packing.seq_len}, but {spec.path} was packed to {spec.seq_len} and training reads its rows: "
+                f"set packing.seq_len: {spec.seq_len}, or prepare the data again with this one",
+            )
         if spec.seq_len > cfg.model.max_seq_len:
             raise error_at("model.max_seq_len", f"{cfg.model.max_seq_len} is below the data's seq_len {spec.seq_len}")
         init = init_vocab.plan(cfg, spec, error_at)

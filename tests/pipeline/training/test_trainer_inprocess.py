@@ -98,3 +98,9 @@ def test_a_stop_file_that_exists_before_the_run_is_refused_and_kept(tmp_path, pr
     with pytest.raises(ConfigError, match=rf"checkpoint.stop_file: {stop} exists before the run started"):
         Trainer.from_loaded(load_config(path))
     assert stop.read_text() == "left from last week"
+
+
+def test_a_packing_seq_len_other_than_the_datas_is_refused(tmp_path, prepared_data, single_rank):
+    path = job_config(tmp_path, prepared_data, "seq", packing={"seq_len": 48})
+    with pytest.raises(ConfigError, match=r"packing.seq_len: 48, but .* was packed to 32"):
+        Trainer.from_loaded(load_config(path))
