@@ -128,10 +128,18 @@ def check_dataset(directory: str | Path, hashes: bool) -> None:
     if key in _CHECKED:
         return
     if found := dataset_problems(directory, hashes):
+        tokenizer = any("tokenizer" in Path(line.split(":")[0]).name for line in found)
+        repair = (
+            "The tokenizer the data was made with is damaged or gone: restore its files (every portable "
+            "checkpoint trained on this data carries a copy, with the same sha256), or prepare the data again "
+            "into a new data.output_dir."
+            if tokenizer
+            else "Rerun 'parscale prep' with the config that prepared it: it rewrites every shard whose checksum "
+            "no longer matches."
+        )
         raise JobError(
             f"{directory}: the prepared data does not match its manifest: {'; '.join(found[:5])}"
-            f"{f' (and {len(found) - 5} more)' if len(found) > 5 else ''}. Rerun 'parscale prep' with "
-            "the config that prepared it: it rewrites every shard whose checksum no longer matches."
+            f"{f' (and {len(found) - 5} more)' if len(found) > 5 else ''}. {repair}"
         )
     _CHECKED.add(key)
 
