@@ -15,7 +15,7 @@ help_or_usage "${BASH_SOURCE[0]}" "$@"
 
 nproc=${NPROC:-$(procs_per_node 1 "$@")}
 cmd=(env "OMP_NUM_THREADS=$(threads_per_proc "$nproc")"
-  "$PYTHON" -m torch.distributed.run --standalone "--nproc_per_node=$nproc"
+  "$PYTHON" -m pipeline.distributed.torchrun_main --standalone "--nproc_per_node=$nproc"
   -m pipeline.cli "${COMMAND:-train}" "$@")
 if is_dry_run; then
   quote "${cmd[@]}"

@@ -20,7 +20,7 @@ master=${MASTER_ADDR:-}
 nnodes=${NNODES:-${SLURM_NNODES:-1}}
 nproc=${NPROC_PER_NODE:-$(procs_per_node "$nnodes" "$@")}
 cmd=(env "OMP_NUM_THREADS=$(threads_per_proc "$nproc")"
-  "$PYTHON" -m torch.distributed.run "--nnodes=$nnodes" "--nproc_per_node=$nproc"
+  "$PYTHON" -m pipeline.distributed.torchrun_main "--nnodes=$nnodes" "--nproc_per_node=$nproc"
   --rdzv_backend=c10d "--rdzv_endpoint=$master:${MASTER_PORT:-29500}" "--rdzv_id=${RDZV_ID:-${SLURM_JOB_ID:-parscale}}"
   --max_restarts=0 -m pipeline.cli "${COMMAND:-train}" "$@")
 if is_dry_run; then

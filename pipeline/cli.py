@@ -11,11 +11,9 @@ from checkpoints_tools import cli as convert_cli
 from data_prep import cli as prep_cli
 
 from .commands import ablate_cmd, config_cmd, eval_cmd, generate_cmd, run_cmd, scaling_cmd, train_cmd
-from .errors import JobError
+from .errors import EXIT_USER_ERROR, JobError
 
 SUBCOMMANDS = [prep_cli, train_cmd, convert_cli, eval_cmd, generate_cmd, run_cmd, scaling_cmd, ablate_cmd, config_cmd]
-
-EXIT_USER_ERROR = 2  # invalid config or input
 
 
 def _version() -> str:

@@ -30,7 +30,7 @@ class TorchrunLaunch:
     def command(self) -> list[str]:
         if self.single_process:
             return [sys.executable, "-m", self.module, *self.args]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.nproc_per_node}"]
+        cmd = [sys.executable, "-m", "pipeline.distributed.torchrun_main", f"--nproc_per_node={self.nproc_per_node}"]
         if self.rdzv_endpoint is None:
             cmd.append("--standalone")
         else:

@@ -73,7 +73,7 @@ def test_local_dry_run_takes_the_process_count_from_the_config():
         "OMP_NUM_THREADS=3",
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "pipeline.distributed.torchrun_main",
         "--standalone",
         "--nproc_per_node=2",
         "-m",
@@ -128,13 +128,13 @@ def test_slurm_training_dry_run(tmp_path, nodelist, hosts):
         "--set",
         stop,
     ]
-    torchrun = words(next(line for line in lines if "torch.distributed.run" in line))
+    torchrun = words(next(line for line in lines if "torchrun_main" in line))
     assert torchrun == [
         "env",
         "OMP_NUM_THREADS=8",
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "pipeline.distributed.torchrun_main",
         f"--nnodes={n}",
         "--nproc_per_node=8",
         "--rdzv_backend=c10d",

@@ -99,6 +99,9 @@ def test_demo_run_dry_run_plans_every_stage_with_tp_x_dp_processes(tmp_path):
         f"data.output_dir={tmp_path / 'data'}",
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 3
+    assert (
+        proc.stdout.count("pipeline.distributed.torchrun_main --nproc_per_node=2 --standalone -m pipeline.cli train")
+        == 3
+    )
     assert "OMP_NUM_THREADS=" in proc.stdout and "--streams 4" in proc.stdout
     assert not any(tmp_path.iterdir())  # a dry run writes nothing

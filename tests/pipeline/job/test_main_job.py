@@ -81,7 +81,7 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
 
     again = cli("run", str(config))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("skip") >= 8 and "torch.distributed.run" not in again.stdout
+    assert again.stdout.count("skip") >= 8 and "torchrun_main" not in again.stdout
     assert report.exists()
 
     # parscale ablate on the same job: the main job is reused whole, only the variant trains
@@ -151,7 +151,8 @@ def test_dry_run_prints_each_stage_and_writes_nothing(tmp_path):
     proc = cli("run", str(config), "--dry-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
-        proc.stdout.count("torch.distributed.run --nproc_per_node=2 --standalone -m pipeline.cli train") == 4
+        proc.stdout.count("pipeline.distributed.torchrun_main --nproc_per_node=2 --standalone -m pipeline.cli train")
+        == 4
     )  # stage 1, P=2, dense control, one-prefix control
     assert "parscale convert consolidate" in proc.stdout and "--streams 2" in proc.stdout
     assert not (tmp_path / "job" / "stage1").exists() and not (tmp_path / "job" / "report").exists()
