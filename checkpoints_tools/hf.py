@@ -323,9 +323,17 @@ def import_hf(source: str | Path, target: str | Path, verify: bool = True, token
         {"model": model.model_dump(), "parscale": ps.model_dump(), "vocab_size": config["vocab_size"]}
     )
     if state.keys() != expected.keys():
+        pickled = sorted(p.name for p in source.glob("*.bin"))
+        hint = (
+            f"; it also holds pickled weights ({', '.join(pickled[:3])}), which are never read: save the model "
+            "with safe_serialization=True, or convert those files to safetensors"
+            if pickled
+            else ""
+        )
         raise CheckpointError(
             f"{source}: tensors do not match its config.json (missing "
             f"{sorted(expected.keys() - state.keys())[:4]}, unexpected {sorted(state.keys() - expected.keys())[:4]})"
+            f"{hint}"
         )
     result = {"source": str(source), "target": str(target), "layout": config["model_type"]}
     tokenizer, info = _source_tokenizer(tokenizer or source, config, source)

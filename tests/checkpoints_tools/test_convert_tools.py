@@ -214,6 +214,12 @@ def test_bad_hf_inputs_are_refused_and_leave_nothing(dense, tmp_path):
     save_file(state | {"model.layers.0.self_attn.o_proj.bias": torch.ones(32)}, str(biased / "model.safetensors"))
     (biased / "config.json").write_text(json.dumps(config | {"model_type": "llama", "attention_bias": True}))
     cases["o_proj bias"] = (biased, "o_proj.bias is non-zero")
+    mixed = tmp_path / "mixed"  # half the tensors in a pickled .bin beside the safetensors: never unpickled
+    shutil.copytree(hf, mixed)
+    names = sorted(state)
+    save_file({k: state[k] for k in names[::2]}, str(mixed / "model.safetensors"))
+    torch.save({k: state[k] for k in names[1::2]}, mixed / "pytorch_model-00002-of-00002.bin")
+    cases["mixed"] = (mixed, r"also holds pickled weights \(pytorch_model-00002-of-00002.bin\), which are never read")
     from checkpoints_tools.hf import import_hf
     from pipeline.checkpoint.portable import CheckpointError
 
