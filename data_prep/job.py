@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import time
+from collections import deque
 from pathlib import Path
 
 from pipeline.config import LoadedConfig, write_resolved
@@ -28,8 +29,8 @@ from .progress import Reporter
 from .ray_runtime import ActorFeed, cluster_cpus, local_cpus, ray_session
 from .readers import read_unit
 from .text_tokenizer import TokenizerError
-from .tokenize_units import UnitTokenizer
-from .units import InputError, SourcePlan, WorkUnit, plan
+from .tokenize_units import LocalTokenizer, UnitTokenizer
+from .units import InputError, SourcePlan, plan
 
 JOB_NAME = "job.json"
 
@@ -135,18 +136,16 @@ def _tokenizer(plans, cfg: JobConfig, out: Path, reporter: Reporter) -> tok.Toke
     return info
 
 
-def _tokenize_units(todo: list[WorkUnit], cfg: JobConfig, dtype, out: Path, work: Path) -> ActorFeed:
-    """Start tokenizing ``todo`` on Ray actors (one per CPU, or data.num_workers); iterating the
-    feed yields each unit's summary as it is saved."""
+def _tokenize_units(todo: deque, cfg: JobConfig, dtype, out: Path, work: Path) -> ActorFeed:
+    """Start Ray actors (one per CPU, or data.num_workers) tokenizing the units of ``todo``;
+    iterating the feed yields each unit's summary as it is saved."""
     import ray
 
     workers = min(cfg.data.num_workers or cluster_cpus(), len(todo))
     actor = ray.remote(num_cpus=1)(UnitTokenizer)
     data_json = cfg.data.model_dump_json()
-    folder = str(out.resolve())
-    actors = [actor.remote(folder, cfg.tokenizer.eod_token, data_json, dtype.name) for _ in range(workers)]
-    jobs = [(u.to_dict(), str(unit_path(work, u.key).resolve())) for u in todo]
-    return ActorFeed(actors, lambda a, job: a.run.remote(*job), jobs)
+    actors = [actor.remote(str(out.resolve()), cfg.tokenizer.eod_token, data_json, dtype.name) for _ in range(workers)]
+    return ActorFeed(actors, lambda a, u: a.run.remote(u.to_dict(), str(unit_path(work, u.key).resolve())), todo)
 
 
 def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
@@ -206,11 +205,12 @@ def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
 
 
 def _tokenize_and_pack(plans, cfg: JobConfig, info, dtype, out: Path, work: Path, reporter: Reporter) -> list[dict]:
-    """Tokenize the units not done yet on Ray and, meanwhile, pack every unit in plan order as soon
-    as it and those before it are done; the sources' manifest entries."""
+    """Tokenize the units not done yet (on Ray, and in a thread of this process while Ray starts)
+    and meanwhile pack every unit in plan order as soon as it and those before it are done; the
+    sources' manifest entries."""
     units = [u for p in plans for u in p.units]
-    done = [u.key for u in units if unit_path(work, u.key).exists()]
-    todo = [u for u in units if u.key not in set(done)]
+    done = {u.key for u in units if unit_path(work, u.key).exists()}
+    todo = deque(u for u in units if u.key not in done)
     total = sum(u.size for u in units)
     (work / "units").mkdir(parents=True, exist_ok=True)
     seen: set[int] | None = set() if cfg.data.dedup else None
@@ -220,12 +220,24 @@ def _tokenize_and_pack(plans, cfg: JobConfig, info, dtype, out: Path, work: Path
         if not todo:
             stage.ready(done)
             return stage.finish()
-        with ray_session(cfg.data.ray_address, cfg.data.num_workers or local_cpus()):
-            feed = _tokenize_units(todo, cfg, dtype, out, work)
-            stage.ready(done)  # what an earlier run finished, packed while the actors start
-            for summary in feed:
+
+        def finished(summaries: list[dict]) -> None:
+            for summary in summaries:
                 tokenized(summary["bytes"], tokens=summary["tokens"])
-                stage.ready([summary["key"]])
+            stage.ready(s["key"] for s in summaries)
+
+        args = (str(out.resolve()), cfg.tokenizer.eod_token, cfg.data.model_dump_json(), dtype.name)
+        local = LocalTokenizer(*args, todo, lambda u: str(unit_path(work, u.key).resolve()))
+        try:
+            with ray_session(cfg.data.ray_address, cfg.data.num_workers or local_cpus()):
+                feed = _tokenize_units(todo, cfg, dtype, out, work)
+                stage.ready(done)  # what an earlier run finished, packed while the actors start
+                for summary in feed:
+                    local.stop()  # the actors are up: they have the CPUs
+                    finished([summary, *local.results()])
+        finally:
+            local.stop()
+        finished(local.results(wait=True))
         return stage.finish()
 
 

@@ -114,7 +114,8 @@ class SourcePacker:
 class PackStage:
     """Every source packed in plan order while tokenization goes on: units are tokenized in any
     order, and each is packed as soon as it and every unit before it are ready, so the outputs are
-    those of packing after tokenization, source by source."""
+    those of packing after tokenization, source by source; a source is finished (its last shards
+    written) as soon as its last unit is packed."""
 
     def __init__(
         self,
@@ -132,8 +133,16 @@ class PackStage:
         self.advance = advance
         self.waiting: set[str] = set()
         self.next = 0  # position in ``order`` of the next unit to pack
-        self.entries: list[dict | None] = [None] * len(plans)
-        self._finish_through(-1 if not self.order else self.order[0][0] - 1)
+        self.entries: list[dict] = []  # of the sources finished, in order
+        self._finish_before(self._source_of_next())
+
+    def _source_of_next(self) -> int:
+        return self.order[self.next][0] if self.next < len(self.order) else len(self.packers)
+
+    def _finish_before(self, source: int) -> None:
+        """Finish the sources before ``source`` not finished yet (a source without units too)."""
+        while len(self.entries) < source:
+            self.entries.append(self.packers[len(self.entries)].finish())
 
     def ready(self, keys: Iterable[str]) -> None:
         """These units are tokenized (their results saved): pack what can be packed now."""
@@ -144,19 +153,10 @@ class PackStage:
             self.packers[source].add(unit)
             self.advance(unit.size)
             self.next += 1
-            if self.next == len(self.order) or self.order[self.next][0] != source:  # the source's last unit
-                upcoming = self.order[self.next][0] if self.next < len(self.order) else len(self.packers)
-                self._finish_through(upcoming - 1)
-
-    def _finish_through(self, last: int) -> None:
-        """Finish every source up to ``last`` not finished yet (sources without units included)."""
-        for i in range(last + 1):
-            if self.entries[i] is None:
-                self.entries[i] = self.packers[i].finish()
+            self._finish_before(self._source_of_next())
 
     def finish(self) -> list[dict]:
         """Every source's manifest entry; every unit must have been packed."""
         if self.next != len(self.order):
             raise RuntimeError(f"unit {self.order[self.next][1].key} was never tokenized")
-        self._finish_through(len(self.packers) - 1)
-        return self.entries  # type: ignore[return-value]
+        return self.entries

@@ -23,6 +23,7 @@ import numpy as np
 @dataclass
 class Row:
     pieces: list[np.ndarray]
+    size: int  # tokens in it: the sum of the pieces' lengths
 
     @property
     def segments(self) -> list[int]:
@@ -42,10 +43,9 @@ class PackStats:
     truncated_documents: int = 0  # documents cut across two or more rows
 
     def count(self, row: Row, row_len: int) -> Row:
-        n = sum(len(p) for p in row.pieces)
         self.rows += 1
-        self.tokens += n
-        self.padding += row_len - n
+        self.tokens += row.size
+        self.padding += row_len - row.size
         return row
 
     def as_dict(self) -> dict:
@@ -69,12 +69,12 @@ class ConcatPacker:
             self.fill += take
             doc = doc[take:]
             if self.fill == self.row_len:
-                yield self.stats.count(Row(self.pieces), self.row_len)
+                yield self.stats.count(Row(self.pieces, self.fill), self.row_len)
                 self.pieces, self.fill = [], 0
 
     def flush(self) -> Iterator[Row]:
         if self.pieces:
-            yield self.stats.count(Row(self.pieces), self.row_len)
+            yield self.stats.count(Row(self.pieces, self.fill), self.row_len)
             self.pieces, self.fill = [], 0
 
 
@@ -97,24 +97,32 @@ class BestFitPacker:
         yield from self._pack()
 
     def _pack(self) -> Iterator[Row]:
-        order = sorted(range(len(self.chunks)), key=lambda i: (-len(self.chunks[i]), i))
+        sizes = [len(c) for c in self.chunks]
+        order = np.argsort(-np.array(sizes, np.int64), kind="stable").tolist()  # longest first, ties in order
         rows: list[list[np.ndarray]] = []
-        room: list[tuple[int, int]] = []  # (space left, row id), kept sorted
+        used: list[int] = []
+        room: list[tuple[int, int]] = []  # (space left, row id) of rows not full, kept sorted
         for i in order:
-            chunk = self.chunks[i]
-            at = bisect.bisect_left(room, (len(chunk), -1))
+            chunk, size = self.chunks[i], sizes[i]
+            if size == self.row_len:  # a full row of its own: no open row has room for it
+                rows.append([chunk])
+                used.append(size)
+                continue
+            at = bisect.bisect_left(room, (size, -1))
             if at == len(room):
                 rows.append([chunk])
-                space, row_id = self.row_len - len(chunk), len(rows) - 1
+                used.append(size)
+                space, row_id = self.row_len - size, len(rows) - 1
             else:
                 space, row_id = room.pop(at)
                 rows[row_id].append(chunk)
-                space -= len(chunk)
+                used[row_id] += size
+                space -= size
             if space > 0:
                 bisect.insort(room, (space, row_id))
         self.chunks = []
-        for pieces in rows:
-            yield self.stats.count(Row(pieces), self.row_len)
+        for pieces, size in zip(rows, used, strict=True):
+            yield self.stats.count(Row(pieces, size), self.row_len)
 
 
 def make_packer(strategy: str, row_len: int, window: int):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,7 +38,27 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
     try:
         yield
     finally:
+        if not address:
+            _stop_monitor()
         ray.shutdown()
+
+
+def _stop_monitor() -> None:
+    """Stop the autoscaler monitor of a local runtime before ``ray.shutdown()``, which would cost a
+    second: it stops the GCS first, and the monitor answers the SIGTERM that follows by reporting to
+    the GCS, so it is only killed after a one-second grace period. The monitor has nothing to do on
+    one machine; if this Ray keeps its processes elsewhere, nothing is done and shutdown is as slow."""
+    import ray
+
+    try:
+        node = ray._private.worker._global_node
+        monitors = node.all_processes.get(ray._private.ray_constants.PROCESS_TYPE_MONITOR, [])
+    except AttributeError:
+        return
+    for info in monitors:
+        info.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            info.process.wait(timeout=5)
 
 
 def local_cpus() -> int:
@@ -54,14 +76,14 @@ def cluster_cpus() -> int:
 
 
 class ActorFeed:
-    """Hands ``jobs`` out to ``actors`` (``call(actor, job)`` starts one and returns its ref), up to
-    ``depth`` queued on each, so an actor starts its next job while the driver is busy with the
-    last result; once no more jobs are left than actors, only an idle actor gets one, so none ends
-    holding two while another idles. Iterating yields the results in the order they finish; the
-    first jobs start when it is built."""
+    """Hands the jobs of ``jobs`` (a deque others may take from too) out to ``actors``
+    (``call(actor, job)`` starts one and returns its ref), up to ``depth`` queued on each, so an
+    actor starts its next job while the driver is busy with the last result; once no more jobs are
+    left than actors, only an idle actor gets one, so none ends holding two while another idles.
+    Iterating yields the results in the order they finish; the first jobs start when it is built."""
 
-    def __init__(self, actors: list, call: Callable, jobs: list, depth: int = 2):
-        self.call, self.jobs, self.depth = call, list(reversed(jobs)), depth
+    def __init__(self, actors: list, call: Callable, jobs: deque, depth: int = 2):
+        self.call, self.jobs, self.depth = call, jobs, depth
         self.pending: dict = {}  # ref -> actor
         self.load = {id(a): 0 for a in actors}
         for _ in range(depth):
@@ -70,8 +92,12 @@ class ActorFeed:
 
     def _give(self, actor) -> None:
         queued = self.load[id(actor)]
-        if self.jobs and queued < self.depth and (queued == 0 or len(self.jobs) > len(self.load)):
-            self.pending[self.call(actor, self.jobs.pop())] = actor
+        if queued < self.depth and (queued == 0 or len(self.jobs) > len(self.load)):
+            try:
+                job = self.jobs.popleft()
+            except IndexError:  # none left
+                return
+            self.pending[self.call(actor, job)] = actor
             self.load[id(actor)] += 1
 
     def __iter__(self) -> Iterator:

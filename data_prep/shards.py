@@ -82,7 +82,7 @@ class ShardWriter:
         name = f"{self.prefix}/shard_{len(self.entries):05d}"
         rows, self._rows = self._rows, []
         done = self.finished.get(name)
-        tokens = sum(sum(r.segments) for r in rows)
+        tokens = sum(r.size for r in rows)
         if done and done["sequences"] == len(rows) and done["tokens"] == tokens and shard_entry_ok(self.root, done):
             self.entries.append(done)
             self.skipped += 1

@@ -1,10 +1,15 @@
 """Tokenize one work unit: read -> clean and filter -> hash -> batched encoding -> EOD.
 The result (tokens, per-document lengths and hashes, rejections) is written atomically to one
-.npz file per unit, so a killed job resumes from the units already done."""
+.npz file per unit, so a killed job resumes from the units already done. Units are tokenized by
+Ray actors (``UnitTokenizer``) and, while Ray starts, by a thread of the driver (``LocalTokenizer``)."""
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,3 +119,44 @@ class UnitTokenizer:
             "tokens": int(result.tokens.size),
             "docs": int(result.lengths.size),
         }
+
+
+class LocalTokenizer:
+    """A thread of the driver doing what an actor does, on the units of ``units`` (a deque the
+    actors take from too), until ``stop()``: it uses the CPU time Ray's start-up leaves free.
+    ``results()`` returns the summaries of the units it finished since the last call."""
+
+    def __init__(self, folder: str, eod_token: str | None, data_json: str, dtype: str, units: deque, out: Callable):
+        self.units, self.out, self.args = units, out, (folder, eod_token, data_json, dtype)
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="prep-local-tokenizer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            worker = UnitTokenizer(*self.args)
+            while not self._stop.is_set():
+                try:
+                    unit = self.units.popleft()
+                except IndexError:
+                    return
+                self.done.put(worker.run(unit.to_dict(), self.out(unit)))
+        except BaseException as exc:  # handed to the driver's thread by results()
+            self.error = exc
+
+    def stop(self) -> None:
+        """Take no more units; the one in hand is finished."""
+        self._stop.set()
+
+    def results(self, wait: bool = False) -> list[dict]:
+        """Summaries finished so far (with ``wait``: after the thread is done); raises what the thread raised."""
+        if wait:
+            self.thread.join()
+        found = []
+        while not self.done.empty():
+            found.append(self.done.get())
+        if self.error is not None:
+            raise self.error
+        return found
