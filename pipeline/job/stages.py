@@ -26,7 +26,7 @@ from ..distributed.runtime import own_world
 from ..errors import JobError
 from ..training.evaluation import evaluate_portable
 from ..training.run import train
-from ..utils.folder_lock import folder_lock, lock_path_in
+from ..utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
 from ..utils.fs import atomic_write_text
 from .layout import Layout, stage2_key
 from .report import write_report
@@ -192,7 +192,11 @@ class MainJob:
     def run(self, console) -> Path:
         """Every stage not done yet, in order, holding the job folder's lock (a second job on the
         folder is refused; a dry run takes no lock)."""
-        lock = nullcontext() if self.dry_run else folder_lock(lock_path_in(self.cfg.run.output_dir), "parscale run")
+        lock = (
+            nullcontext()
+            if self.dry_run
+            else folder_lock(lock_path_in(self.cfg.run.output_dir), "parscale run", RERUN_GRACE_S)
+        )
         with lock:
             return self._run(console)
 

@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 from ..config import LoadedConfig
 from ..distributed import destroy_distributed
-from ..utils.folder_lock import folder_lock, lock_path_in
+from ..utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
 from .loop import STOP_SIGNALS, Trainer
 
 
@@ -19,7 +19,11 @@ def train(loaded: LoadedConfig) -> dict:
     the run folder's lock throughout (a second run on the folder is refused, naming this one)."""
     handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    lock = folder_lock(lock_path_in(loaded.config.run.output_dir), "a training run") if rank0 else nullcontext()
+    lock = (
+        folder_lock(lock_path_in(loaded.config.run.output_dir), "a training run", RERUN_GRACE_S)
+        if rank0
+        else nullcontext()
+    )
     try:
         with lock:
             return Trainer.from_loaded(loaded).run()

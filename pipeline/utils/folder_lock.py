@@ -20,6 +20,8 @@ from pathlib import Path
 from ..errors import JobError
 
 LOCK_NAME = ".parscale.lock"
+#: how long a run or a job waits for the lock of a holder that is dying (a kill -9 just before a rerun)
+RERUN_GRACE_S = 15.0
 _HELD: dict[str, int] = {}  # lock files this process holds -> depth
 
 
@@ -46,10 +48,13 @@ def _holder(path: Path) -> str:
         return "another process"
 
 
-def _acquire(path: Path, what: str) -> int:
+def _acquire(path: Path, what: str, wait: float) -> int:
     """An open descriptor of ``path`` holding its exclusive lock (the file is the one at ``path``:
-    a holder that released and removed it in between is not mistaken for a free lock)."""
+    a holder that released and removed it in between is not mistaken for a free lock). A busy lock
+    is tried again for ``wait`` seconds: a holder just killed keeps its files until the kernel has
+    torn its memory down, which can take seconds on a loaded machine."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -58,6 +63,9 @@ def _acquire(path: Path, what: str) -> int:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
+            if time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
             raise FolderInUse(
                 f"{path.parent}: in use by {_holder(path)} ({what}); wait for it to end or stop it "
                 "(two writers would mix their files)"
@@ -71,8 +79,9 @@ def _acquire(path: Path, what: str) -> int:
 
 
 @contextlib.contextmanager
-def folder_lock(path: str | Path, what: str) -> Iterator[None]:
-    """Hold the lock file ``path`` (``lock_path_in`` / ``lock_path_beside``) for the block."""
+def folder_lock(path: str | Path, what: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the lock file ``path`` (``lock_path_in`` / ``lock_path_beside``) for the block, trying
+    a busy one again for ``wait`` seconds first."""
     key = str(Path(path).resolve())
     if key in _HELD:
         _HELD[key] += 1
@@ -82,7 +91,7 @@ def folder_lock(path: str | Path, what: str) -> Iterator[None]:
             _HELD[key] -= 1
         return
     path = Path(path)
-    fd = _acquire(path, what)
+    fd = _acquire(path, what, wait)
     _HELD[key] = 1
     record = {
         "pid": os.getpid(),

@@ -13,6 +13,7 @@ from helpers.training import job_config, step_losses
 from pipeline.config import load_config
 from pipeline.errors import JobError
 from pipeline.job.stages import is_trained, train_stage
+from pipeline.training.loop import Trainer
 
 
 def test_a_one_process_stage_runs_here_stops_by_name_and_resumes(tmp_path, prepared_data, monkeypatch):
@@ -21,7 +22,15 @@ def test_a_one_process_stage_runs_here_stops_by_name_and_resumes(tmp_path, prepa
         monkeypatch.setenv(key, value)
     before = signal.getsignal(signal.SIGTERM)
     stop = tmp_path / "STOP"
-    stop.touch()
+    step = Trainer.train_step
+
+    def step_then_stop(self):  # the stop file appears during the run (one there at start-up is refused)
+        outcome = step(self)
+        if self.step == 2:
+            stop.touch()
+        return outcome
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_stop)
     loaded = load_config(job_config(tmp_path, prepared_data, "stage", checkpoint={"stop_file": str(stop)}))
     with pytest.raises(
         JobError, match=r"stage training stopped before the end of its budget \(signal or stop file\); rerun"
@@ -31,6 +40,7 @@ def test_a_one_process_stage_runs_here_stops_by_name_and_resumes(tmp_path, prepa
     assert {key: os.environ[key] for key in outer} == outer
     assert not stop.exists() and not is_trained(loaded)
     stopped_at = max(step_losses(tmp_path / "stage"))
+    monkeypatch.setattr(Trainer, "train_step", step)
     train_stage(loaded, "stage", 1, dry_run=False)  # resumes from the stop's checkpoint
     assert is_trained(loaded) and max(step_losses(tmp_path / "stage")) == 8 and stopped_at < 8
     assert signal.getsignal(signal.SIGTERM) is before

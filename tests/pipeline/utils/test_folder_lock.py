@@ -58,7 +58,10 @@ def test_a_held_folder_is_refused_naming_the_holder_until_it_dies(tmp_path, hold
     assert not lock.exists()  # removed by its last holder
 
 
-def test_a_second_training_run_on_a_held_folder_exits_2(tmp_path, prepared_data, holder):
+def test_a_second_training_run_on_a_held_folder_exits_2(tmp_path, prepared_data, holder, monkeypatch):
+    from pipeline.training import run
+
+    monkeypatch.setattr(run, "RERUN_GRACE_S", 0.5)  # the grace a dying holder gets: not what is tested here
     config = job_config(tmp_path, prepared_data, "run")
     proc = holder(lock_path_in(tmp_path / "run"))
     result = cli("train", str(config))
