@@ -25,10 +25,58 @@ def open_binary(path: str | Path) -> BinaryIO:
     if kind == ".gz":
         return gzip.open(path, "rb")
     if kind == ".zst":
+        return io.BufferedReader(_ZstdFrames(open(path, "rb")))  # buffered: it iterates by line
+    return open(path, "rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed content of every zstd frame in a file, one after another. Unlike
+    ``zstandard.open``, which ends quietly where the data ends, a file that stops inside a frame
+    raises ``ZstdError`` there, so a truncated ``.zst`` is a corrupt stream as a truncated gzip is."""
+
+    CHUNK = 1 << 17
+
+    def __init__(self, raw: BinaryIO):
         import zstandard
 
-        return io.BufferedReader(zstandard.open(path, "rb"))  # buffered: it iterates by line
-    return open(path, "rb")
+        self._zstd = zstandard
+        self._raw = raw
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = memoryview(b"")  # decompressed, not yet read
+        self._in_frame = False  # input was fed to the current frame that has not ended yet
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending and not self._done:
+            self._fill()
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]  # a view: no copy of the rest
+        return size
+
+    def _fill(self) -> None:
+        data = self._raw.read(self.CHUNK)
+        if not data:
+            if self._in_frame:
+                raise self._zstd.ZstdError("the file ends inside a zstd frame (truncated)")
+            self._done = True
+            return
+        out = []
+        while data:
+            out.append(self._frame.decompress(data))
+            self._in_frame = not self._frame.eof
+            if not self._frame.eof:
+                break
+            data = self._frame.unused_data  # the next frame starts here
+            self._frame = self._zstd.ZstdDecompressor().decompressobj()
+        self._pending = memoryview(b"".join(out))
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def header_problem(path: str | Path) -> str | None:

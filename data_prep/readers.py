@@ -4,6 +4,7 @@ rejection with its reason and where it was (file:line, file, or file#row)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ INVALID_UTF8 = "invalid_utf8"
 UNREADABLE = "unreadable"
 CORRUPT_STREAM = "corrupt_compressed_stream"
 EMPTY = "empty"
+
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark: some editors put one at the start of a file
+#: UTF-16 surrogate code points: JSON can spell one alone (``"\\ud800"``), but no UTF-8 text holds one
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ def _jsonl(unit: WorkUnit, field: str) -> Iterator[Record]:
     if unit.end == 0:
         yield Record(path, None, EMPTY)
         return
+    if unit.start == 0:
+        data = data.removeprefix(BOM)
     for offset, raw in enumerate(data.split(b"\n")):
         yield from _json_record(raw, field, f"{path}:{unit.first_line + offset}")
 
@@ -50,6 +57,8 @@ def _jsonl_stream(unit: WorkUnit, field: str) -> Iterator[Record]:
     try:
         with open_binary(path) as handle:
             for line, raw in enumerate(handle, 1):
+                if line == 1:
+                    raw = raw.removeprefix(BOM)
                 yield from _json_record(raw.rstrip(b"\n"), field, f"{path}:{line}")
     except stream_errors() as exc:
         yield Record(f"{path}:{line + 1} ({type(exc).__name__}: {str(exc)[:100]})", None, CORRUPT_STREAM)
@@ -77,6 +86,8 @@ def _field(obj: object, field: str, where: str) -> Record:
     value = obj[field]
     if not isinstance(value, str):
         return Record(where, None, NOT_TEXT)
+    if _SURROGATE.search(value):
+        return Record(where, None, INVALID_UTF8)  # no tokenizer, hash or shard could take it
     return Record(where, value)
 
 
@@ -93,7 +104,7 @@ def _files(unit: WorkUnit) -> Iterator[Record]:
             yield Record(path, None, EMPTY)
             continue
         try:
-            yield Record(path, data.decode("utf-8"))
+            yield Record(path, data.removeprefix(BOM).decode("utf-8"))
         except UnicodeDecodeError:
             yield Record(path, None, INVALID_UTF8)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers.corpus import text_doc, write_bad_jsonl, write_hf_disk, write_jsonl, write_parquet, write_tree
@@ -11,6 +13,10 @@ from data_prep.readers import read_unit
 from data_prep.tokenize_units import process_unit
 from data_prep.units import InputError, WorkUnit, plan, stdlib_root
 from pipeline.config.data import DataConfig
+
+
+def json_line(text: str) -> str:
+    return json.dumps({"text": text}) + "\n"
 
 
 def _docs(plans, data):
@@ -146,21 +152,57 @@ def test_gzip_and_zstd_jsonl_and_text_are_read_as_streams_by_extension(tmp_path)
     assert _docs(plan(text), text) == [docs[0]]
 
 
-def test_a_broken_compressed_file_is_named_up_front_or_where_its_stream_breaks(tmp_path):
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_broken_compressed_file_is_named_up_front_or_where_its_stream_breaks(tmp_path, suffix):
     import gzip
-    import json
 
-    (tmp_path / "fake.jsonl.gz").write_bytes(b'{"text": "plain, not gzip"}\n')
-    with pytest.raises(InputError, match=r"data.sources\[0\].path: .*fake.jsonl.gz: not a gzip file"):
+    import zstandard
+
+    name = {".gz": "gzip", ".zst": "zstd"}[suffix]
+    (tmp_path / f"fake.jsonl{suffix}").write_bytes(b'{"text": "plain, not compressed"}\n')
+    with pytest.raises(InputError, match=rf"data.sources\[0\].path: .*fake.jsonl{suffix}: not a {name} file"):
         plan(DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}]))
-    (tmp_path / "fake.jsonl.gz").unlink()
-    payload = gzip.compress("".join(json.dumps({"text": text_doc(i)}) + "\n" for i in range(200)).encode())
-    (tmp_path / "cut.jsonl.gz").write_bytes(payload[: len(payload) // 2])  # truncated mid-stream
+    (tmp_path / f"fake.jsonl{suffix}").unlink()
+    content = "".join(json.dumps({"text": text_doc(i)}) + "\n" for i in range(2000)).encode()
+    payload = gzip.compress(content) if suffix == ".gz" else zstandard.ZstdCompressor().compress(content)
+    (tmp_path / f"cut.jsonl{suffix}").write_bytes(payload[: len(payload) // 2])  # truncated mid-stream
     (src,) = plan(DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}]))
     records = list(read_unit(src.units[0]))
     kept, last = [r for r in records if r.text is not None], records[-1]
-    assert 0 < len(kept) < 200 and last.reason == "corrupt_compressed_stream"
-    assert last.where.startswith(f"{tmp_path / 'cut.jsonl.gz'}:{len(kept) + 1} (")
+    assert 0 < len(kept) < 2000 and last.reason == "corrupt_compressed_stream"
+    assert [r.reason for r in records[:-1] if r.reason] in ([], ["malformed_json"])  # the line cut in two
+    assert last.where.startswith(f"{tmp_path / f'cut.jsonl{suffix}'}:{len(records)} (")
+
+
+def test_zstd_files_of_several_frames_are_read_whole(tmp_path):
+    import zstandard
+
+    first, second = (f"{json_line(text_doc(i))}" for i in range(2))
+    streamed = zstandard.ZstdCompressor().compressobj()  # a frame without a content size
+    (tmp_path / "two.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(first.encode()) + streamed.compress(second.encode()) + streamed.flush()
+    )
+    (src,) = plan(DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}]))
+    assert [r.text for r in read_unit(src.units[0])] == [text_doc(0), text_doc(1)]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_a_lone_surrogate_is_invalid_utf8_at_its_line_and_a_bom_is_stripped(tmp_path, suffix):
+    import gzip
+
+    lines = "\ufeff" + json_line("first") + '{"text": "half a pair \\ud800 here"}\n' + json_line("third")
+    path = tmp_path / f"odd.jsonl{suffix}"
+    path.write_bytes(gzip.compress(lines.encode()) if suffix else lines.encode())
+    (src,) = plan(DataConfig(sources=[{"type": "jsonl", "path": str(tmp_path)}]))
+    records = [r for u in src.units for r in read_unit(u)]
+    assert [(r.text, r.reason, r.where) for r in records] == [
+        ("first", None, f"{path}:1"),
+        (None, "invalid_utf8", f"{path}:2"),
+        ("third", None, f"{path}:3"),
+    ]
+    (tmp_path / "bom.txt").write_bytes("\ufeffa text file".encode())
+    text = DataConfig(sources=[{"type": "text", "path": str(tmp_path / "bom.txt")}])
+    assert _docs(plan(text), text) == ["a text file"]
 
 
 CONTROL_DOCS = [
