@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.config import LoadedConfig, write_resolved
 from pipeline.config.job import JobConfig
 from pipeline.errors import JobError
+from pipeline.utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
 from pipeline.utils.fs import out_of_space, staged_file
 
 from . import sentencepiece_tokenizer
@@ -149,7 +150,13 @@ def _tokenize_units(todo: deque, cfg: JobConfig, dtype, out: Path, work: Path) -
 
 
 def prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
-    """Run (or resume) the prep job of ``loaded``; returns the manifest."""
+    """Run (or resume) the prep job of ``loaded``; returns the manifest. The output folder is locked
+    for the job's life: a second prep (or a run writing it) on the same folder is refused."""
+    with folder_lock(lock_path_in(loaded.config.data.output_dir), "parscale prep", RERUN_GRACE_S):
+        return _prepare(loaded, reporter)
+
+
+def _prepare(loaded: LoadedConfig, reporter: Reporter | None = None) -> dict:
     cfg = loaded.config
     reporter = reporter or Reporter()
     out = Path(cfg.data.output_dir)

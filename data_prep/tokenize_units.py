@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.data import DataConfig
+from pipeline.errors import JobError
 from pipeline.utils.fs import staged_file
 
 from .filters import CONTROL_CHARS, clean, content_hash
@@ -26,6 +28,10 @@ from .tokenizer import open_tokenizer
 from .units import WorkUnit
 
 ENCODE_BATCH = 256
+
+
+class DamagedUnit(JobError):
+    """A finished unit's file in ``work/units`` cannot be read back (the message names it)."""
 
 
 @dataclass
@@ -48,6 +54,18 @@ class UnitResult:
 
     @classmethod
     def load(cls, path: Path) -> UnitResult:
+        """The unit saved at ``path``; a file that is not one this job wrote (damaged, truncated,
+        or holding pickled objects, which are never unpickled) is a ``DamagedUnit``."""
+        try:
+            return cls._load(path)
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise DamagedUnit(
+                f"{path}: not a readable tokenized unit ({type(exc).__name__}: {str(exc)[:120]}); delete it and "
+                "rerun 'parscale prep': only that unit is tokenized again"
+            ) from None
+
+    @classmethod
+    def _load(cls, path: Path) -> UnitResult:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             wheres = data["wheres"].tobytes().decode("utf-8").split("\n") if data["lengths"].size else []

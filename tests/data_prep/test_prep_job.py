@@ -27,6 +27,7 @@ from data_prep.manifest import ManifestError, read_manifest, verify_tokenizer
 from data_prep.progress import Reporter
 from data_prep.ray_runtime import ray_session
 from data_prep.shards import ShardReader
+from data_prep.tokenize_units import DamagedUnit
 from pipeline.config import load_config
 
 QUIET = Reporter(enabled=False)
@@ -272,6 +273,32 @@ def test_job_killed_midway_resumes_to_the_same_outputs(tmp_path):
     for name, mtime in done_before.items():  # finished units were not tokenized again
         assert (units / name).stat().st_mtime_ns == mtime
     _assert_same_tree(reference, out, same_config=False)
+
+
+def test_a_damaged_or_pickled_unit_file_is_named_and_never_unpickled(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "a.jsonl", [text_doc(i) for i in range(120)])
+    out = tmp_path / "o"
+    loaded = load_config(_config(tmp_path, out, [{"type": "jsonl", "path": str(tmp_path / "a.jsonl")}]))
+    prepare(loaded, QUIET)
+    unit = sorted((out / "work" / "units").glob("*.npz"))[0]
+    ran = []
+    monkeypatch.setattr(os, "_payload_ran", ran, raising=False)
+
+    class Payload:
+        def __reduce__(self):
+            return (eval, ("__import__('os')._payload_ran.append(1)",))
+
+    np.savez(unit, meta=np.array([Payload()], dtype=object))  # a planted pickle where a unit was
+    shutil.rmtree(out / "train")
+    (out / "manifest.json").unlink()
+    with pytest.raises(DamagedUnit, match=rf"{unit}: not a readable tokenized unit \(ValueError: Object arrays"):
+        prepare(loaded, QUIET)
+    assert ran == []
+    unit.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DamagedUnit, match=rf"{unit}: not a readable tokenized unit .*delete it and rerun"):
+        prepare(loaded, QUIET)
+    unit.unlink()  # as the message says: only that unit is tokenized again
+    assert prepare(loaded, QUIET)["totals"]["documents_kept"] == 120
 
 
 def test_changed_config_in_same_output_dir_is_refused(tmp_path):

@@ -76,3 +76,22 @@ def test_a_converter_target_being_written_is_refused(tmp_path, holder):
         with staged_dir(target, "portable checkpoint"):
             pass
     assert not target.exists()
+
+
+def test_a_prep_output_folder_being_written_is_refused(tmp_path, holder, monkeypatch):
+    from helpers.corpus import text_doc, write_jsonl
+
+    from data_prep import job
+    from pipeline.config import load_config
+
+    monkeypatch.setattr(job, "RERUN_GRACE_S", 0.5)
+    write_jsonl(tmp_path / "a.jsonl", [text_doc(i) for i in range(20)])
+    config = tmp_path / "prep.yaml"
+    config.write_text(
+        f"data:\n  output_dir: {tmp_path / 'data'}\n  sources: [{{type: jsonl, path: {tmp_path / 'a.jsonl'}}}]\n"
+        "tokenizer: {vocab_size: 300}\n"
+    )
+    proc = holder(lock_path_in(tmp_path / "data"))
+    with pytest.raises(FolderInUse, match=rf"{tmp_path / 'data'}: in use by pid {proc.pid} .*\(parscale prep\)"):
+        job.prepare(load_config(config))
+    assert not (tmp_path / "data" / "work").exists()  # refused before any work
