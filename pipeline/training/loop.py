@@ -34,6 +34,7 @@ from .metrics import MetricsSink
 from .optim import apply_trainable
 from .progress import Progress
 from .restore import Restore, identity
+from .memory_check import micro_batch_problem
 from .run_data import RunData
 from .schedule import WSD
 
@@ -93,6 +94,9 @@ class Trainer:
         self.dp, self.gas = self.ctx.dp_size, cfg.parallel.grad_accum_steps(self.ctx.dp_size)
         self.data = RunData.build(cfg, error_at)
         self.attention_backend = self._attention_backend()
+        device = torch.device(self.ctx.device)
+        if problem := micro_batch_problem(cfg, self.seq_len, self.vocab, self.attention_backend, device):
+            raise error_at("packing.seq_len", problem)
         torch.manual_seed(cfg.run.seed)
         model = ParScaleLM(
             cfg.model,

@@ -104,3 +104,28 @@ def test_a_packing_seq_len_other_than_the_datas_is_refused(tmp_path, prepared_da
     path = job_config(tmp_path, prepared_data, "seq", packing={"seq_len": 48})
     with pytest.raises(ConfigError, match=r"packing.seq_len: 48, but .* was packed to 32"):
         Trainer.from_loaded(load_config(path))
+
+
+def test_a_seq_len_whose_micro_batch_cannot_fit_is_refused_before_anything_is_built(
+    tmp_path, prepared_data, single_rank, monkeypatch
+):
+    from pipeline.training import memory_check
+
+    typed = _typed(tmp_path, prepared_data, model={"max_seq_len": 500_000}, parallel={"micro_batch_size": 2})
+    need = memory_check.MicroBatchMemory.of(typed, 400_000, 400, "sdpa")
+    assert need.mask_bytes == 2 * 400_000**2  # the 320 GB allocation that used to end in a traceback
+    assert need.logits_bytes == 2 * 400_000 * 400 * 4  # the test model pads its 400 ids to a multiple of 8
+    assert memory_check.MicroBatchMemory.of(typed, 400_000, 400, "flex").mask_bytes == 0
+    monkeypatch.setattr(memory_check, "free_memory", lambda device: 64 * memory_check.GB)
+    problem = memory_check.micro_batch_problem(typed, 400_000, 400, "sdpa", torch.device("cpu"))
+    assert problem.startswith("400000 tokens per row need at least 298.0 GB of dense attention mask (sdpa)")
+    assert "more than the 64.0 GB free on cpu" in problem
+    assert memory_check.micro_batch_problem(typed, 2048, 400, "sdpa", torch.device("cpu")) is None
+
+    monkeypatch.setattr(memory_check, "free_memory", lambda device: 1000)  # the prepared rows do not fit
+    built = []
+    monkeypatch.setattr("pipeline.training.loop.ParScaleLM", lambda *a, **k: built.append(1))
+    path = job_config(tmp_path, prepared_data, "huge")
+    with pytest.raises(ConfigError, match=r"packing.seq_len: 32 tokens per row need at least .* free on cpu: lower"):
+        Trainer.from_loaded(load_config(path))
+    assert built == []
