@@ -23,11 +23,11 @@ from ..config import LoadedConfig, load_config, write_resolved
 from ..config.model import ModelConfig, ParScaleConfig
 from ..distributed.launcher import TorchrunLaunch
 from ..distributed.runtime import own_world
-from ..errors import JobError
+from ..errors import EXIT_USER_ERROR, JobError
 from ..training.evaluation import evaluate_portable
 from ..training.run import train
 from ..utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
-from ..utils.fs import atomic_write_text
+from ..utils.fs import atomic_write_text, full_disk_named
 from .layout import Layout, stage2_key
 from .report import write_report
 
@@ -79,6 +79,8 @@ def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> N
             train(loaded)
     else:
         rc = launch.run(dry_run=dry_run)
+        if rc == EXIT_USER_ERROR:  # the ranks refused or hit a full disk and said why, naming the key or file
+            raise JobError(f"{name} training ended with exit {rc} (its reason is printed above); once fixed, {again}")
         if rc:
             raise JobError(f"{name} training failed (exit {rc}); {again}")
         if dry_run:
@@ -208,7 +210,8 @@ class MainJob:
                 continue
             console.rule(f"{name}")
             start = time.perf_counter()
-            action()
+            with full_disk_named(self.cfg.run.output_dir):
+                action()
             self.timings[name] = {
                 "status": "dry run" if self.dry_run else "ran",
                 "seconds": time.perf_counter() - start,

@@ -30,11 +30,11 @@ from ..utils.fs import atomic_write_text
 from . import checkpointing as ckpt
 from .engine import build_engine, set_lr
 from .evaluation import PrefixDrift, Ranks, evaluate_model
+from .memory_check import micro_batch_problem
 from .metrics import MetricsSink
 from .optim import apply_trainable
 from .progress import Progress
 from .restore import Restore, identity
-from .memory_check import micro_batch_problem
 from .run_data import RunData
 from .schedule import WSD
 

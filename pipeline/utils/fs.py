@@ -89,6 +89,23 @@ def out_of_space(exc: BaseException, path: str | Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def full_disk_named(folder: str | Path) -> Iterator[None]:
+    """Inside the block, a full disk is an ``OSError(ENOSPC)`` that names a path: a write to an
+    open file raises one without a file name, torch's writer a ``RuntimeError``; both get
+    ``folder`` (what the block writes) so the message can name where space ran out."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or exc.filename:
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from exc
+    except RuntimeError as exc:
+        if not out_of_space(exc, folder):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from exc
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

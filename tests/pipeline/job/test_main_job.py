@@ -165,3 +165,34 @@ def test_a_config_without_stage2_is_refused_by_run(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     proc = cli("run", str(config), "--dry-run")
     assert proc.returncode == 2 and "stage2" in proc.stderr and "required by 'run'" in proc.stderr
+
+
+@pytest.mark.parametrize("error", ["write", "torch.save"])
+def test_a_full_disk_in_any_stage_exits_2_naming_where(tmp_path, monkeypatch, capsys, error):
+    import errno
+
+    from pipeline import cli as cli_module
+    from pipeline.job.stages import MainJob
+    from pipeline.utils import fs
+
+    def full(_self):
+        if error == "write":  # a write to an open file: the OS error carries no file name
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(fs, "NEARLY_FULL", 1 << 62)  # the disk reads as full
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(MainJob, "stages", lambda self: [("evaluation", lambda: False, lambda: full(self))])
+    config = _job(tmp_path)
+    assert cli_module.main(["run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"parscale run: no space left on device: {tmp_path / 'job'}; free space and rerun" in err
+
+
+def test_a_stage_whose_ranks_exit_2_says_the_reason_is_above(tmp_path, monkeypatch):
+    from pipeline.distributed.launcher import TorchrunLaunch
+    from pipeline.job import stages
+
+    monkeypatch.setattr(TorchrunLaunch, "run", lambda self, dry_run=False: 2)
+    loaded = stages.load_config(_job(tmp_path))
+    with pytest.raises(stages.JobError, match=r"stage1 training ended with exit 2 \(its reason is printed above\)"):
+        stages.train_stage(loaded, "stage1", nproc=2, dry_run=False)
