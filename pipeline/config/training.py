@@ -83,6 +83,10 @@ class BlendEntry(StrictModel):
     weight: float = Field(1.0, gt=0)
 
 
+#: ``train.verify_data: auto`` hashes every shard of a dataset up to this size (bytes of .bin and .idx)
+VERIFY_SHA256_UP_TO = 2 * 1024**3
+
+
 class TrainConfig(StrictModel):
     tokens: Count = Field(gt=0, description="Training budget in tokens; steps are derived from it.")
     datasets: list[BlendEntry] = Field(
@@ -108,10 +112,12 @@ class TrainConfig(StrictModel):
         "different tokenizer or vocabulary size is refused; shrinking always is.",
     )
     max_nonfinite_in_a_row: int = Field(5, ge=1, description="Skipped steps in a row before stopping.")
-    verify_data: Literal["size", "sha256"] = Field(
-        "size",
-        description="Before reading the prepared data: every shard's size against its manifest (and the "
-        "tokenizer's sha256), or also every shard's sha256 (reads all the data once).",
+    verify_data: Literal["auto", "size", "sha256"] = Field(
+        "auto",
+        description="Before reading the prepared data: 'size' checks every shard's size against its manifest "
+        "(and the tokenizer's sha256), 'sha256' also every shard's sha256 (reads all the data once: catches "
+        "same-size damage), 'auto' = sha256 for datasets of up to VERIFY_SHA256_UP_TO bytes of shards (2 GiB, "
+        "a few seconds of reading), size above.",
     )
 
     def steps(self, tokens_per_step: int) -> int:

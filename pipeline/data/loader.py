@@ -15,7 +15,7 @@ from data_prep.tokenizer import TokenizerInfo
 from data_prep.verify import dataset_problems
 
 from ..config.job import JobConfig
-from ..config.training import BlendEntry
+from ..config.training import VERIFY_SHA256_UP_TO, BlendEntry
 from ..errors import JobError
 from .blend import BlendedOrder
 from .packed import SourceRows, open_sources
@@ -121,6 +121,21 @@ def _reject_summary(directory: str | Path) -> str:
 _CHECKED: set[tuple[str, bool]] = set()
 
 
+def shard_bytes(directory: str | Path) -> int:
+    """Bytes of every shard (.bin and .idx) the manifest of ``directory`` lists."""
+    return sum(
+        shard.get("bin_bytes", 0) + shard.get("idx_bytes", 0)
+        for source in read_manifest(directory)["sources"]
+        for split in source["splits"].values()
+        for shard in split["shards"]
+    )
+
+
+def verifies_hashes(directory: str | Path, verify: str) -> bool:
+    """Whether ``train.verify_data: verify`` reads every shard's sha256 for the dataset ``directory``."""
+    return verify == "sha256" or (verify == "auto" and shard_bytes(directory) <= VERIFY_SHA256_UP_TO)
+
+
 def check_dataset(directory: str | Path, hashes: bool) -> None:
     """Refuse a prepared dataset whose files differ from its manifest, naming them and the repair
     (once per process and dataset)."""
@@ -154,7 +169,9 @@ class SplitStream:
         tokenizer = None
         seq_len = None
         for entry in entries:
-            check_dataset(entry.path, hashes=cfg.train is not None and cfg.train.verify_data == "sha256")
+            check_dataset(
+                entry.path, hashes=cfg.train is not None and verifies_hashes(entry.path, cfg.train.verify_data)
+            )
             manifest = read_manifest(entry.path)
             sha = manifest["tokenizer"]["sha256"]
             tokenizer = tokenizer or sha

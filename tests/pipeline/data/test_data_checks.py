@@ -12,7 +12,7 @@ from helpers.process import run_cli
 from helpers.training import job_config, train
 
 from pipeline.config import load_config
-from pipeline.data.loader import EmptySplit, SplitStream
+from pipeline.data.loader import EmptySplit, SplitStream, shard_bytes
 from pipeline.errors import JobError
 
 
@@ -55,15 +55,20 @@ def test_intact_data_passes_and_each_kind_of_damage_is_named_with_the_repair(dat
     assert "bytes" in str(pytest.raises(JobError, _stream, tmp_path, truncated).value)
 
 
-def test_a_flipped_byte_of_the_same_size_needs_the_sha256_check(data, tmp_path):
+def test_a_flipped_byte_of_the_same_size_is_caught_by_the_sha256_check_the_default_makes_for_small_data(
+    data, tmp_path, monkeypatch
+):
     flipped = _copy(data, tmp_path, "flipped")
     shard = next((flipped / "train").rglob("*.bin"))
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 1
     shard.write_bytes(bytes(raw))
-    _stream(tmp_path, flipped)  # sizes only (the default): passes
-    with pytest.raises(JobError, match=f"{shard}: sha256 differs"):
-        _stream(tmp_path, flipped, verify_data="sha256")
+    _stream(tmp_path, flipped, verify_data="size")  # sizes only: passes
+    for verify in ("sha256", "auto"):  # auto: the data is under VERIFY_SHA256_UP_TO
+        with pytest.raises(JobError, match=f"{shard}: sha256 differs"):
+            _stream(tmp_path, flipped, verify_data=verify)
+    monkeypatch.setattr("pipeline.data.loader.VERIFY_SHA256_UP_TO", shard_bytes(flipped) - 1)
+    _stream(tmp_path, flipped)  # auto above the limit: sizes only
 
 
 def test_training_on_a_dataset_whose_every_document_was_rejected_names_it_and_the_reject_counts(data, tmp_path):
