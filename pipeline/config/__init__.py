@@ -5,6 +5,7 @@ from .errors import ConfigError, Problem
 from .job import JobConfig, RunConfig
 from .loader import LoadedConfig, load_config, parse_override
 from .resolved import RESOLVED_NAME, dump_config, dump_resolved, write_resolved
+from .run_paths import RunPaths
 
 __all__ = [
     "ConfigError",
@@ -13,6 +14,7 @@ __all__ = [
     "Problem",
     "RESOLVED_NAME",
     "RunConfig",
+    "RunPaths",
     "dump_config",
     "dump_resolved",
     "load_config",

@@ -10,8 +10,7 @@ import yaml
 from ..utils.fs import atomic_write_text
 from .job import JobConfig
 from .loader import LoadedConfig
-
-RESOLVED_NAME = "config.resolved.yaml"
+from .run_paths import RESOLVED_NAME
 
 
 def dump_config(cfg: JobConfig, provenance: list[str] | None = None) -> str:
