@@ -66,6 +66,11 @@ ONE_PLACE = [
         r'"trainer_state\.json"|"resharded\.json"|"COMPLETE"|= "latest"',
         "pipeline/checkpoint/layout.py",
     ),
+    (
+        "a run folder's file names",
+        r'/ "portable"|/ "checkpoints"|"config\.resolved\.yaml"|"job\.yaml"',
+        "pipeline/config/run_paths.py",
+    ),
     ("the padding id of a tokenizer without one", r"max\([\w.]*pad_id, 0\)", "data_prep/text_tokenizer.py"),
     ("steps from a token budget", r"math\.ceil\([^)]*\.tokens\b", "pipeline/config/training.py"),
     ("the config arguments of a command", r"def add_config_args", "pipeline/config/cli_args.py"),
@@ -94,6 +99,19 @@ def test_each_rule_lives_in_one_place(rule, pattern, home):
         }
     )
     assert found == [home], f"{rule}: {found}"
+
+
+def test_portable_configs_are_read_only_through_read_config():
+    """``config.json`` of a portable checkpoint is read by ``pipeline.checkpoint.portable.read_config``
+    (which checks its format and names a folder that is not one), never with a raw ``json.loads``."""
+    found = [
+        f"{p.relative_to(REPO)}:{n}"
+        for package in (*PACKAGES, "benchmarks")
+        for p in (REPO / package).rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"json\.loads\(.*portable", line)
+    ]
+    assert found == []
 
 
 #: third-party libraries imported inside the function that uses them: costly to import (a command

@@ -7,15 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config.run_paths import RESOLVED_NAME
 from ..errors import JobError
 
-LATEST, COMPLETE, STATE, RESHARDED, CONFIG = (
-    "latest",
-    "COMPLETE",
-    "trainer_state.json",
-    "resharded.json",
-    "config.resolved.yaml",
-)
+LATEST, COMPLETE, STATE, RESHARDED = ("latest", "COMPLETE", "trainer_state.json", "resharded.json")
+CONFIG = RESOLVED_NAME  # a checkpoint carries its run's resolved config, under the run folder's name for it
 
 
 def tag_for(step: int) -> str:

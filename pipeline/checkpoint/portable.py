@@ -18,6 +18,7 @@ from data_prep.text_tokenizer import TextTokenizer, TokenizerError
 from data_prep.tokenizer import TokenizerInfo, copy_files, describe, open_recorded
 
 from ..config.model import ModelConfig, ParScaleConfig
+from ..config.run_paths import CHECKPOINTS, PORTABLE
 from ..errors import JobError
 from ..model import ParScaleLM
 from ..model.param_groups import VOCAB_ROWS
@@ -110,9 +111,9 @@ def read_config(directory: str | Path) -> dict:
 
 def _not_portable(directory: Path) -> str | None:
     """What a folder that holds no portable checkpoint is, and how to make one from it (None: unknown)."""
-    marks = (layout.LATEST, layout.STATE, "checkpoints")  # a checkpoints folder, a stepN one, a run folder
+    marks = (layout.LATEST, layout.STATE, CHECKPOINTS)  # a checkpoints folder, a stepN one, a run folder
     if any((directory / name).exists() for name in marks) or any(directory.glob("step*/")):
-        export = directory / "portable"
+        export = directory / PORTABLE
         also = f" (or give {export}, the one the run exported at its end)" if (export / CONFIG).is_file() else ""
         return (
             f"{directory}: a trainer checkpoint folder (latest / stepN / checkpoints/), not a portable "

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from ..config.job import JobConfig
 from ..config.model import ModelConfig, ParScaleConfig
+from ..config.run_paths import RunPaths
 from ..distributed.runtime import select_deepspeed_accelerator
 from ..model.param_groups import group_names
 from . import integrity
@@ -62,7 +63,7 @@ def find_step_folder(path: str | Path) -> Path:
         if not (path / COMPLETE).exists():
             raise CheckpointError(f"{path}: incomplete save (no {COMPLETE} marker); use the previous checkpoint")
         return path
-    for folder in (path, path / "checkpoints"):
+    for folder in (path, RunPaths.of_folder(path).checkpoints):  # where the run in ``path`` wrote them
         tag = latest_tag(folder) if folder.is_dir() else None
         if tag:
             return folder / tag

@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console()
     start = time.perf_counter()
     loaded = load_from_args(args)
-    ablation = Stage2Ablation(loaded, args.config, args.overrides, dry_run=args.dry_run)
+    ablation = Stage2Ablation(loaded, dry_run=args.dry_run)
     cfg = ablation.cfg
     console.print(
         f"[bold]parscale ablate[/] {cfg.run.name}: stage 2 at P = {cfg.stage2.parscale.streams}, baseline + "

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from ..config import RunPaths
 from ..config.cli_args import add_config_args, load_from_args
 
 
@@ -14,7 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..training.evaluation import evaluate_portable
 
     loaded = load_from_args(args)
-    checkpoint = args.checkpoint or str(Path(loaded.config.run.output_dir) / "portable")
+    checkpoint = args.checkpoint or str(RunPaths.of(loaded.config).portable)
     result = evaluate_portable(loaded, checkpoint, args.max_batches)
     print(json.dumps(result, indent=2))
     return 0

@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console()
     start = time.perf_counter()
-    job = MainJob(load_from_args(args), args.config, args.overrides, dry_run=args.dry_run)
+    job = MainJob(load_from_args(args), dry_run=args.dry_run)
     console.print(
         f"[bold]parscale run[/] {job.cfg.run.name}: {job.nproc} process(es) per training stage, "
         f"outputs under {job.layout.root}"

@@ -22,14 +22,14 @@ def _run(args: argparse.Namespace) -> int:
     if loaded.config.scaling.mode == "from_scratch":
         from ..scaling.from_scratch import FromScratchExperiment
 
-        exp = FromScratchExperiment(loaded, args.config, args.overrides, dry_run=args.dry_run)
+        exp = FromScratchExperiment(loaded, dry_run=args.dry_run)
         console.print(
             f"[bold]parscale scaling[/] {exp.cfg.run.name} (from scratch): sizes {', '.join(exp.bases)} x "
             f"P = {exp.streams}, {len(exp.runs)} training runs, outputs under {exp.root}"
         )
         report = exp.run(console)
     else:
-        exp = ScalingExperiment(loaded, args.config, args.overrides, dry_run=args.dry_run)
+        exp = ScalingExperiment(loaded, dry_run=args.dry_run)
         console.print(
             f"[bold]parscale scaling[/] {exp.cfg.run.name} (two-stage): sizes {', '.join(exp.jobs)} x "
             f"P = {exp.streams}, outputs under {exp.root}"

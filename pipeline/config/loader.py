@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError, Problem, dotted
 from .job import JobConfig, cross_section_problems
@@ -46,6 +47,23 @@ class LoadedConfig:
         """A ConfigError about one key, found after loading (e.g. against the world size)."""
         return ConfigError(self.files[0], [Problem(self.where(key), key, message)])
 
+    def derive(self, label: str, updates: dict[str, Any]) -> LoadedConfig:
+        """This config with ``updates`` (dotted key -> value or config section) applied in code and
+        validated once: how a job derives the config of each of its runs. The updates are kept as
+        ``--set`` lines of provenance (the resolved config written beside the run lists them), and
+        an error in one names ``label`` and the key."""
+        source = self.files[0]
+        data = self.config.model_dump(mode="json", exclude_unset=True)
+        origin, overrides = dict(self.origin), list(self.overrides)
+        for key, value in updates.items():
+            if isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            text = f"{key}={json.dumps(value)}"
+            _apply_override(data, origin, _split_key(key), value, text, source)
+            origin[_split_key(key)] = label
+            overrides.append(text)
+        return LoadedConfig(_validated(data, origin, source), self.files, overrides, origin)
+
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedConfig:
     """Read ``path`` (and its bases), apply ``--set`` style overrides, validate."""
@@ -54,6 +72,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedConfig
     for text in overrides:
         key, value = parse_override(text, source)
         _apply_override(data, origin, key, value, text, source)
+    return LoadedConfig(_validated(data, origin, source), files, list(overrides), origin)
+
+
+def _validated(data: dict, origin: dict[Path_, str], source: str) -> JobConfig:
     try:
         config = JobConfig.model_validate(data)
     except ValidationError as exc:
@@ -61,7 +83,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedConfig
     problems = [Problem(_lookup_origin(origin, _split_key(k), source), k, m) for k, m in cross_section_problems(config)]
     if problems:
         raise ConfigError(source, problems)
-    return LoadedConfig(config, files, list(overrides), origin)
+    return config
 
 
 # ---------------------------------------------------------------- files and inheritance

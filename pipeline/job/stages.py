@@ -19,8 +19,9 @@ from checkpoints_tools.to_parscale import convert
 from data_prep.job import is_complete, prepare
 
 from ..checkpoint.portable import CheckpointError, read_config
-from ..config import LoadedConfig, load_config, write_resolved
+from ..config import LoadedConfig, RunPaths, write_resolved
 from ..config.model import ModelConfig, ParScaleConfig
+from ..config.run_paths import JOB_NAME
 from ..distributed.launcher import TorchrunLaunch
 from ..distributed.runtime import own_world
 from ..errors import EXIT_USER_ERROR, JobError
@@ -33,9 +34,10 @@ from .report import write_report
 
 
 def _portable_meta(directory: Path) -> dict | None:
+    """The config.json of the portable checkpoint in ``directory`` (None: there is none yet)."""
     try:
-        return json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError):
+        return read_config(directory)
+    except CheckpointError:
         return None
 
 
@@ -52,7 +54,7 @@ def is_trained(loaded: LoadedConfig) -> bool:
     """Whether the run folder of ``loaded`` holds its finished export; a folder holding another
     model or ParScale setting is refused (nothing is changed)."""
     cfg = loaded.config
-    meta = _portable_meta(Path(cfg.run.output_dir) / "portable")
+    meta = _portable_meta(RunPaths.of(cfg).portable)
     if meta is not None and not _same_model(meta, cfg.model, cfg.parscale):
         out = cfg.run.output_dir
         raise JobError(
@@ -67,8 +69,8 @@ def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> N
     import of torch and DeepSpeed), under torchrun with ``nproc`` processes otherwise. Its config is
     written as ``<run.output_dir>/job.yaml``. A run that failed or was stopped resumes from its
     checkpoints when the job runs again."""
-    out = Path(loaded.config.run.output_dir)
-    resolved = out / "job.yaml" if dry_run else write_resolved(loaded, out, "job.yaml")
+    paths = RunPaths.of(loaded.config)
+    resolved = paths.job_yaml if dry_run else write_resolved(loaded, paths.root, JOB_NAME)
     launch = TorchrunLaunch(module="pipeline.cli", args=["train", str(resolved)], nproc_per_node=nproc)
     again = "rerun the same command to resume from its last checkpoint"
     if launch.single_process:
@@ -89,15 +91,13 @@ def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> N
         raise JobError(f"{name} training stopped before the end of its budget (signal or stop file); {again}")
 
 
-def _start_model(start: Path | None, loaded: LoadedConfig) -> list[str]:
-    """``--set`` overrides that give the job the model of ``stage2.init_from`` (none without it)."""
-    if start is None:
-        return []
+def _start_model(start: Path, loaded: LoadedConfig) -> LoadedConfig:
+    """The job's config with the model of ``stage2.init_from`` (its every recorded key)."""
     try:
         model = read_config(start)["model"]
     except CheckpointError as exc:
         raise loaded.error("stage2.init_from", str(exc)) from None
-    return [f"model.{key}={json.dumps(value)}" for key, value in model.items()]
+    return loaded.derive("stage2.init_from's model", {f"model.{key}": value for key, value in model.items()})
 
 
 class MainJob:
@@ -111,8 +111,6 @@ class MainJob:
     def __init__(
         self,
         loaded: LoadedConfig,
-        config_path: str,
-        overrides: list[str],
         dry_run: bool = False,
         streams: list[int] | None = None,
         report: bool = True,
@@ -123,26 +121,29 @@ class MainJob:
         self.stage2 = loaded.config.stage2
         #: an existing dense checkpoint stage 2 starts from (stage2.init_from), else None: stage 1 trains
         self.start = Path(self.stage2.init_from) if self.stage2.init_from else None
-        self.path, self.dry_run, self.with_report = config_path, dry_run, report
-        self.overrides = _start_model(self.start, loaded) + list(overrides)
-        loaded = load_config(config_path, self.overrides) if self.start else loaded
+        self.dry_run, self.with_report = dry_run, report
+        loaded = _start_model(self.start, loaded) if self.start else loaded
         loaded.require("run", "model", *(() if self.start else ("train",)))
+        if loaded.config.parscale.streams != 1:
+            raise loaded.error(
+                "parscale.streams",
+                f"{loaded.config.parscale.streams}, but stage 1 of 'parscale run' is dense; the P of stage 2 is "
+                "stage2.parscale.streams (the one key for it in this job)",
+            )
         self.loaded, self.cfg = loaded, loaded.config
         self.streams = streams or [self.stage2.parscale.streams]
         self.layout = Layout(Path(self.cfg.run.output_dir), stage2_root)
         self.source = self.start or self.layout.consolidated  # what stage 2 converts and the controls continue
         self.init_seed_offset = init_seed_offset
         self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
-        self.configs = {"stage1": self._derive([f"run.output_dir={self.layout.stage1}"])}
+        self.configs = {"stage1": self._derive(self.layout.stage1, {})}
         for p in self.streams:
-            self.configs[stage2_key(p)] = self._derive(
-                self._stage2_sets(self.layout.stage2(p), self.parscale(p).model_dump(mode="json"), self.layout.init(p))
-            )
+            self.configs[stage2_key(p)] = self._stage2_run(self.layout.stage2(p), self.parscale(p), self.layout.init(p))
         if self.stage2.dense_baseline:
-            self.configs["dense"] = self._derive(self._stage2_sets(self.layout.dense, {"streams": 1}, self.source))
+            self.configs["dense"] = self._stage2_run(self.layout.dense, ParScaleConfig(streams=1), self.source)
         if self.stage2.prefix_control:
-            control = self.parscale(1).model_copy(update={"single_prefix": True}).model_dump(mode="json")
-            self.configs["prefix1"] = self._derive(self._stage2_sets(self.layout.prefix_control, control, self.source))
+            control = self.parscale(1).model_copy(update={"single_prefix": True})
+            self.configs["prefix1"] = self._stage2_run(self.layout.prefix_control, control, self.source)
         self.timings: dict[str, dict] = {}
 
     def parscale(self, streams: int):
@@ -150,19 +151,24 @@ class MainJob:
 
     # ------------------------------------------------------------------ configs
 
-    def _stage2_sets(self, out: Path, parscale: dict, init: Path) -> list[str]:
-        sets = [
-            f"run.output_dir={out}",
-            f"parscale={json.dumps(parscale)}",
-            f"train.tokens={self.stage2.tokens}",
-            f"train.init_from={init}",
-            "train.skip_tokens=null",  # its rule: read on after the init's tokens_seen (stage 1's)
-            f"schedule={json.dumps(self.stage2.schedule.model_dump(mode='json'))}",
-        ]
-        return sets + ([f"optimizer.lr={self.stage2.lr}"] if self.stage2.lr else [])
+    def _stage2_run(self, out: Path, parscale: ParScaleConfig, init: Path) -> LoadedConfig:
+        updates = {
+            "parscale": parscale,
+            "train.tokens": self.stage2.tokens,
+            "train.init_from": str(init),
+            "train.skip_tokens": None,  # its rule: read on after the init's tokens_seen (stage 1's)
+            "schedule": self.stage2.schedule,
+        }
+        return self._derive(out, updates | ({"optimizer.lr": self.stage2.lr} if self.stage2.lr else {}))
 
-    def _derive(self, sets: list[str]) -> LoadedConfig:
-        return load_config(self.path, self.overrides + sets)
+    def _derive(self, out: Path, updates: dict) -> LoadedConfig:
+        """The config of the run in ``out``, validated once. With ``checkpoint.dir`` set, each run keeps
+        its checkpoints in its own folder under it (the runs of a job never share one)."""
+        where = {"run.output_dir": str(out)}
+        if self.cfg.checkpoint.dir:
+            below = out.relative_to(self.layout.root) if out.is_relative_to(self.layout.root) else Path(out.name)
+            where["checkpoint.dir"] = str(Path(self.cfg.checkpoint.dir) / below)
+        return self.loaded.derive(f"parscale run ({out.name})", where | updates)
 
     # ------------------------------------------------------------------ stages
 
@@ -226,7 +232,7 @@ class MainJob:
             prepare(self.loaded)
 
     def _final(self, key: str) -> dict | None:
-        return _portable_meta(Path(self.configs[key].config.run.output_dir) / "portable")
+        return _portable_meta(RunPaths.of(self.configs[key].config).portable)
 
     def _trained(self, key: str) -> bool:
         return is_trained(self.configs[key])
@@ -240,9 +246,10 @@ class MainJob:
 
     def _consolidate(self) -> None:
         if self.dry_run:
-            print(f"parscale convert consolidate {self.layout.stage1} {self.layout.consolidated}")
+            stage1 = RunPaths.of(self.configs["stage1"].config).checkpoints
+            print(f"parscale convert consolidate {stage1} {self.layout.consolidated}")
             return
-        result = consolidate(self.layout.stage1, self.layout.consolidated)
+        result = consolidate(RunPaths.of(self.configs["stage1"].config).checkpoints, self.layout.consolidated)
         print(result["verified"])
 
     def _converted(self, streams: int) -> bool:
@@ -267,7 +274,7 @@ class MainJob:
         print(result["verified"])
 
     def _finals(self) -> dict[str, Path]:
-        finals = {key: Path(loaded.config.run.output_dir) / "portable" for key, loaded in self.configs.items()}
+        finals = {key: RunPaths.of(loaded.config).portable for key, loaded in self.configs.items()}
         return finals | ({"stage1": self.start} if self.start else {})
 
     def _evaluated(self) -> bool:

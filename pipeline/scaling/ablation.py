@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint.portable import load_portable
-from ..config import LoadedConfig, load_config
+from ..checkpoint.portable import load_portable, read_config
+from ..config import LoadedConfig, RunPaths
 from ..config.ablation import BASELINE, CONTROLS
 from ..distributed import single_process
 from ..job.layout import stage2_key
@@ -34,7 +34,7 @@ class Variant:
     name: str  # "baseline" or the variant's name
     seed: int  # index, 0 .. seeds - 1
     job: MainJob  # its stage 2 (the baseline's seed 0 is the main job itself)
-    sets: tuple[str, ...]  # the overrides that make it (for the report)
+    sets: tuple[str, ...]  # the keys that make it, as KEY=VALUE (for the report)
 
     @property
     def key(self) -> str:
@@ -46,7 +46,7 @@ class Variant:
 
     @property
     def portable(self) -> Path:
-        return Path(self.job.configs[stage2_key(self.streams)].config.run.output_dir) / "portable"
+        return RunPaths.of(self.job.configs[stage2_key(self.streams)].config).portable
 
     @property
     def init(self) -> Path:
@@ -54,26 +54,21 @@ class Variant:
 
 
 class Stage2Ablation:
-    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False):
+    def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
         loaded.require("ablate", "run", "model", "train", "stage2", "ablation")
-        self.loaded, self.cfg = loaded, loaded.config
-        self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
+        self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
         self.root = Path(self.cfg.run.output_dir) / "ablation"
         self.report_dir = self.root / "report"
-        self.main = MainJob(
-            loaded, config_path, self.overrides, dry_run, report=False, streams=[self.cfg.stage2.parscale.streams]
-        )
-        plan = [(BASELINE, ())] + [
-            (v.name, tuple(f"{k}={json.dumps(val)}" for k, val in v.set.items())) for v in self.cfg.ablation.variants
-        ]
+        self.main = MainJob(loaded, dry_run, report=False, streams=[self.cfg.stage2.parscale.streams])
+        plan = [(BASELINE, {})] + [(v.name, v.set) for v in self.cfg.ablation.variants]
         self.variants: list[Variant] = []
-        for name, sets in plan:
+        for name, updates in plan:
+            sets = tuple(f"{k}={json.dumps(val)}" for k, val in updates.items())
             for i in range(self.cfg.ablation.seeds):
                 if name == BASELINE and i == 0:
                     self.variants.append(Variant(name, 0, self.main, sets))
                     continue
-                seeded = [*self.overrides, *sets]
-                variant = load_config(config_path, seeded)
+                variant = loaded.derive(f"ablation.variants: {name}", updates)
                 if variant.config.stage2.parscale.streams != self.main.streams[0]:
                     raise loaded.error(
                         "ablation.variants",
@@ -81,8 +76,6 @@ class Stage2Ablation:
                     )
                 job = MainJob(
                     variant,
-                    config_path,
-                    seeded,
                     dry_run,
                     report=False,
                     streams=self.main.streams,
@@ -125,9 +118,9 @@ class Stage2Ablation:
         models = {v.key: (v.portable, v.init) for v in self.variants}
         for control in CONTROLS:
             if control in self.main.configs:
-                models[control] = (Path(self.main.configs[control].config.run.output_dir) / "portable", None)
+                models[control] = (RunPaths.of(self.main.configs[control].config).portable, None)
         for key, (portable, init) in models.items():
-            seen = json.loads((portable / "config.json").read_text()).get("tokens_seen")
+            seen = read_config(portable).get("tokens_seen")
             if saved.get(key, {}).get("tokens_seen") == seen:
                 continue
             result = evaluate_portable(self.loaded, str(portable))

@@ -8,8 +8,8 @@ which the report says."""
 from __future__ import annotations
 
 from itertools import pairwise
-from pathlib import Path
 
+from ..config import RunPaths
 from ..job.stages import stage2_key
 from ..training.metrics import read_records
 from .inference_cost import non_embedding
@@ -17,8 +17,7 @@ from .inference_cost import non_embedding
 
 def _val_losses(loaded) -> dict[int, float]:
     """tokens seen -> validation loss, from one run's evaluation records."""
-    cfg = loaded.config
-    path = Path(cfg.run.output_dir) / cfg.logging.metrics_file
+    path = RunPaths.of(loaded.config).metrics
     records = read_records(path) if path.exists() else []
     return {r["tokens_seen"]: r["val_loss"] for r in records if r.get("kind") == "eval" and "tokens_seen" in r}
 

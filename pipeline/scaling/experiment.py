@@ -9,7 +9,8 @@ import json
 import math
 from pathlib import Path
 
-from ..config import LoadedConfig, load_config
+from ..checkpoint.portable import read_config
+from ..config import LoadedConfig, RunPaths
 from ..job.stages import MainJob, stage2_key
 from ..model.counting import parameter_counts
 from .inference_cost import compare, non_embedding
@@ -18,30 +19,28 @@ from .report import write_report
 
 
 class ScalingExperiment:
-    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False):
+    def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
         loaded.require("scaling", "run", "model", "train", "stage2", "scaling")
-        self.loaded, self.cfg = loaded, loaded.config
-        self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
+        self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
         self.root = Path(self.cfg.run.output_dir)
         self.report_dir = self.root / "report"
         self.streams = self.cfg.scaling.streams
         self.jobs: dict[str, MainJob] = {}
         per_param = self.cfg.scaling.stage2_tokens_per_param
         for size in self.cfg.scaling.sizes:
-            sets = [
-                *self.overrides,
-                f"run.output_dir={self.root / size.name}",
-                f"run.name={self.cfg.run.name}-{size.name}",
-                "stage2.dense_baseline=true",
-                f"stage2.prefix_control={str(self.cfg.scaling.prefix_control).lower()}",
-                *(f"model.{k}={v}" for k, v in size.model_overrides().items()),
-            ]
-            loaded_size = load_config(config_path, sets)
+            updates = {
+                "run.output_dir": str(self.root / size.name),
+                "run.name": f"{self.cfg.run.name}-{size.name}",
+                "stage2.dense_baseline": True,
+                "stage2.prefix_control": self.cfg.scaling.prefix_control,
+                **{f"model.{k}": v for k, v in size.model_overrides().items()},
+            }
             if per_param:  # the stage-2 budget in tokens per non-embedding parameter of this size
-                sets.append(f"stage2.tokens={math.ceil(per_param * non_embedding(loaded_size.config.model, 1))}")
-                loaded_size = load_config(config_path, sets)
+                model = self.cfg.model.model_copy(update=size.model_overrides())
+                updates["stage2.tokens"] = math.ceil(per_param * non_embedding(model, 1))
+            loaded_size = loaded.derive(f"scaling.sizes: {size.name}", updates)
             self.jobs[size.name] = MainJob(
-                loaded_size, config_path, sets, dry_run, streams=[p for p in self.streams if p > 1], report=False
+                loaded_size, dry_run, streams=[p for p in self.streams if p > 1], report=False
             )
 
     def run(self, console) -> Path:
@@ -86,7 +85,7 @@ class ScalingExperiment:
     def inference(self, k_values: list[float]) -> list[dict]:
         """Decode cost of the largest size at each P against its dense equivalent, per k."""
         job = max(self.jobs.values(), key=lambda j: j.cfg.model.hidden_size * j.cfg.model.num_layers)
-        vocab = json.loads((job.layout.stage1 / "portable" / "config.json").read_text())["vocab_size"]
+        vocab = read_config(RunPaths.of(job.configs["stage1"].config).portable)["vocab_size"]
         inf = self.cfg.scaling.inference
         rows = []
         for k in k_values:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from data_prep.job import is_complete, prepare
 
-from ..config import LoadedConfig, load_config
+from ..checkpoint.portable import read_config
+from ..config import LoadedConfig, RunPaths
 from ..job.stages import is_trained, train_stage
 from ..model.counting import parameter_counts
 from ..training.evaluation import evaluate_portable
@@ -43,7 +44,7 @@ class Run:
 
     @property
     def portable(self) -> Path:
-        return Path(self.loaded.config.run.output_dir) / "portable"
+        return RunPaths.of(self.loaded.config).portable
 
     @property
     def fit_params(self) -> int:
@@ -54,10 +55,9 @@ class Run:
 
 
 class FromScratchExperiment:
-    def __init__(self, loaded: LoadedConfig, config_path: str, overrides: list[str], dry_run: bool = False):
+    def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
         loaded.require("scaling", "run", "model", "train", "scaling")
-        self.loaded, self.cfg = loaded, loaded.config
-        self.path, self.overrides, self.dry_run = config_path, list(overrides), dry_run
+        self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
         sc = self.cfg.scaling
         self.root = Path(self.cfg.run.output_dir)
         self.report_dir = self.root / "report"
@@ -69,15 +69,14 @@ class FromScratchExperiment:
         for size in sc.sizes:
             n = non_embedding(self.cfg.model.model_copy(update=size.model_overrides()), 1)
             tokens = math.ceil(sc.tokens_per_param * n)
-            sets = [
-                *self.overrides,
-                f"run.output_dir={self.root / size.name}",
-                "train.init_from=null",
-                "train.skip_tokens=0",
-                f"train.tokens={tokens}",
-                *(f"model.{k}={v}" for k, v in size.model_overrides().items()),
-            ]
-            base = self.bases[size.name] = load_config(config_path, sets + ["parscale.streams=1"])
+            sets = {
+                "run.output_dir": str(self.root / size.name),
+                "train.init_from": None,
+                "train.skip_tokens": 0,
+                "train.tokens": tokens,
+                **{f"model.{k}": v for k, v in size.model_overrides().items()},
+            }
+            base = self.bases[size.name] = self._size(size.name, sets | {"parscale.streams": 1})
             for p in self.streams:
                 for i in range(sc.seeds if p in (1, top) else 1):
                     name = f"p{p}-seed{i}"
@@ -88,11 +87,11 @@ class FromScratchExperiment:
                             "parscale",
                             p,
                             i,
-                            self._derive(sets, size.name, name, tokens, i, [f"parscale.streams={p}"]),
+                            self._derive(sets, size.name, name, i, {"parscale.streams": p}),
                         )
                     )
                 if p > 1 and sc.matched_dense:
-                    self.runs.append(self._matched_dense(sets, size.name, base, p, tokens))
+                    self.runs.append(self._matched_dense(sets, size.name, base, p))
             if sc.prefix_control:
                 self.runs.append(
                     Run(
@@ -102,41 +101,34 @@ class FromScratchExperiment:
                         1,
                         0,
                         self._derive(
-                            sets,
-                            size.name,
-                            "p1-prefix",
-                            tokens,
-                            0,
-                            ["parscale.streams=1", "parscale.single_prefix=true"],
+                            sets, size.name, "p1-prefix", 0, {"parscale.streams": 1, "parscale.single_prefix": True}
                         ),
                     )
                 )
 
-    def _derive(self, sets: list[str], size: str, name: str, tokens: int, seed: int, extra: list[str]) -> LoadedConfig:
-        return load_config(
-            self.path,
-            sets
-            + [
-                f"run.output_dir={self.root / size / name}",
-                f"run.name={self.cfg.run.name}-{size}-{name}",
-                f"run.seed={self.cfg.run.seed + seed}",
-                f"train.tokens={tokens}",
-                *extra,
-            ],
-        )
+    def _size(self, size: str, updates: dict) -> LoadedConfig:
+        return self.loaded.derive(f"scaling.sizes: {size}", updates)
 
-    def _matched_dense(self, sets: list[str], size: str, base: LoadedConfig, p: int, tokens: int) -> Run:
+    def _derive(self, sets: dict, size: str, name: str, seed: int, extra: dict) -> LoadedConfig:
+        run = {
+            "run.output_dir": str(self.root / size / name),
+            "run.name": f"{self.cfg.run.name}-{size}-{name}",
+            "run.seed": self.cfg.run.seed + seed,
+        }
+        return self._size(size, sets | run | extra)
+
+    def _matched_dense(self, sets: dict, size: str, base: LoadedConfig, p: int) -> Run:
         model = base.config.model
         counts = parameter_counts(model, base.config.parscale.model_copy(update={"streams": p}), 1)
         # FFN in steps of 8 (any TP up to 8 divides it): close enough at the smallest sizes too
         eq = dense_equivalent(model, 1, (counts.non_embedding + counts.parscale) / counts.non_embedding, step=8)
-        shape = [
-            f"model.{k}={getattr(eq, k)}"
+        shape = {
+            f"model.{k}": getattr(eq, k)
             for k in ("hidden_size", "ffn_hidden_size", "num_attention_heads", "num_kv_heads", "head_dim")
-        ]
+        }
         name = f"dense-matched-p{p}"
         return Run(
-            size, name, "matched_dense", p, 0, self._derive(sets, size, name, tokens, 0, ["parscale.streams=1", *shape])
+            size, name, "matched_dense", p, 0, self._derive(sets, size, name, 0, {"parscale.streams": 1, **shape})
         )
 
     # ------------------------------------------------------------------ running
@@ -175,7 +167,7 @@ class FromScratchExperiment:
         except (OSError, ValueError):
             saved = {}
         for run in (r for r in self.runs if r.size == size):
-            seen = json.loads((run.portable / "config.json").read_text()).get("tokens_seen")
+            seen = read_config(run.portable).get("tokens_seen")
             if saved.get(run.name, {}).get("tokens_seen") != seen:
                 saved[run.name] = evaluate_portable(self.bases[size], str(run.portable))
                 console.print(f"{size} {run.name}: val loss {saved[run.name]['val_loss']:.4f}")

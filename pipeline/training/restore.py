@@ -16,6 +16,7 @@ from ..checkpoint.sharding import load_full_state, load_rank_state
 from ..checkpoint.trainer_ckpt import TrainerCheckpoint
 from ..config.errors import ErrorAt
 from ..config.job import JobConfig
+from ..config.run_paths import RunPaths
 from . import checkpointing as ckpt
 from .init_vocab import InitVocab, grow_rows
 
@@ -37,7 +38,7 @@ def identity(cfg: JobConfig, vocab: int, tokenizer_sha256: str) -> dict:
 
 
 def checkpoint_dir(cfg: JobConfig) -> Path:
-    return Path(cfg.checkpoint.dir or Path(cfg.run.output_dir) / "checkpoints")
+    return RunPaths.of(cfg).checkpoints
 
 
 @dataclass(frozen=True)

@@ -270,3 +270,23 @@ def test_an_ffn_size_tp_cannot_split_is_refused_at_validation_by_the_checkpoint_
         for p in problems_of(exc)
     )
     assert tp_problem(bad, 2) == f"TP=2 does not divide model.ffn_hidden_size={bad.ffn_hidden_size}"
+
+
+def test_a_derived_config_is_typed_validated_once_and_equals_the_same_keys_loaded(write_yaml):
+    import json
+
+    from pipeline.config.model import ParScaleConfig
+
+    path = write_yaml("job.yaml", TINY + "packing:\n  strategy: best_fit\n")
+    loaded = load_config(path, ["model.hidden_size=128"])
+    parscale = ParScaleConfig(streams=4, prefix_len=8)
+    derived = loaded.derive("stage 2 (P=4)", {"parscale": parscale, "train.tokens": 100, "train.skip_tokens": None})
+    as_overrides = [f"parscale={json.dumps(parscale.model_dump(mode='json'))}", "train.tokens=100"]
+    assert derived.config == load_config(path, ["model.hidden_size=128", *as_overrides]).config
+    assert derived.config.parscale == parscale and derived.config.model.hidden_size == 128
+    assert "seq_len" not in derived.config.packing.model_fields_set  # what the YAML left unset stays unset
+    assert derived.overrides == ["model.hidden_size=128", *as_overrides, "train.skip_tokens=null"]
+    assert loaded.config.parscale.streams == 1  # the config derived from is unchanged
+    with pytest.raises(ConfigError) as err:
+        loaded.derive("stage 2 (P=4)", {"train.tokens": 0})
+    assert problems_of(err) == ["stage 2 (P=4): train.tokens: Input should be greater than 0 (got 0)"]

@@ -43,8 +43,10 @@ def _job(root, **extra):
 
 @pytest.fixture(scope="module")
 def finished_job(tmp_path_factory):
-    """One ``parscale run`` of the fast job for the module: (its config, the finished process)."""
-    config = _job(tmp_path_factory.mktemp("main-job"))
+    """One ``parscale run`` of the fast job for the module: (its config, the finished process). Its
+    checkpoints go to a folder of their own (``checkpoint.dir``, as on a cluster's scratch disk)."""
+    root = tmp_path_factory.mktemp("main-job")
+    config = _job(root, checkpoint={"interval_steps": 3, "dir": str(root / "scratch")})
     proc = run_cli("run", str(config), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return config, proc
@@ -70,8 +72,10 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     assert control["parscale"]["single_prefix"] and control["parscale"]["streams"] == 1
     assert evals["stage2-p2"]["streams"] == 2 and evals["dense"]["streams"] == 1
     assert evals["stage1"]["tokens_seen"] == 6 * 8 * 32 and evals["stage2-p2"]["tokens_seen"] == 3 * 8 * 32
-    for stage in ("stage1", "stage2-p2", "stage2-dense"):
+    for stage in ("stage1", "stage2-p2", "stage2-dense", "stage2-p1-prefix"):
         assert (job / stage / "portable" / "config.json").exists() and (job / stage / "job.yaml").exists()
+        # checkpoint.dir: each run keeps its checkpoints in its own folder under it, none in the run folder
+        assert (config.parent / "scratch" / stage / "latest").exists() and not (job / stage / "checkpoints").exists()
     stage2 = yaml.safe_load((job / "stage2-p2" / "job.yaml").read_text())
     assert stage2["train"]["skip_tokens"] is None  # the rule: the init's tokens_seen, stage 1's (6 steps)
     # every stage-2 run (P=2, dense control, one-prefix control) reads on after stage 1's data
@@ -95,6 +99,7 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(trained) == 4 and {p: p.stat().st_mtime_ns for p in trained} == trained  # nothing retrained
     variant = job / "ablation" / "lr-x10-seed0"
+    assert (config.parent / "scratch" / "ablation" / "lr-x10-seed0" / "stage2-p2" / "latest").exists()
     assert yaml.safe_load((variant / "stage2-p2" / "job.yaml").read_text())["optimizer"]["parscale_lr_mult"] == 10
     results = json.loads((job / "ablation" / "eval.json").read_text())
     assert set(results) == {"baseline-seed0", "lr-x10-seed0", "dense", "prefix1"}
@@ -193,6 +198,15 @@ def test_a_stage_whose_ranks_exit_2_says_the_reason_is_above(tmp_path, monkeypat
     from pipeline.job import stages
 
     monkeypatch.setattr(TorchrunLaunch, "run", lambda self, dry_run=False: 2)
-    loaded = stages.load_config(_job(tmp_path))
+    from pipeline.config import load_config
+
+    loaded = load_config(_job(tmp_path))
     with pytest.raises(stages.JobError, match=r"stage1 training ended with exit 2 \(its reason is printed above\)"):
         stages.train_stage(loaded, "stage1", nproc=2, dry_run=False)
+
+
+def test_the_main_job_takes_p_from_stage2_only(tmp_path):
+    config = _job(tmp_path, parscale={"streams": 4})
+    proc = cli("run", str(config), "--dry-run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "parscale.streams: 4, but stage 1 of 'parscale run' is dense; the P of stage 2 is" in proc.stderr

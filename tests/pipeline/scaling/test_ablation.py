@@ -38,7 +38,7 @@ def _config(tmp_path, variants=VARIANTS, seeds=2):
 
 def test_the_plan_shares_stage_1_and_gives_each_variant_its_settings_and_seeds(tmp_path):
     path = _config(tmp_path)
-    ablation = Stage2Ablation(load_config(path), str(path), [], dry_run=True)
+    ablation = Stage2Ablation(load_config(path), dry_run=True)
     keys = [v.key for v in ablation.variants]
     assert keys == ["baseline-seed0", "baseline-seed1", "eps-0-seed0", "eps-0-seed1", "lr-x10-seed0", "lr-x10-seed1"]
     job = tmp_path / "job"
@@ -75,7 +75,7 @@ def test_bad_variants_are_refused_naming_the_key(tmp_path, variants, expected):
 def test_a_variant_that_changes_p_is_refused(tmp_path):
     path = _config(tmp_path, [{"name": "p4", "set": {"stage2.parscale.streams": 4}}])
     with pytest.raises(ConfigError, match="must keep stage2.parscale.streams"):
-        Stage2Ablation(load_config(path), str(path), [], dry_run=True)
+        Stage2Ablation(load_config(path), dry_run=True)
 
 
 def _result(loss, gain=None, spread=None, cosine=None):

@@ -209,7 +209,7 @@ def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_a
     from pipeline.scaling.from_scratch import FromScratchExperiment
 
     config = _tiny_from_scratch(tmp_path)
-    exp = FromScratchExperiment(load_config(config), str(config), [], dry_run=True)
+    exp = FromScratchExperiment(load_config(config), dry_run=True)
     names = {(r.size, r.name) for r in exp.runs}
     assert names == {
         (s, n)
@@ -312,7 +312,7 @@ def test_a_stage2_budget_per_parameter_gives_each_size_its_tokens_and_the_report
         },
     }
     config.write_text(yaml.safe_dump(cfg))
-    exp = ScalingExperiment(load_config(config), str(config), [], dry_run=True)
+    exp = ScalingExperiment(load_config(config), dry_run=True)
     tokens = {name: job.cfg.stage2.tokens for name, job in exp.jobs.items()}
     assert tokens == {name: math.ceil(0.5 * non_embedding(job.cfg.model, 1)) for name, job in exp.jobs.items()}
     assert tokens["b"] > tokens["a"] and 999 not in tokens.values()
