@@ -122,6 +122,7 @@ class MainJob:
         #: an existing dense checkpoint stage 2 starts from (stage2.init_from), else None: stage 1 trains
         self.start = Path(self.stage2.init_from) if self.stage2.init_from else None
         self.dry_run, self.with_report = dry_run, report
+        self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         loaded = _start_model(self.start, loaded) if self.start else loaded
         loaded.require("run", "model", *(() if self.start else ("train",)))
         if loaded.config.parscale.streams != 1:

@@ -57,6 +57,7 @@ class Stage2Ablation:
     def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
         loaded.require("ablate", "run", "model", "train", "stage2", "ablation")
         self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
+        self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         self.root = Path(self.cfg.run.output_dir) / "ablation"
         self.report_dir = self.root / "report"
         self.main = MainJob(loaded, dry_run, report=False, streams=[self.cfg.stage2.parscale.streams])

@@ -22,6 +22,7 @@ class ScalingExperiment:
     def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
         loaded.require("scaling", "run", "model", "train", "stage2", "scaling")
         self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
+        self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         self.root = Path(self.cfg.run.output_dir)
         self.report_dir = self.root / "report"
         self.streams = self.cfg.scaling.streams

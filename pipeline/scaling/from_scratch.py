@@ -58,6 +58,7 @@ class FromScratchExperiment:
     def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
         loaded.require("scaling", "run", "model", "train", "scaling")
         self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
+        self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         sc = self.cfg.scaling
         self.root = Path(self.cfg.run.output_dir)
         self.report_dir = self.root / "report"
