@@ -114,6 +114,27 @@ def test_portable_configs_are_read_only_through_read_config():
     assert found == []
 
 
+#: distribution name -> the module it is imported as, where they differ
+IMPORT_NAME = {"megatron-core": "megatron", "pyyaml": "yaml"}
+
+
+def test_every_declared_dependency_is_imported_by_the_code():
+    """pyproject.toml declares what the code imports, and nothing it does not."""
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[\[<>=!~ ]", spec, maxsplit=1)[0].lower() for spec in declared}
+    imported = set()
+    for package in PACKAGES:
+        for p in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(p.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    assert sorted(n for n in names if IMPORT_NAME.get(n, n) not in imported) == []
+
+
 #: third-party libraries imported inside the function that uses them: costly to import (a command
 #: pays only for what it runs; Ray actors and the CLI start fast) or, DeepSpeed, needing the
 #: accelerator chosen before its import
