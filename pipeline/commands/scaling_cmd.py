@@ -18,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     console = Console()
     start = time.perf_counter()
     loaded = load_from_args(args)
-    loaded.require("scaling", "scaling")
+    loaded.require("scaling", by="scaling")
     if loaded.config.scaling.mode == "from_scratch":
         from ..scaling.from_scratch import FromScratchExperiment
 

@@ -37,11 +37,11 @@ class LoadedConfig:
         """file:line (or the override) that set a dotted key, or its nearest parent."""
         return _lookup_origin(self.origin, _split_key(key) if isinstance(key, str) else key, self.files[0])
 
-    def require(self, command: str, *sections: str) -> None:
-        """Refuse a config that lacks a section ``command`` needs, naming the key."""
+    def require(self, *sections: str, by: str) -> None:
+        """Refuse a config that lacks a section the command ``by`` needs, naming the key."""
         for section in sections:
             if getattr(self.config, section) is None:
-                raise self.error(section, f"required by '{command}' but missing")
+                raise self.error(section, f"required by '{by}' but missing")
 
     def error(self, key: str, message: str) -> ConfigError:
         """A ConfigError about one key, found after loading (e.g. against the world size)."""

@@ -117,14 +117,14 @@ class MainJob:
         stage2_root: Path | None = None,
         init_seed_offset: int = 0,
     ):
-        loaded.require("run", "stage2")
+        loaded.require("stage2", by="run")
         self.stage2 = loaded.config.stage2
         #: an existing dense checkpoint stage 2 starts from (stage2.init_from), else None: stage 1 trains
         self.start = Path(self.stage2.init_from) if self.stage2.init_from else None
         self.dry_run, self.with_report = dry_run, report
         self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         loaded = _start_model(self.start, loaded) if self.start else loaded
-        loaded.require("run", "model", *(() if self.start else ("train",)))
+        loaded.require("model", *(() if self.start else ("train",)), by="run")
         if loaded.config.parscale.streams != 1:
             raise loaded.error(
                 "parscale.streams",

@@ -55,7 +55,7 @@ class Variant:
 
 class Stage2Ablation:
     def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
-        loaded.require("ablate", "run", "model", "train", "stage2", "ablation")
+        loaded.require("model", "train", "stage2", "ablation", by="ablate")
         self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
         self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         self.root = Path(self.cfg.run.output_dir) / "ablation"

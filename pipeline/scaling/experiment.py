@@ -20,7 +20,7 @@ from .report import write_report
 
 class ScalingExperiment:
     def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
-        loaded.require("scaling", "run", "model", "train", "stage2", "scaling")
+        loaded.require("model", "train", "stage2", "scaling", by="scaling")
         self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
         self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         self.root = Path(self.cfg.run.output_dir)

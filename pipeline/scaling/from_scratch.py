@@ -56,7 +56,7 @@ class Run:
 
 class FromScratchExperiment:
     def __init__(self, loaded: LoadedConfig, dry_run: bool = False):
-        loaded.require("scaling", "run", "model", "train", "scaling")
+        loaded.require("model", "train", "scaling", by="scaling")
         self.loaded, self.cfg, self.dry_run = loaded, loaded.config, dry_run
         self.path, self.overrides = loaded.files[0], list(loaded.overrides)  # as given: for the report
         sc = self.cfg.scaling
