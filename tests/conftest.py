@@ -3,6 +3,7 @@ session-wide fixtures (helpers to import live in tests/helpers)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -42,13 +43,15 @@ def write_yaml(tmp_path: Path):
 
 @pytest.fixture
 def single_rank(monkeypatch):
-    """A trainer built in this process at world size 1: no launcher variables, its groups torn down after."""
-    from pipeline.distributed import destroy_distributed
+    """A trainer built in this process at world size 1: no launcher variables; ``single_rank(cfg)``
+    brings up the process groups of ``cfg`` and gives their context, torn down after the test."""
+    from pipeline.distributed import destroy_distributed, distributed_world
     from pipeline.distributed.runtime import LAUNCHER_VARS
 
     for key in LAUNCHER_VARS:
         monkeypatch.delenv(key, raising=False)
-    yield
+    with contextlib.ExitStack() as worlds:
+        yield lambda cfg: worlds.enter_context(distributed_world(cfg))
     destroy_distributed()
 
 

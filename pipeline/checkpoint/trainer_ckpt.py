@@ -28,9 +28,9 @@ from ..config.job import JobConfig
 from ..config.model import ModelConfig, ParScaleConfig
 from ..config.run_paths import RunPaths
 from ..distributed.runtime import select_deepspeed_accelerator
-from ..model.param_groups import group_names
 from . import integrity
 from .layout import COMPLETE, CONFIG, RESHARDED, STATE, latest_tag
+from .optimizer_groups import group_names
 from .portable import CheckpointError
 
 
@@ -125,7 +125,9 @@ class TrainerCheckpoint:
         if self.zero == 0:
             fp32 = (states.get("optimizer") or {}).get("fp32_groups")
             if fp32 is not None:  # bf16 at ZeRO 0: the masters, one tensor per parameter, by group
-                for (names, *_), tensors in zip(group_names(module.items(), self.config), fp32, strict=True):
+                for (names, *_), tensors in zip(
+                    group_names(module.items(), self.config.optimizer, self.parscale), fp32, strict=True
+                ):
                     full |= dict(zip(names, (t.float() for t in tensors), strict=True))
             return full
         return full | self._zero12(rank, states["param_shapes"])

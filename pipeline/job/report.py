@@ -7,18 +7,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..checkpoint.portable import read_config
+from ..config.run_paths import RunPaths
 from ..model.counting import parameter_counts
 from ..training.metrics import read_records
-from ..utils.fs import atomic_write_text
 from ..utils.plots import save, two_panels
+from ..utils.report_format import config_line, section, table, write_markdown
 from .layout import stage2_key
 
 LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control", "prefix1": "stage 2 P=1 + one prefix"}
 
+#: per control in the job, the sentence that sets ParScale P={p} against it (in this order)
+AGAINST = {
+    "dense": "At equal stage-2 tokens ({tokens:,}), ParScale P={p} ends {side} the dense control by {gap:.4f} nats "
+    "of validation loss (same validation batches for every run).",
+    "prefix1": "Against one learned prefix (P=1 + prefix, same tokens), ParScale P={p} ends {side} it by {gap:.4f} "
+    "nats: what the P streams add beyond prefix tuning.",
+}
+CAUTION = (
+    "One run's difference at this scale is within seed noise; `parscale scaling` (several sizes, "
+    "P = 1, 2, 4, 8, a fitted scaling law) is the place for claims."
+)
 
-def config_line(path: str, overrides: list[str]) -> str:
-    """'Config: `path` with `--set ...`': how a report's numbers were made."""
-    return f"Config: `{path}`" + (f" with `--set {' '.join(overrides)}`" if overrides else "")
+Points = list[tuple[int, float]]
 
 
 def label(key: str) -> str:
@@ -26,12 +37,12 @@ def label(key: str) -> str:
     return LABELS.get(key) or f"stage 2 (ParScale P={key.rpartition('-p')[2]})"
 
 
-def read_metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(tokens, train loss) and (tokens, val loss) points of one training run."""
+def read_metrics(metrics: Path) -> tuple[Points, Points]:
+    """(tokens, train loss) and (tokens, val loss) points of one training run's metrics file."""
     train, val, per_step = [], [], None
-    if not (run_dir / "metrics.jsonl").is_file():  # not trained here (stage 2 from a given checkpoint)
+    if not metrics.is_file():  # not trained here (stage 2 from a given checkpoint)
         return train, val
-    for record in read_records(run_dir / "metrics.jsonl"):
+    for record in read_records(metrics):
         if "loss" in record and "tokens_seen" in record:
             train.append((record["tokens_seen"], record["loss"]))
             per_step = record["tokens_seen"] / record["step"]
@@ -48,7 +59,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
+def plot(curves: dict[str, tuple[Points, Points]], offset: int, path: Path) -> Path:
     fig, (whole, zoom) = two_panels()
     for key, (train, val) in curves.items():
         shift = 0 if key == "stage1" else offset
@@ -71,66 +82,41 @@ def plot(curves: dict[str, tuple[list, list]], offset: int, path: Path) -> Path:
     return save(fig, (whole, zoom), path)
 
 
-def write_report(job) -> Path:
-    layout, out = job.layout, job.layout.report
-    runs = {key: Path(loaded.config.run.output_dir) for key, loaded in job.configs.items()}
-    curves = {key: read_metrics(path) for key, path in runs.items()}
-    stage1_tokens = curves["stage1"][0][-1][0] if curves["stage1"][0] else 0
-    plot(curves, stage1_tokens, out / "loss.png")
-    evals = json.loads(layout.eval.read_text())
+def _runs_table(job, evals: dict[str, dict], curves: dict[str, tuple[Points, Points]]) -> list[str]:
     finals = job._finals()
-    cfg = job.cfg
-    streams = ", ".join(f"P={p}" for p in job.streams)
-    lines = [
-        f"# {cfg.run.name}: dense -> ParScale {streams}",
-        "",
-        config_line(job.path, job.overrides),
-        "",
-        "| run | P | parameters (ParScale extra) | tokens | last train loss | val loss | val ppl |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for key, result in evals.items():
-        ps = job.configs[key].config.parscale
-        counts = parameter_counts(cfg.model, ps, job.configs[key].config.model.vocab_size or _vocab(finals[key]))
+        loaded = job.configs[key].config
+        vocab = loaded.model.vocab_size or read_config(finals[key])["vocab_size"]
+        counts = parameter_counts(job.cfg.model, loaded.parscale, vocab)
         train = curves[key][0]
-        last = f"{train[-1][1]:.4f}" if train else "—"  # stage 1 given as a checkpoint: not trained here
-        lines.append(
-            f"| {label(key)} | {ps.streams} | {counts.total:,} ({100 * counts.parscale_fraction:.1f}%) | "
-            f"{result['tokens_seen'] or 0:,} | {last} | {result['val_loss']:.4f} | {result['val_ppl']:.2f} |"
+        rows.append(
+            [
+                label(key),
+                str(loaded.parscale.streams),
+                f"{counts.total:,} ({100 * counts.parscale_fraction:.1f}%)",
+                f"{result['tokens_seen'] or 0:,}",
+                f"{train[-1][1]:.4f}" if train else "—",  # stage 1 given as a checkpoint: not trained here
+                f"{result['val_loss']:.4f}",
+                f"{result['val_ppl']:.2f}",
+            ]
         )
-    if "dense" in evals:
-        lines.append("")
-        for p in job.streams:
-            gain = evals["dense"]["val_loss"] - evals[stage2_key(p)]["val_loss"]
-            lines.append(
-                f"At equal stage-2 tokens ({job.stage2.tokens:,}), ParScale P={p} ends "
-                f"{'below' if gain > 0 else 'above'} the dense control by {abs(gain):.4f} nats of validation "
-                "loss (same validation batches for every run)."
-            )
-    if "prefix1" in evals:
-        for p in job.streams:
-            gain = evals["prefix1"]["val_loss"] - evals[stage2_key(p)]["val_loss"]
-            lines.append(
-                f"Against one learned prefix (P=1 + prefix, same tokens), ParScale P={p} ends "
-                f"{'below' if gain > 0 else 'above'} it by {abs(gain):.4f} nats: what the P streams add "
-                "beyond prefix tuning."
-            )
-    if "dense" in evals or "prefix1" in evals:
-        lines += [
-            "",
-            "One run's difference at this scale is within seed noise; `parscale scaling` (several sizes, "
-            "P = 1, 2, 4, 8, a fitted scaling law) is the place for claims.",
-        ]
-    lines += [
-        "",
-        "![training and validation loss](loss.png)",
-        "",
-        "## Stages",
-        "",
-        "| stage | status | wall time (s) |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {t['status']} | {t['seconds']:.1f} |" for name, t in job.timings.items()]
+    return table("run | P | parameters (ParScale extra) | tokens | last train loss | val loss | val ppl", rows)
+
+
+def _comparisons(job, evals: dict[str, dict]) -> list[str]:
+    """ParScale against each control it has, at equal stage-2 tokens."""
+    lines = []
+    for control, sentence in AGAINST.items():
+        for p in job.streams if control in evals else []:
+            gain = evals[control]["val_loss"] - evals[stage2_key(p)]["val_loss"]
+            side = "below" if gain > 0 else "above"
+            lines.append(sentence.format(tokens=job.stage2.tokens, p=p, side=side, gap=abs(gain)))
+    return lines
+
+
+def _outputs(job) -> str:
+    layout = job.layout
     outputs = [
         *([job.start] if job.start else [layout.stage1, layout.consolidated]),
         *(layout.init(p) for p in job.streams),
@@ -138,9 +124,32 @@ def write_report(job) -> Path:
         layout.dense,
         layout.eval,
     ]
-    lines += ["", "Outputs: " + ", ".join(f"`{p}`" for p in outputs), ""]
-    return atomic_write_text(out / "report.md", "\n".join(lines))
+    return "Outputs: " + ", ".join(f"`{p}`" for p in outputs)
 
 
-def _vocab(portable: Path) -> int:
-    return json.loads((portable / "config.json").read_text())["vocab_size"]
+def write_report(job) -> Path:
+    out = job.layout.report
+    curves = {key: read_metrics(RunPaths.of(loaded.config).metrics) for key, loaded in job.configs.items()}
+    stage1_tokens = curves["stage1"][0][-1][0] if curves["stage1"][0] else 0
+    plot(curves, stage1_tokens, out / "loss.png")
+    evals = json.loads(job.layout.eval.read_text())
+    comparisons = _comparisons(job, evals)
+    stages = table(
+        "stage | status | wall time (s)",
+        ([name, t["status"], f"{t['seconds']:.1f}"] for name, t in job.timings.items()),
+    )
+    return write_markdown(
+        out / "report.md",
+        [
+            *section(
+                f"{job.cfg.run.name}: dense -> ParScale {', '.join(f'P={p}' for p in job.streams)}",
+                config_line(job.path, job.overrides),
+                _runs_table(job, evals, curves),
+                comparisons,
+                CAUTION if comparisons else None,
+                "![training and validation loss](loss.png)",
+                level=1,
+            ),
+            *section("Stages", stages, _outputs(job)),
+        ],
+    )

@@ -4,23 +4,30 @@ diagnostics that say whether the streams became different."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ..config.ablation import BASELINE, CONTROLS
-from ..job.report import config_line
-from ..utils.fs import atomic_write_text
 from ..utils.hardware import hardware
+from ..utils.report_format import config_line, number, section, write_json, write_markdown
+from ..utils.report_format import table as markdown_table
 
 #: the diagnostics averaged over seeds, in table order: (key, column title, format)
 DIAGNOSTICS = (
     ("diversity_gain", "diversity gain", "{:+.4f}"),
     ("stream_spread", "stream spread", "{:.4f}"),
-    ("weight_entropy", "weight entropy / ln P", None),
+    ("weight_entropy", "weight entropy / ln P", "{:.3f}"),
     ("max_mean_weight", "max mean weight", "{:.3f}"),
     ("prefix_cosine", "prefix cosine", "{:.3f}"),
     ("update_cosine", "update cosine", "{:.3f}"),
+)
+
+DIAGNOSTICS_TEXT = (
+    "Diagnostics (means over seeds): diversity gain = val loss with every stream given the streams' "
+    "mean prefix minus the real loss (0: single-prefix tuning); stream spread = RMS distance of the "
+    "streams' final states from their mean, relative to it; weight entropy / ln P (1: uniform merge); "
+    "prefix cosine = mean pairwise cosine of the streams' prefixes; update cosine = the same for their "
+    "change from the converted init (1: every stream moved the same way)."
 )
 
 
@@ -53,10 +60,6 @@ def summarize(variants: list[tuple[str, int, tuple[str, ...]]], results: dict[st
     return list(rows.values())
 
 
-def _fmt(value, spec: str | None) -> str:
-    return "-" if value is None else (spec or "{:.3f}").format(value)
-
-
 def table(rows: list[dict]) -> list[str]:
     controls = [c for c in CONTROLS if f"vs_{c}" in rows[0]]
     head = [
@@ -68,19 +71,19 @@ def table(rows: list[dict]) -> list[str]:
         *(f"vs {CONTROLS[c]}" for c in controls),
         *(title for _, title, _ in DIAGNOSTICS),
     ]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [
-            r["variant"],
-            ", ".join(f"`{s}`" for s in r["set"]) or "(the config as is)",
-            f"{r['val_loss']:.4f} ({', '.join(f'{x:.4f}' for x in r['losses'])})",
-            _fmt(r["seed_spread"], "{:.4f}"),
-            f"{r['vs_baseline']:+.4f}",
-            *(f"{r[f'vs_{c}']:+.4f}" for c in controls),
-            *(_fmt(r["diag"].get(k), spec) for k, _, spec in DIAGNOSTICS),
-        ]
-        out.append("| " + " | ".join(cells) + " |")
-    return out
+    return markdown_table(head, (_cells(r, controls) for r in rows))
+
+
+def _cells(row: dict, controls: list[str]) -> list[str]:
+    return [
+        row["variant"],
+        ", ".join(f"`{s}`" for s in row["set"]) or "(the config as is)",
+        f"{row['val_loss']:.4f} ({', '.join(f'{x:.4f}' for x in row['losses'])})",
+        number(row["seed_spread"], missing="-"),
+        f"{row['vs_baseline']:+.4f}",
+        *(f"{row[f'vs_{c}']:+.4f}" for c in controls),
+        *(number(row["diag"].get(k), spec, missing="-") for k, _, spec in DIAGNOSTICS),
+    ]
 
 
 def findings(rows: list[dict]) -> list[str]:
@@ -88,69 +91,58 @@ def findings(rows: list[dict]) -> list[str]:
     same seeds, the same tokens: a paired difference below it is not a finding), and whether the
     streams became worth more than one shared prefix."""
     base = next(r for r in rows if r["variant"] == BASELINE)
-    out = []
-    for r in rows:
-        if r is base:
-            continue
-        noise = max(r["seed_spread"] or 0.0, base["seed_spread"] or 0.0)
-        gain = r["diag"].get("diversity_gain")
-        verdict = (
-            "lower than the baseline beyond"
-            if -r["vs_baseline"] > noise
-            else "higher than the baseline beyond"
-            if r["vs_baseline"] > noise
-            else "within"
-        )
-        out.append(
-            f"- `{r['variant']}`: {r['vs_baseline']:+.4f} nats, {verdict} the seed spread ({noise:.4f})"
-            + (
-                f"; diversity gain {gain:+.4f} (baseline {base['diag'].get('diversity_gain', 0.0):+.4f})"
-                if gain is not None
-                else ""
-            )
-            + "."
-        )
-    return out
+    return [_finding(r, base) for r in rows if r is not base]
 
 
-def write_report(ablation, results: dict[str, dict]) -> Path:
+def _finding(row: dict, base: dict) -> str:
+    noise = max(row["seed_spread"] or 0.0, base["seed_spread"] or 0.0)
+    gain = row["diag"].get("diversity_gain")
+    verdict = (
+        "lower than the baseline beyond"
+        if -row["vs_baseline"] > noise
+        else "higher than the baseline beyond"
+        if row["vs_baseline"] > noise
+        else "within"
+    )
+    streams = (
+        f"; diversity gain {gain:+.4f} (baseline {base['diag'].get('diversity_gain', 0.0):+.4f})"
+        if gain is not None
+        else ""
+    )
+    return f"- `{row['variant']}`: {row['vs_baseline']:+.4f} nats, {verdict} the seed spread ({noise:.4f}){streams}."
 
+
+def _setup(ablation) -> str:
     cfg = ablation.cfg
-    streams = cfg.stage2.parscale.streams
-    rows = summarize([(v.name, v.seed, v.sets) for v in ablation.variants], results, streams)
-    controls = {c: results[c]["val_loss"] for c in CONTROLS if c in results}
-    lines = [
-        f"# {cfg.run.name}: stage-2 ablations at P = {streams}",
-        "",
-        config_line(ablation.path, ablation.overrides)
-        + f". Stage 1 dense on {cfg.train.tokens:,} tokens, shared; every variant's stage 2 on "
+    return config_line(ablation.path, ablation.overrides) + (
+        f". Stage 1 dense on {cfg.train.tokens:,} tokens, shared; every variant's stage 2 on "
         f"{cfg.stage2.tokens:,} tokens from it, {cfg.ablation.seeds} seeds each (seed i: the prefixes' and "
         "the aggregator's init from run.seed + i; the same data order for every run, the controls' "
         "included, so differences are paired); validation on the same "
-        f"{cfg.eval.max_batches} batches for every model. Measured on: {hardware()}.",
-        "",
-        "Controls on the same stage-2 tokens: "
-        + ", ".join(f"{CONTROLS[c]} {v:.4f}" for c, v in controls.items())
-        + ".",
-        "",
-        "Diagnostics (means over seeds): diversity gain = val loss with every stream given the streams' "
-        "mean prefix minus the real loss (0: single-prefix tuning); stream spread = RMS distance of the "
-        "streams' final states from their mean, relative to it; weight entropy / ln P (1: uniform merge); "
-        "prefix cosine = mean pairwise cosine of the streams' prefixes; update cosine = the same for their "
-        "change from the converted init (1: every stream moved the same way).",
-        "",
-        *table(rows),
-        "",
-        "## What the runs say",
-        "",
-        *findings(rows),
-        "",
-    ]
-    atomic_write_text(
-        ablation.report_dir / "results.json",
-        json.dumps({"rows": rows, "results": results, "hardware": hardware()}, indent=2),
+        f"{cfg.eval.max_batches} batches for every model. Measured on: {hardware()}."
     )
-    return atomic_write_text(ablation.report_dir / "ablation.md", "\n".join(lines))
+
+
+def write_report(ablation, results: dict[str, dict]) -> Path:
+    cfg = ablation.cfg
+    streams = cfg.stage2.parscale.streams
+    rows = summarize([(v.name, v.seed, v.sets) for v in ablation.variants], results, streams)
+    controls = ", ".join(f"{CONTROLS[c]} {results[c]['val_loss']:.4f}" for c in CONTROLS if c in results)
+    write_json(ablation.report_dir / "results.json", {"rows": rows, "results": results, "hardware": hardware()})
+    return write_markdown(
+        ablation.report_dir / "ablation.md",
+        [
+            *section(
+                f"{cfg.run.name}: stage-2 ablations at P = {streams}",
+                _setup(ablation),
+                f"Controls on the same stage-2 tokens: {controls}.",
+                DIAGNOSTICS_TEXT,
+                table(rows),
+                level=1,
+            ),
+            *section("What the runs say", findings(rows)),
+        ],
+    )
 
 
 __all__ = ["DIAGNOSTICS", "findings", "summarize", "table", "write_report"]

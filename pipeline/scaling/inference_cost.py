@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 
@@ -132,41 +133,27 @@ def compare(
     new: int,
     repeats: int = 5,
 ) -> list[Comparison]:
+    """At each batch size: the P=1 model, then per P > 1 the model with P streams and the dense
+    model of N (k ln P + 1) parameters, each decoded the same way."""
     out = []
     with single_process() as ctx:
         for batch in batch_sizes:
-            out += _compare_at(base, parscale, vocab, streams, k, batch, prompt, new, repeats, ctx.device)
-    return out
-
-
-def _compare_at(
-    base: ModelConfig,
-    parscale: ParScaleConfig,
-    vocab: int,
-    streams: list[int],
-    k: float,
-    batch: int,
-    prompt: int,
-    new: int,
-    repeats: int,
-    device: str,
-) -> list[Comparison]:
-    base_cost = decode_cost(base, ParScaleConfig(), vocab, batch, prompt, new, repeats, device)
-    out = []
-    for p in (s for s in streams if s > 1):
-        eq = dense_equivalent(base, vocab, k * math.log(p) + 1)
-        out.append(
-            Comparison(
-                streams=p,
-                batch=batch,
-                k=k,
-                base=base_cost,
-                parscale=decode_cost(
-                    base, parscale.model_copy(update={"streams": p}), vocab, batch, prompt, new, repeats, device
-                ),
-                dense=decode_cost(eq, ParScaleConfig(), vocab, batch, prompt, new, repeats, device),
-                dense_params=non_embedding(eq, vocab),
-                dense_shape=f"{eq.hidden_size}/{eq.ffn_hidden_size}",
+            cost = partial(
+                decode_cost, vocab=vocab, batch=batch, prompt=prompt, new=new, repeats=repeats, device=ctx.device
             )
-        )
+            base_cost = cost(base, ParScaleConfig())
+            for p in (s for s in streams if s > 1):
+                eq = dense_equivalent(base, vocab, k * math.log(p) + 1)
+                out.append(
+                    Comparison(
+                        streams=p,
+                        batch=batch,
+                        k=k,
+                        base=base_cost,
+                        parscale=cost(base, parscale.model_copy(update={"streams": p})),
+                        dense=cost(eq, ParScaleConfig()),
+                        dense_params=non_embedding(eq, vocab),
+                        dense_shape=f"{eq.hidden_size}/{eq.ffn_hidden_size}",
+                    )
+                )
     return out

@@ -9,16 +9,22 @@ import math
 from itertools import pairwise
 from pathlib import Path
 
-from ..job.report import config_line
-from ..utils.fs import atomic_write_text
 from ..utils.hardware import hardware
 from ..utils.plots import save, two_panels
+from ..utils.report_format import config_line, number, section, table, with_delta, write_json, write_markdown
 from .budget import budget_curve, budget_lines
 from .inference_cost import PAPER
 from .law import PAPER_K, LawFit
 
 NOISE = 0.1  # latency increases under 10% of the P=1 latency are within this CPU's run-to-run noise
 K_MIN_FOR_COST = 0.01  # below it the "dense equivalent" is the model itself and the ratios mean nothing
+MIB = 2**20
+
+SPREAD_TEXT = (
+    "How different the streams are: RMS distance of each stream's final hidden states (after the "
+    "last norm, before the merge) from the streams' mean, relative to the mean, on the validation "
+    "batches (0 = identical streams, which makes P streams worth one)."
+)
 
 
 def plot(rows: list[dict], fit: LawFit, path: Path) -> Path:
@@ -49,85 +55,90 @@ def plot(rows: list[dict], fit: LawFit, path: Path) -> Path:
 
 
 def _loss_table(exp, rows: list[dict]) -> list[str]:
-    streams = exp.streams
     control = any(r.get("prefix_control_val_loss") is not None for r in rows)
-    head = (
-        "| size | shape | N (non-embedding) | stage 1 | "
-        + " | ".join(f"P={p}" for p in streams)
-        + (" | P=1 + one prefix |" if control else " |")
-    )
-    lines = [head, "|" + "---|" * (4 + len(streams) + control)]
-    for name, job in exp.jobs.items():
-        mine = {r["streams"]: r for r in rows if r["size"] == name}
-        base = mine[1]["val_loss"]
-        cells = [f"{mine[1]['val_loss']:.4f}"] + [
-            f"{mine[p]['val_loss']:.4f} ({mine[p]['val_loss'] - base:+.4f})" for p in streams if p > 1
-        ]
-        m = job.cfg.model
-        if control:
-            one = mine[1]["prefix_control_val_loss"]
-            cells.append(f"{one:.4f} ({one - base:+.4f})")
-        lines.append(
-            f"| {name} | {m.num_layers}x{m.hidden_size}, FFN {m.ffn_hidden_size} | {mine[1]['params']:,} | "
-            f"{mine[1]['stage1_val_loss']:.4f} | " + " | ".join(cells) + " |"
-        )
-    return lines
+    head = ["size", "shape", "N (non-embedding)", "stage 1", *(f"P={p}" for p in exp.streams)]
+    if control:
+        head.append("P=1 + one prefix")
+    return table(head, (_loss_cells(exp, rows, name, control) for name in exp.jobs))
+
+
+def _loss_cells(exp, rows: list[dict], name: str, control: bool) -> list[str]:
+    mine = {r["streams"]: r for r in rows if r["size"] == name}
+    base = mine[1]["val_loss"]
+    m = exp.jobs[name].cfg.model
+    cells = [
+        name,
+        f"{m.num_layers}x{m.hidden_size}, FFN {m.ffn_hidden_size}",
+        f"{mine[1]['params']:,}",
+        f"{mine[1]['stage1_val_loss']:.4f}",
+        f"{base:.4f}",
+        *(with_delta(mine[p]["val_loss"], base) for p in exp.streams if p > 1),
+    ]
+    return cells + [with_delta(mine[1]["prefix_control_val_loss"], base)] if control else cells
 
 
 def _spread_table(exp, rows: list[dict]) -> list[str]:
     streams = [p for p in exp.streams if p > 1]
-    lines = ["| size | " + " | ".join(f"P={p}" for p in streams) + " |", "|" + "---|" * (1 + len(streams))]
-    for name in exp.jobs:
-        mine = {r["streams"]: r.get("stream_spread") for r in rows if r["size"] == name}
-        lines.append(
-            f"| {name} | " + " | ".join("n/a" if mine[p] is None else f"{mine[p]:.4f}" for p in streams) + " |"
-        )
-    return lines
+    spreads = {(r["size"], r["streams"]): r.get("stream_spread") for r in rows}
+    return table(
+        ["size", *(f"P={p}" for p in streams)],
+        ([name, *(number(spreads[name, p]) for p in streams)] for name in exp.jobs),
+    )
 
 
 def _fit_table(fits: dict[str, LawFit]) -> list[str]:
     free, fixed = fits["free"], fits["paper_k"]
-    rows = [
-        ("E", f"{free.E:.4f}", f"{fixed.E:.4f}", "(other data, tokenizer and scale)"),
-        ("A", f"{free.A:.4g}", f"{fixed.A:.4g}", ""),
-        ("alpha", f"{free.alpha:.4f}", f"{fixed.alpha:.4f}", ""),
-        ("k", f"**{free.k:.4f}**", f"{fixed.k:.2f} (fixed)", f"**{PAPER_K}** (Stack-V2-Python)"),
-        (
-            "P=8 worth (k ln 8 + 1) x parameters",
-            f"{free.param_multiplier(8):.3f}x",
-            f"{fixed.param_multiplier(8):.3f}x",
-            f"{PAPER_K * math.log(8) + 1:.2f}x (~1.8x)",
-        ),
-        ("Huber objective (sum, log L)", f"{free.huber:.3g}", f"{fixed.huber:.3g}", ""),
-        ("RMS residual of log L", f"{free.rms_log_residual:.2e}", f"{fixed.rms_log_residual:.2e}", ""),
-    ]
-    return [
-        "| | ours: all free | ours: k fixed at the paper's | paper |",
-        "|---|---|---|---|",
-        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
-    ]
+    return table(
+        ["", "ours: all free", "ours: k fixed at the paper's", "paper"],
+        [
+            ("E", f"{free.E:.4f}", f"{fixed.E:.4f}", "(other data, tokenizer and scale)"),
+            ("A", f"{free.A:.4g}", f"{fixed.A:.4g}", ""),
+            ("alpha", f"{free.alpha:.4f}", f"{fixed.alpha:.4f}", ""),
+            ("k", f"**{free.k:.4f}**", f"{fixed.k:.2f} (fixed)", f"**{PAPER_K}** (Stack-V2-Python)"),
+            (
+                "P=8 worth (k ln 8 + 1) x parameters",
+                f"{free.param_multiplier(8):.3f}x",
+                f"{fixed.param_multiplier(8):.3f}x",
+                f"{PAPER_K * math.log(8) + 1:.2f}x (~1.8x)",
+            ),
+            ("Huber objective (sum, log L)", f"{free.huber:.3g}", f"{fixed.huber:.3g}", ""),
+            ("RMS residual of log L", f"{free.rms_log_residual:.2e}", f"{fixed.rms_log_residual:.2e}", ""),
+        ],
+    )
 
 
 def _inference_table(inference: list[dict]) -> list[str]:
-    lines = [
-        "| k | batch | P | ParScale ms/token | ParScale MiB | dense equivalent (N, hidden/FFN) | dense ms/token | "
-        "dense MiB | P=1 ms/token | P=1 MiB | memory-increase ratio | latency-increase ratio |",
-        "|" + "---|" * 12,
+    head = (
+        "k | batch | P | ParScale ms/token | ParScale MiB | dense equivalent (N, hidden/FFN) | dense ms/token | "
+        "dense MiB | P=1 ms/token | P=1 MiB | memory-increase ratio | latency-increase ratio"
+    )
+    return table(head, (_inference_cells(r) for r in inference))
+
+
+def _inference_cells(r: dict) -> list[str]:
+    return [
+        f"{r['k']:.3f}",
+        str(r["batch"]),
+        str(r["streams"]),
+        *_cost_cells(r["parscale"]),
+        f"{r['dense_params']:,} ({r['dense_shape']})",
+        *_cost_cells(r["dense"]),
+        *_cost_cells(r["base"]),
+        f"{r['memory_ratio']:.1f}x",
+        _latency_ratio(r),
     ]
-    for r in inference:
-        mib = 2**20
-        lat = f"{r['latency_ratio']:.2f}x" if math.isfinite(r["latency_ratio"]) else "n/a (no ParScale increase)"
-        base = r["base"]["seconds_per_token"]
-        if min(r[k]["seconds_per_token"] - base for k in ("parscale", "dense")) < NOISE * base:
-            lat += " (an increase within timing noise)"  # a larger model measured faster is noise too
-        lines.append(
-            f"| {r['k']:.3f} | {r['batch']} | {r['streams']} | {r['parscale']['seconds_per_token'] * 1e3:.2f} | "
-            f"{r['parscale']['bytes'] / mib:.2f} | {r['dense_params']:,} ({r['dense_shape']}) | "
-            f"{r['dense']['seconds_per_token'] * 1e3:.2f} | {r['dense']['bytes'] / mib:.2f} | "
-            f"{r['base']['seconds_per_token'] * 1e3:.2f} | {r['base']['bytes'] / mib:.2f} | "
-            f"{r['memory_ratio']:.1f}x | {lat} |"
-        )
-    return lines
+
+
+def _cost_cells(cost: dict) -> list[str]:
+    return [f"{cost['seconds_per_token'] * 1e3:.2f}", f"{cost['bytes'] / MIB:.2f}"]
+
+
+def _latency_ratio(r: dict) -> str:
+    lat = f"{r['latency_ratio']:.2f}x" if math.isfinite(r["latency_ratio"]) else "n/a (no ParScale increase)"
+    base = r["base"]["seconds_per_token"]
+    if min(r[k]["seconds_per_token"] - base for k in ("parscale", "dense")) < NOISE * base:
+        lat += " (an increase within timing noise)"  # a larger model measured faster is noise too
+    return lat
 
 
 def _falls_with_p(rows: list[dict], size: str) -> bool:
@@ -136,22 +147,14 @@ def _falls_with_p(rows: list[dict], size: str) -> bool:
 
 
 def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[dict]) -> list[str]:
-    out = []
     monotone = [name for name in exp.jobs if _falls_with_p(rows, name)]
-    out.append(
+    out = [
         f"- Loss falls with every doubling of P at {len(monotone)} of {len(exp.jobs)} sizes"
-        + (f" ({', '.join(monotone)})." if monotone else ".")
-    )
-    deltas = {}
-    for name in exp.jobs:
-        mine = {r["streams"]: r["val_loss"] for r in rows if r["size"] == name}
-        best = min((p for p in mine if p > 1), key=mine.get)
-        deltas[name] = (best, mine[best] - mine[1])
-    out.append(
+        + (f" ({', '.join(monotone)})." if monotone else "."),
         "- Best ParScale run against P=1 at equal stage-2 tokens (negative: ParScale lower): "
-        + ", ".join(f"{name} P={p} {d:+.4f}" for name, (p, d) in deltas.items())
-        + " nats."
-    )
+        + ", ".join(_best_gain(rows, name) for name in exp.jobs)
+        + " nats.",
+    ]
     top = max(exp.streams)
     spreads = {r["size"]: r.get("stream_spread") for r in rows if r["streams"] == top}
     if all(v is not None for v in spreads.values()):
@@ -167,14 +170,25 @@ def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[di
         f"{free.param_multiplier(8):.2f}x parameters here vs ~1.8x in the paper. With k fixed at {PAPER_K} the "
         f"fit's Huber objective is {fixed.huber / max(free.huber, 1e-300):.1f}x the free fit's."
     )
+    return out + _memory_finding(inference)
+
+
+def _best_gain(rows: list[dict], size: str) -> str:
+    """'a P=2 -0.0044': the size's lowest-loss P > 1 and its difference to P=1."""
+    mine = {r["streams"]: r["val_loss"] for r in rows if r["size"] == size}
+    best = min((p for p in mine if p > 1), key=mine.get)
+    return f"{size} P={best} {mine[best] - mine[1]:+.4f}"
+
+
+def _memory_finding(inference: list[dict]) -> list[str]:
     b1 = [r for r in inference if r["batch"] == min(x["batch"] for x in inference)]
-    if b1:
-        mem = ", ".join(f"P={r['streams']} {r['memory_ratio']:.1f}x" for r in b1 if r["k"] == b1[0]["k"])
-        out.append(
-            f"- Memory-increase ratio at batch {b1[0]['batch']} (k = {b1[0]['k']:.3f}): {mem}; paper "
-            f"{PAPER['memory']:.0f}x ({PAPER['where']})."
-        )
-    return out
+    if not b1:
+        return []
+    mem = ", ".join(f"P={r['streams']} {r['memory_ratio']:.1f}x" for r in b1 if r["k"] == b1[0]["k"])
+    return [
+        f"- Memory-increase ratio at batch {b1[0]['batch']} (k = {b1[0]['k']:.3f}): {mem}; paper "
+        f"{PAPER['memory']:.0f}x ({PAPER['where']})."
+    ]
 
 
 def _stage2_budget(exp) -> str:
@@ -186,88 +200,90 @@ def _stage2_budget(exp) -> str:
     return f"{per_param:g} x N tokens (N: non-embedding parameters; {sizes} tokens)"
 
 
-def write_report(exp, console) -> Path:
-
-    out = exp.report_dir
-    rows = exp.results()
-    fits = exp.fits(rows)
-    free = fits["free"]
+def _inference(exp, free: LawFit, console) -> list[dict]:
+    """Decode cost at the paper's k and, where it is usable, ours: measured once, then read from
+    ``inference.json`` while the k values, the settings and the stream counts stay the same."""
     ks = [PAPER_K] + ([free.k] if free.k >= K_MIN_FOR_COST and abs(free.k - PAPER_K) > 1e-3 else [])
-    cache = out / "inference.json"
+    cache = exp.report_dir / "inference.json"
     key = {"ks": ks, "inference": exp.cfg.scaling.inference.model_dump(), "streams": exp.streams}
     try:
         saved = json.loads(cache.read_text())
-        inference = saved["rows"] if saved["key"] == key else None
+        if saved["key"] == key:
+            return saved["rows"]
     except (OSError, ValueError, KeyError):
-        inference = None
-    if inference is None:
-        console.print("measuring decode latency and memory (ParScale vs dense equivalents) ...")
-        inference = exp.inference(ks)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache, json.dumps({"key": key, "rows": inference, "hardware": hardware()}, indent=2))
-    plot(rows, free, out / "scaling.png")
-    budget = budget_curve(exp)
+        pass
+    console.print("measuring decode latency and memory (ParScale vs dense equivalents) ...")
+    inference = exp.inference(ks)
+    write_json(cache, {"key": key, "rows": inference, "hardware": hardware()})
+    return inference
+
+
+def _setup(exp) -> str:
     cfg = exp.cfg
-    s2 = cfg.stage2
-    lines = [
-        f"# {cfg.run.name}: the parallel scaling law at small scale",
-        "",
-        config_line(exp.path, exp.overrides)
-        + f". Each size: stage 1 dense on {cfg.train.tokens:,} tokens, then stage 2 on {_stage2_budget(exp)} at "
+    return config_line(exp.path, exp.overrides) + (
+        f". Each size: stage 1 dense on {cfg.train.tokens:,} tokens, then stage 2 on {_stage2_budget(exp)} at "
         f"P = {', '.join(map(str, exp.streams))} (P=1: the dense model continued with the same schedule; "
-        f"prefix length {s2.parscale.prefix_len}). Validation loss on the same batches for every run "
-        f"({cfg.eval.max_batches} batches).",
-        "",
-        "## Validation loss (difference to P=1 in brackets)",
-        "",
-        *_loss_table(exp, rows),
-        "",
-        "## Stage-2 budget: when the P ordering appears",
-        "",
-        *budget_lines(budget),
-        "",
-        "How different the streams are: RMS distance of each stream's final hidden states (after the "
-        "last norm, before the merge) from the streams' mean, relative to the mean, on the validation "
-        "batches (0 = identical streams, which makes P streams worth one).",
-        "",
-        *_spread_table(exp, rows),
-        "",
-        "## Fitted law: L = E + (A / (N (k ln P + 1)))^alpha",
-        "",
-        f"Huber loss (delta {cfg.scaling.huber_delta:g}) on log L, L-BFGS from a grid of starts, as the paper did.",
-        "",
-        *_fit_table(fits),
-        "",
-        "![loss vs N and P with the fitted law](scaling.png)",
-        "",
-        "## Inference cost: P streams vs the dense model of equal predicted loss",
-        "",
-        f"Decoding {cfg.scaling.inference.new_tokens} tokens after a {cfg.scaling.inference.prompt_len}-token prompt "
-        f"with the largest size (N = {max(r['params'] for r in rows):,} non-embedding parameters); memory = weights + KV cache (exact bytes); ratios = the dense model's increase "
+        f"prefix length {cfg.stage2.parscale.prefix_len}). Validation loss on the same batches for every run "
+        f"({cfg.eval.max_batches} batches)."
+    )
+
+
+def _inference_setup(exp, rows: list[dict]) -> str:
+    inf = exp.cfg.scaling.inference
+    return (
+        f"Decoding {inf.new_tokens} tokens after a {inf.prompt_len}-token prompt "
+        f"with the largest size (N = {max(r['params'] for r in rows):,} non-embedding parameters); memory = "
+        "weights + KV cache (exact bytes); ratios = the dense model's increase "
         "over P=1 divided by ParScale's (> 1: ParScale cheaper), the paper's measure. Dense equivalents use "
         f"N (k ln P + 1) with the paper's k and, where it is usable, ours. Measured on: {hardware()}. "
         f"Paper: {PAPER['memory']:.0f}x less memory increase, {PAPER['latency']:.0f}x less latency increase "
-        f"({PAPER['where']}).",
-        "",
-        *_inference_table(inference),
-        "",
-        "## What held at this scale",
-        "",
-        *_findings(exp, rows, fits, inference),
-        "",
-    ]
-    atomic_write_text(
-        out / "results.json",
-        json.dumps(
-            {
-                "rows": rows,
-                "fits": {k: f.as_dict() for k, f in fits.items()},
-                "inference": inference,
-                "budget": budget,
-                "paper": {"k": PAPER_K, **PAPER},
-                "hardware": hardware(),
-            },
-            indent=2,
-        ),
+        f"({PAPER['where']})."
     )
-    return atomic_write_text(out / "scaling.md", "\n".join(lines))
+
+
+def write_report(exp, console) -> Path:
+    out = exp.report_dir
+    rows = exp.results()
+    fits = exp.fits(rows)
+    inference = _inference(exp, fits["free"], console)
+    plot(rows, fits["free"], out / "scaling.png")
+    budget = budget_curve(exp)
+    write_json(
+        out / "results.json",
+        {
+            "rows": rows,
+            "fits": {k: f.as_dict() for k, f in fits.items()},
+            "inference": inference,
+            "budget": budget,
+            "paper": {"k": PAPER_K, **PAPER},
+            "hardware": hardware(),
+        },
+    )
+    huber = (
+        f"Huber loss (delta {exp.cfg.scaling.huber_delta:g}) on log L, L-BFGS from a grid of starts, as the paper did."
+    )
+    return write_markdown(
+        out / "scaling.md",
+        [
+            *section(f"{exp.cfg.run.name}: the parallel scaling law at small scale", _setup(exp), level=1),
+            *section("Validation loss (difference to P=1 in brackets)", _loss_table(exp, rows)),
+            *section(
+                "Stage-2 budget: when the P ordering appears",
+                budget_lines(budget),
+                SPREAD_TEXT,
+                _spread_table(exp, rows),
+            ),
+            *section(
+                "Fitted law: L = E + (A / (N (k ln P + 1)))^alpha",
+                huber,
+                _fit_table(fits),
+                "![loss vs N and P with the fitted law](scaling.png)",
+            ),
+            *section(
+                "Inference cost: P streams vs the dense model of equal predicted loss",
+                _inference_setup(exp, rows),
+                _inference_table(inference),
+            ),
+            *section("What held at this scale", _findings(exp, rows, fits, inference)),
+        ],
+    )

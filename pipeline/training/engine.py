@@ -4,37 +4,41 @@ optimizer build)."""
 
 from __future__ import annotations
 
-import torch
-
-from ..config.job import JobConfig
+from ..config.model import ParScaleConfig
+from ..config.training import OptimizerConfig, ParallelConfig
 from ..distributed import MegatronMPU
+from ..model import ParScaleLM
 from .optim import build_optimizer
 
 
-def deepspeed_config(cfg: JobConfig, dp: int) -> dict:
-    par = cfg.parallel
+def deepspeed_config(parallel: ParallelConfig, optimizer: OptimizerConfig, dp: int) -> dict:
     config = {
-        "train_batch_size": par.global_batch_size,
-        "train_micro_batch_size_per_gpu": par.micro_batch_size,
-        "gradient_accumulation_steps": par.grad_accum_steps(dp),
-        "gradient_clipping": cfg.optimizer.grad_clip,
-        "zero_optimization": {"stage": par.zero_stage},
+        "train_batch_size": parallel.global_batch_size,
+        "train_micro_batch_size_per_gpu": parallel.micro_batch_size,
+        "gradient_accumulation_steps": parallel.grad_accum_steps(dp),
+        "gradient_clipping": optimizer.grad_clip,
+        "zero_optimization": {"stage": parallel.zero_stage},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
-    if par.precision == "bf16":
+    if parallel.precision == "bf16":
         config["bf16"] = {"enabled": True}
     return config
 
 
-def build_engine(model: torch.nn.Module, cfg: JobConfig, dp: int):
+def build_engine(
+    model: ParScaleLM, parallel: ParallelConfig, optimizer: OptimizerConfig, parscale: ParScaleConfig, dp: int
+):
     import deepspeed
 
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=build_optimizer(model, cfg), config=deepspeed_config(cfg, dp), mpu=MegatronMPU()
+        model=model,
+        optimizer=build_optimizer(model, optimizer, parscale),
+        config=deepspeed_config(parallel, optimizer, dp),
+        mpu=MegatronMPU(),
     )
-    if cfg.parallel.zero_stage == 3 and cfg.model.tie_embeddings:
+    if parallel.zero_stage == 3 and model.config.tie_embeddings:
         # the LM head uses the embedding's weight: ZeRO-3 must gather it around the head too
         deepspeed.zero.register_external_parameter(engine.module.lm_head, engine.module.model.embed_tokens.weight)
     return engine

@@ -1,12 +1,14 @@
 """The training loop, one for both stages: DeepSpeed engine over the TP model, deterministic data
-order, WSD schedule, non-finite steps skipped and counted, periodic evaluation, checkpoints,
-preemption signals, exact resume, and a portable export at the end."""
+order, WSD schedule, non-finite steps skipped and counted, exact resume; what else a run does
+(logging, evaluation, checkpoints, stops, the portable export) is its callbacks'. The caller owns
+the process groups and the stop signals (``run.train``), so building a trainer changes neither."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +20,16 @@ from ..checkpoint.sharding import gather_full_state
 from ..config import LoadedConfig, dump_config, dump_resolved
 from ..config.errors import ErrorAt, key_error
 from ..config.job import JobConfig
-from ..config.resolved import RESOLVED_NAME
+from ..config.run_paths import RunPaths
 from ..data.loader import Batch
-from ..distributed import init_distributed
-from ..errors import JobError
+from ..distributed import ParallelContext
 from ..model import ParScaleLM
 from ..model.counting import train_flops_per_token
 from ..model.flex import training_backend
 from ..utils import collectives
 from ..utils.fs import atomic_write_text
 from . import checkpointing as ckpt
+from .callbacks import Callback, default_callbacks
 from .engine import build_engine, set_lr
 from .evaluation import PrefixDrift, Ranks, evaluate_model
 from .memory_check import micro_batch_problem
@@ -38,8 +40,6 @@ from .restore import Restore, identity
 from .run_data import RunData
 from .schedule import WSD
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
 
 @dataclass
 class StepOutcome:
@@ -48,9 +48,9 @@ class StepOutcome:
     step: int
     lr: float
     loss: torch.Tensor  # this rank's mean loss over its micro-batches (device, fp32)
-    applied: bool  # DeepSpeed applied the update; after _resolve, also: the DP-mean loss was finite
+    applied: bool  # DeepSpeed applied the update; after resolve, also: the DP-mean loss was finite
     stream_weights: torch.Tensor | None  # [P] mean aggregation weights over real tokens (device)
-    loss_value: float | None = None  # the DP-mean loss, set by _resolve
+    loss_value: float | None = None  # the DP-mean loss, set by resolve
 
 
 @contextlib.contextmanager
@@ -73,12 +73,24 @@ def mean_stream_weights(out, batch: Batch) -> torch.Tensor | None:
 
 
 class Trainer:
-    """A run of ``cfg`` in this process (one rank of a torchrun launch, or world size 1).
+    """A run of ``cfg`` in this process (one rank of a torchrun launch, or world size 1), in the
+    process groups of ``ctx`` (``distributed_world``). ``stop``, set by a stop signal
+    (``stop_signals``), saves and ends the run at the next step every rank agrees on.
     ``error_at(key, message)`` makes the errors about config keys found while building
     (``LoadedConfig.error`` names the file and line); ``resolved`` is the config text written
-    beside the outputs and into every checkpoint."""
+    beside the outputs and into every checkpoint; ``callbacks`` act after each step (by default
+    ``default_callbacks(cfg)``)."""
 
-    def __init__(self, cfg: JobConfig, error_at: ErrorAt = key_error, resolved: str | None = None):
+    def __init__(
+        self,
+        cfg: JobConfig,
+        ctx: ParallelContext,
+        stop: threading.Event | None = None,
+        *,
+        error_at: ErrorAt = key_error,
+        resolved: str | None = None,
+        callbacks: Sequence[Callback] | None = None,
+    ):
         for section in ("model", "train"):
             if getattr(cfg, section) is None:
                 raise error_at(section, "required by 'train' but missing")
@@ -89,8 +101,7 @@ class Trainer:
                 f"{stop_file} exists before the run started; it is the file whose appearance stops training "
                 "(and is removed when acted on): remove it, or name a file that does not exist",
             )
-        self.cfg, self.error_at, self.resolved = cfg, error_at, resolved or dump_config(cfg)
-        self.ctx = init_distributed(cfg, error_at)
+        self.cfg, self.ctx, self.error_at, self.resolved = cfg, ctx, error_at, resolved or dump_config(cfg)
         self.dp, self.gas = self.ctx.dp_size, cfg.parallel.grad_accum_steps(self.ctx.dp_size)
         self.data = RunData.build(cfg, error_at)
         self.attention_backend = self._attention_backend()
@@ -108,14 +119,14 @@ class Trainer:
         )
         self.restore = Restore.find(cfg, identity(cfg, self.vocab, self.data.spec.tokenizer.sha256))
         self.restore.weights(model, cfg, self.ctx.tp_rank, self.data.init, error_at, self.ctx.is_main)
-        self.trainable = apply_trainable(model, cfg)
-        self.engine = build_engine(model.to(self.ctx.device), cfg, self.dp)
+        self.trainable = apply_trainable(model, cfg.parscale)
+        self.engine = build_engine(model.to(self.ctx.device), cfg.parallel, cfg.optimizer, cfg.parscale, self.dp)
         self.schedule = WSD.build(cfg.schedule, cfg.optimizer.lr, self.total_steps, self.tokens_per_step)
-        self.step, self.skipped, self.nonfinite_in_a_row, self._nonfinite_peak = 0, 0, 0, 0
+        self.step, self.skipped, self.nonfinite_in_a_row, self.nonfinite_peak = 0, 0, 0, 0
         if self.restore.tag is not None:
             self.step, self.skipped = self.restore.engine_state(self.engine, self.ctx.is_main)
         self._pending: list[StepOutcome] = []  # steps whose losses are still on the device
-        self._last: StepOutcome | None = None
+        self.last: StepOutcome | None = None  # the last step whose loss was read
         self.sink = MetricsSink(cfg, enabled=self.ctx.is_main)
         flops = train_flops_per_token(cfg.model, cfg.parscale, model.padded_vocab_size, self.seq_len)
         self.progress = Progress(cfg, self.sink, self.total_steps, self.tokens_per_step, flops, self.ctx.world_size)
@@ -129,14 +140,21 @@ class Trainer:
         self.drift = PrefixDrift(cfg.parallel.zero_stage)  # prefixes as this process started, for update_cosine
         if cfg.parscale.streams > 1 and self.data.val is not None:
             self.drift(self.engine.module, self.ranks.tp_group)
-        self._stop_requested = False
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._request_stop)
+        self.stop = stop if stop is not None else threading.Event()
+        self.stop_agreed = False
+        self.callbacks = list(default_callbacks(cfg) if callbacks is None else callbacks)
+        self.results: dict = {}
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedConfig) -> Trainer:
+    def from_loaded(
+        cls,
+        loaded: LoadedConfig,
+        ctx: ParallelContext,
+        stop: threading.Event | None = None,
+        callbacks: Sequence[Callback] | None = None,
+    ) -> Trainer:
         """A trainer of a config read from YAML: its errors name the file and line."""
-        return cls(loaded.config, loaded.error, dump_resolved(loaded))
+        return cls(loaded.config, ctx, stop, error_at=loaded.error, resolved=dump_resolved(loaded), callbacks=callbacks)
 
     # ------------------------------------------------------------------ what the data fixed
 
@@ -167,9 +185,6 @@ class Trainer:
         except ValueError as exc:
             raise self.error_at("model.attention_backend", str(exc)) from None
 
-    def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
-
     # ------------------------------------------------------------------ one step
 
     def _forward(self, batch: Batch, **extra):
@@ -187,7 +202,7 @@ class Trainer:
 
     def train_step(self) -> StepOutcome:
         """One optimizer step over ``gas`` micro-batches. Nothing here waits for the device (no
-        ``.item()``): the loss stays a device tensor until :meth:`_resolve` reads a whole logging
+        ``.item()``): the loss stays a device tensor until :meth:`resolve` reads a whole logging
         window at once. The one exception is ZeRO 0 in fp32, where DeepSpeed checks nothing and the
         non-finite guard must."""
         par = self.cfg.parallel
@@ -215,7 +230,7 @@ class Trainer:
         self._pending.append(outcome)
         return outcome
 
-    def _resolve(self) -> None:
+    def resolve(self) -> None:
         """Read the pending steps' losses (one DP all-reduce, one host read) and count skipped steps:
         a step counts as applied when DeepSpeed applied it and its DP-mean loss is finite."""
         if not self._pending:
@@ -230,12 +245,14 @@ class Trainer:
             else:
                 self.skipped += 1
                 self.nonfinite_in_a_row += 1
-                self._nonfinite_peak = max(self._nonfinite_peak, self.nonfinite_in_a_row)
+                self.nonfinite_peak = max(self.nonfinite_peak, self.nonfinite_in_a_row)
             self.progress.add(loss)
-        self._last = self._pending[-1]
+        self.last = self._pending[-1]
         self._pending = []
 
-    def _record(self, outcome: StepOutcome) -> dict:
+    def last_record(self) -> dict:
+        """The metrics record of the last step whose loss was read."""
+        outcome = self.last
         norm = self.engine.get_global_grad_norm()
         record = {
             "step": outcome.step,
@@ -270,7 +287,7 @@ class Trainer:
         return {"step": self.step, "tokens_seen": self.step * self.tokens_per_step, **result}
 
     def save(self) -> Path:
-        self._resolve()  # the skipped count is part of the state
+        self.resolve()  # the skipped count is part of the state
         state = {
             "step": self.step,
             "skipped": self.skipped,
@@ -290,7 +307,7 @@ class Trainer:
         )
         with gather:
             state = gather_full_state(self.engine.module)
-        out = Path(self.cfg.run.output_dir) / "portable"
+        out = RunPaths.of(self.cfg).portable
         if self.ctx.is_main:
             save_portable_state(
                 state,
@@ -307,86 +324,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _stop_wanted_here(self) -> bool:
-        """A signal, or the stop file, seen by this rank."""
-        stop_file = self.cfg.checkpoint.stop_file
-        if stop_file and not self._stop_requested and Path(stop_file).exists():
-            self._stop_requested = True
-            print(f"rank {self.ctx.rank}: {stop_file} appeared: saving and stopping", flush=True)
-        return self._stop_requested
-
-    def _log_eval(self) -> dict | None:
-        result = self.evaluate()
-        if result is not None:
-            self.progress.log_eval(result, self.step, warn=self.ctx.is_main)
-        return result
+    def _announce(self) -> None:
+        """On rank 0: what is trained, and the config it trains with, written beside the outputs."""
+        cfg = self.cfg
+        if not self.ctx.is_main:
+            return
+        print(
+            f"training {self.total_steps} steps x {self.tokens_per_step:,} tokens "
+            f"(TP {self.ctx.tp_size} x DP {self.dp}, ZeRO {cfg.parallel.zero_stage}, {cfg.parallel.precision}, "
+            f"P={cfg.parscale.streams}, attention {self.attention_backend}, {self.trainable:,} trainable "
+            f"parameters)",
+            flush=True,
+        )
+        if self.data.skip_rows:  # train.skip_tokens, or the tokens_seen train.init_from records
+            print(f"data: from token {self.data.skip_rows * self.seq_len:,} of the data order", flush=True)
+        atomic_write_text(RunPaths.of(cfg).resolved, self.resolved)
 
     def run(self) -> dict:
-        cfg = self.cfg
-        log_every, eval_every, save_every = (
-            cfg.logging.interval_steps,
-            cfg.eval.interval_steps,
-            cfg.checkpoint.interval_steps,
-        )
-        limit = cfg.train.max_nonfinite_in_a_row
-        if self.ctx.is_main:
-            print(
-                f"training {self.total_steps} steps x {self.tokens_per_step:,} tokens "
-                f"(TP {self.ctx.tp_size} x DP {self.dp}, ZeRO {cfg.parallel.zero_stage}, {cfg.parallel.precision}, "
-                f"P={cfg.parscale.streams}, attention {self.attention_backend}, {self.trainable:,} trainable "
-                f"parameters)",
-                flush=True,
-            )
-            if self.data.skip_rows:  # train.skip_tokens, or the tokens_seen train.init_from records
-                print(f"data: from token {self.data.skip_rows * self.seq_len:,} of the data order", flush=True)
-            atomic_write_text(Path(cfg.run.output_dir) / RESOLVED_NAME, self.resolved)
-        self.progress.start(self.step)
-        saved_at = self.step
-        # a stop seen by any rank at step s is agreed by all at step s + 1 (asynchronously, over gloo)
-        agreement = collectives.Agreement()
-        while self.step < self.total_steps:
+        """Steps until the budget is spent or a stop is agreed, the callbacks acting after each (the
+        losses read first when one of them reads them). ``{"stopped": True, "step": int}`` after a
+        stop, else the last loss, the skipped count and what the callbacks report (``results``)."""
+        self._announce()
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        while self.step < self.total_steps and not self.stop_agreed:
             self.train_step()
-            stop = agreement.post(self._stop_wanted_here())
-            logging = self.step % log_every == 0 or self.step == self.total_steps
-            saving = self.step % save_every == 0 or stop
-            if logging or saving:
-                self._resolve()
-            if logging:
-                self.progress.log_step(self._record(self._last), self.step, self.skipped)
-            if self._nonfinite_peak >= limit:
-                agreement.result()
-                self.save()
-                raise JobError(
-                    f"{self._nonfinite_peak} non-finite steps in a row (train.max_nonfinite_in_a_row="
-                    f"{limit}); saved step {self.step} in {self.ckpt_dir}; lower optimizer.lr or check "
-                    "the data"
-                )
-            if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
-                self._log_eval()
-            if saving:
-                self.save()
-                saved_at = self.step
-            if stop:
-                agreement.result()
-                if cfg.checkpoint.stop_file:
-                    Path(cfg.checkpoint.stop_file).unlink(missing_ok=True)  # a resumed run must not stop at once
-                if self.ctx.is_main:
-                    print(f"stop requested: saved step {self.step} in {self.ckpt_dir}; rerun to resume", flush=True)
-                self.sink.close()
-                return {"stopped": True, "step": self.step}
-        agreement.result()
-        self._resolve()
-        final = self._log_eval()
-        if saved_at != self.step:
-            self.save()
-        portable = self.export_portable()
+            if any(callback.reads_losses(self, self.step) for callback in self.callbacks):
+                self.resolve()
+            for callback in self.callbacks:
+                callback.on_step_end(self, self.step)
+        self.resolve()  # the last steps' losses, if no callback read them
+        for callback in self.callbacks:
+            callback.on_train_end(self)
         self.sink.close()
-        last = self._last.loss_value if self._last is not None else None
-        return {
-            "stopped": False,
-            "step": self.step,
-            "loss": last,
-            "skipped": self.skipped,
-            "val": final,
-            "portable": str(portable),
-        }
+        if self.stop_agreed:
+            return {"stopped": True, "step": self.step}
+        loss = self.last.loss_value if self.last is not None else None
+        return {"stopped": False, "step": self.step, "loss": loss, "skipped": self.skipped, **self.results}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..config.job import JobConfig
+from ..config.run_paths import RunPaths
 
 
 def format_seconds(seconds: float) -> str:
@@ -22,7 +23,7 @@ def format_seconds(seconds: float) -> str:
 class MetricsSink:
     def __init__(self, cfg: JobConfig, enabled: bool):
         self.enabled = enabled
-        self.path = Path(cfg.run.output_dir) / cfg.logging.metrics_file
+        self.path = RunPaths.of(cfg).metrics
         self.wandb = None
         if not enabled:
             return

@@ -7,7 +7,7 @@ non-finite step handling.
 import sys
 
 from pipeline.config import load_config
-from pipeline.distributed import destroy_distributed
+from pipeline.distributed import distributed_world
 from pipeline.errors import JobError
 from pipeline.training.loop import Trainer
 
@@ -24,13 +24,13 @@ class FaultyTrainer(Trainer):
 
 def main() -> int:
     FaultyTrainer.nan_steps = {int(s) for s in sys.argv[2].split(",")}
+    loaded = load_config(sys.argv[1])
     try:
-        FaultyTrainer.from_loaded(load_config(sys.argv[1])).run()
+        with distributed_world(loaded.config, loaded.error) as ctx:
+            FaultyTrainer.from_loaded(loaded, ctx).run()
     except JobError as exc:
         print(f"JobError: {exc}", file=sys.stderr)
         return 2
-    finally:
-        destroy_distributed()
     return 0
 
 

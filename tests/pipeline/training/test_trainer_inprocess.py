@@ -23,13 +23,19 @@ def _typed(tmp_path, data, **sections) -> JobConfig:
     return JobConfig.model_validate(yaml.safe_load(job_config(tmp_path, data, "typed", **sections).read_text()))
 
 
+def _trainer(path, world) -> Trainer:
+    loaded = load_config(path)
+    return Trainer.from_loaded(loaded, world(loaded.config))
+
+
 def test_config_errors_name_the_key_and_from_yaml_the_line(tmp_path, prepared_data, single_rank):
+    cfg = _typed(tmp_path, prepared_data, model={"vocab_size": 300})
     with pytest.raises(ConfigError, match=r"config: model.vocab_size: 300 is below the tokenizer's 400"):
-        Trainer(_typed(tmp_path, prepared_data, model={"vocab_size": 300}))
+        Trainer(cfg, single_rank(cfg))
     path = job_config(tmp_path, prepared_data, "yaml", model={"vocab_size": 300})
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "vocab_size" in text)
     with pytest.raises(ConfigError, match=rf"{path}:{line}: model.vocab_size: 300 is below the tokenizer's 400"):
-        Trainer.from_loaded(load_config(path))
+        _trainer(path, single_rank)
 
 
 def test_an_init_from_that_is_not_portable_is_refused_naming_the_key_and_the_command(
@@ -41,7 +47,7 @@ def test_an_init_from_that_is_not_portable_is_refused_naming_the_key_and_the_com
     path = job_config(tmp_path, prepared_data, "init", train={"tokens": 256, "init_from": str(hf)})
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("init_from:"))
     with pytest.raises(ConfigError, match=rf"{path}:{line}: train.init_from: {hf}: a Hugging Face folder") as caught:
-        Trainer.from_loaded(load_config(path))
+        _trainer(path, single_rank)
     assert f"run `parscale convert import-hf {hf} DST`" in str(caught.value)
 
 
@@ -53,11 +59,11 @@ def test_steps_resolve_and_one_loss_loop_for_training_and_parscale_eval(tmp_path
         eval={"max_batches": 3, "stream_diagnostics": True},
         train={"tokens": 2 * 8 * 32},
     )
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, single_rank(cfg))
     assert trainer.total_steps == 2 and trainer.vocab >= 400 and trainer.gas == 4
     outcomes = [trainer.train_step() for _ in range(2)]
     assert all(o.loss.device == torch.device(trainer.ctx.device) and o.loss_value is None for o in outcomes)
-    trainer._resolve()
+    trainer.resolve()
     assert [o.loss_value for o in outcomes] == pytest.approx([o.loss.item() for o in outcomes])
     assert all(math.isfinite(o.loss_value) and o.applied for o in outcomes) and trainer.skipped == 0
     assert outcomes[0].stream_weights.shape == (2,)
@@ -96,14 +102,14 @@ def test_a_stop_file_that_exists_before_the_run_is_refused_and_kept(tmp_path, pr
     stop.write_text("left from last week")
     path = job_config(tmp_path, prepared_data, "stop", checkpoint={"stop_file": str(stop)})
     with pytest.raises(ConfigError, match=rf"checkpoint.stop_file: {stop} exists before the run started"):
-        Trainer.from_loaded(load_config(path))
+        _trainer(path, single_rank)
     assert stop.read_text() == "left from last week"
 
 
 def test_a_packing_seq_len_other_than_the_datas_is_refused(tmp_path, prepared_data, single_rank):
     path = job_config(tmp_path, prepared_data, "seq", packing={"seq_len": 48})
     with pytest.raises(ConfigError, match=r"packing.seq_len: 48, but .* was packed to 32"):
-        Trainer.from_loaded(load_config(path))
+        _trainer(path, single_rank)
 
 
 def test_a_seq_len_whose_micro_batch_cannot_fit_is_refused_before_anything_is_built(
@@ -127,5 +133,5 @@ def test_a_seq_len_whose_micro_batch_cannot_fit_is_refused_before_anything_is_bu
     monkeypatch.setattr("pipeline.training.loop.ParScaleLM", lambda *a, **k: built.append(1))
     path = job_config(tmp_path, prepared_data, "huge")
     with pytest.raises(ConfigError, match=r"packing.seq_len: 32 tokens per row need at least .* free on cpu: lower"):
-        Trainer.from_loaded(load_config(path))
+        _trainer(path, single_rank)
     assert built == []

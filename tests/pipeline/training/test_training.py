@@ -42,7 +42,10 @@ def _plain_pytorch_losses(config_path, steps: int) -> list[float]:
         torch.manual_seed(cfg.run.seed)
         model = ParScaleLM(cfg.model, cfg.parscale, manifest["tokenizer"]["vocab_size"])
         opt = torch.optim.AdamW(
-            param_groups(model, cfg), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps
+            param_groups(model, cfg.optimizer, cfg.parscale),
+            lr=cfg.optimizer.lr,
+            betas=cfg.optimizer.betas,
+            eps=cfg.optimizer.eps,
         )
         data = SplitStream(cfg, "train", steps * par.global_batch_size, cfg.run.seed)
         schedule = WSD.build(cfg.schedule, cfg.optimizer.lr, steps, par.global_batch_size * seq)
@@ -239,7 +242,7 @@ def test_a_skipped_step_under_zero0_fp32_moves_neither_weights_nor_optimizer_sta
     """DeepSpeed checks nothing in ZeRO 0 fp32, so the trainer's guard skips the optimizer step
     itself: AdamW's moments and step count stay as they were, in-process at world size 1."""
     from pipeline.config import load_config
-    from pipeline.distributed import destroy_distributed
+    from pipeline.distributed import destroy_distributed, init_distributed
     from pipeline.distributed.runtime import LAUNCHER_VARS
     from pipeline.training.loop import Trainer
 
@@ -248,7 +251,8 @@ def test_a_skipped_step_under_zero0_fp32_moves_neither_weights_nor_optimizer_sta
     config = job_config(
         tmp_path, data, "skip0", parallel={"zero_stage": 0, "precision": "fp32"}, optimizer={"weight_decay": 0.1}
     )
-    trainer = Trainer.from_loaded(load_config(config))
+    loaded = load_config(config)
+    trainer = Trainer.from_loaded(loaded, init_distributed(loaded.config, loaded.error))
 
     def snapshot():
         opt = trainer.engine.optimizer
@@ -374,7 +378,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monk
     import sys
 
     from pipeline.config import load_config
-    from pipeline.distributed import destroy_distributed
+    from pipeline.distributed import destroy_distributed, init_distributed
     from pipeline.distributed.runtime import LAUNCHER_VARS
     from pipeline.training.loop import Trainer
 
@@ -383,7 +387,8 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monk
     config = job_config(
         tmp_path, data, "nosync", parscale={"streams": 2, "prefix_len": 4}, logging={"interval_steps": 100}
     )
-    trainer = Trainer.from_loaded(load_config(config))
+    loaded = load_config(config)
+    trainer = Trainer.from_loaded(loaded, init_distributed(loaded.config, loaded.error))
     ours = str(REPO / "pipeline")
     reads = []
 
@@ -404,9 +409,9 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monk
         for _ in range(3):
             trainer.train_step()
         assert reads == []
-        trainer._resolve()
+        trainer.resolve()
         assert len(reads) == 1 and "tolist" in reads[0]  # one read for the three steps
-        assert [o.step for o in [trainer._last]] == [3] and trainer.skipped == 0
+        assert [o.step for o in [trainer.last]] == [3] and trainer.skipped == 0
         assert math.isfinite(trainer.progress.window_loss) and trainer.progress.window_n == 3
     finally:
         monkeypatch.undo()

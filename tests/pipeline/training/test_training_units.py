@@ -103,7 +103,8 @@ def test_weight_decay_groups_and_frozen_backbone():
 
     with single_process():
         model = _model()
-        groups = param_groups(model, _job(optimizer={"no_decay": ["norm", "bias", "prefix"]}))
+        job = _job(optimizer={"no_decay": ["norm", "bias", "prefix"]})
+        groups = param_groups(model, job.optimizer, job.parscale)
         decayed = {id(p) for p in groups[0]["params"]}
         names = {id(p): n for n, p in model.named_parameters()}
         assert groups[1]["weight_decay"] == 0.0
@@ -112,7 +113,7 @@ def test_weight_decay_groups_and_frozen_backbone():
             for i in {id(p) for p in groups[1]["params"]}
         )
         assert any("aggregate_layer.0.weight" in names[i] for i in decayed)
-        trainable = apply_trainable(model, _job(parscale={"trainable": "parscale_only"}))
+        trainable = apply_trainable(model, _job(parscale={"trainable": "parscale_only"}).parscale)
         live = [n for n, p in model.named_parameters() if p.requires_grad]
         assert live and all(".prefix." in n or "aggregate_layer" in n for n in live)
         assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -128,17 +129,17 @@ def test_parscale_lr_multiplier_gets_groups_of_its_own_and_deepspeed_keeps_it():
     with single_process():
         model = _model()
         names = {id(p): n for n, p in model.named_parameters()}
-        plain = param_groups(model, _job())
+        plain = param_groups(model, _job().optimizer, _job().parscale)
         assert len(plain) == 2 and all(g["lr_mult"] == 1.0 for g in plain)  # unchanged layout without a multiplier
         job = _job(optimizer={"parscale_lr_mult": 10.0})
-        groups = param_groups(model, job)
+        groups = param_groups(model, job.optimizer, job.parscale)
         own = [g for g in groups if g["lr_mult"] == 10.0]
         assert len(groups) == 4 and own
         assert all(".prefix." in names[id(p)] or "aggregate_layer" in names[id(p)] for g in own for p in g["params"])
         assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
         opt = torch.optim.AdamW(groups, lr=1e-3)
         engine, *_ = deepspeed.initialize(
-            model=model, optimizer=opt, config=deepspeed_config(job, 1), mpu=MegatronMPU()
+            model=model, optimizer=opt, config=deepspeed_config(job.parallel, job.optimizer, 1), mpu=MegatronMPU()
         )
         set_lr(engine, 2e-3)
         lrs = sorted({round(g["lr"], 9) for g in engine.optimizer.param_groups})
