@@ -94,7 +94,7 @@ def _overrides(corpus: Path, out: Path, workers: int, model_path: Path | None = 
 
 def train_tokenizers(work: Path, corpus: Path, kinds: list[str]) -> dict[str, Path]:
     """Both tokenizers trained on the same sample of ``corpus``: the documents prep would train on."""
-    from data_prep.job import _sample_documents
+    from data_prep.prepare import _sample_documents
 
     cfg = load_config(CONFIG, _overrides(corpus, work / "unused", 1)).config
     sample = _sample_documents(plan(cfg.data), cfg)

@@ -72,7 +72,7 @@ def job(root: Path, data: Path, args, streams: int) -> Path:
 
 def time_trainer(config: Path, steps: int):
     from pipeline.config import load_config
-    from pipeline.training.loop import Trainer
+    from pipeline.training.trainer import Trainer
 
     trainer = Trainer.from_loaded(load_config(config))
     trainer.train_step()  # warm-up

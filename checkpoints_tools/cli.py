@@ -101,7 +101,7 @@ def _reshard(args) -> int:
 def _export_hf(args) -> int:
     from .hf import export_hf
 
-    print(json.dumps(export_hf(args.source, args.target, args.layout, verify=not args.no_verify), indent=2))
+    print(json.dumps(export_hf(args.source, args.target, args.model_type, verify=not args.no_verify), indent=2))
     return 0
 
 
@@ -177,7 +177,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("source")
     p.add_argument("target")
     p.add_argument(
-        "--layout",
+        "--model-type",
         choices=["auto", "qwen2", "llama", "qwen2_parscale"],
         default="auto",
         help="auto: qwen2_parscale for P > 1, else qwen2 with QKV biases, else llama",

@@ -13,7 +13,7 @@ from pathlib import Path
 from data_prep.manifest import ManifestError, read_manifest
 from data_prep.text_tokenizer import TokenizerError
 from data_prep.tokenizer import TokenizerInfo, locate
-from pipeline.checkpoint import tp_layout
+from pipeline.checkpoint import tp_partition
 from pipeline.checkpoint.portable import PORTABLE_KIND, CheckpointError, save_portable_state
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.data.loader import dataset_entries
@@ -49,7 +49,7 @@ def consolidate(
     claim_target(Path(target), PORTABLE_KIND, (source,))  # before the work: refused targets cost nothing
     ck = TrainerCheckpoint(source)
     tok, tok_info = tokenizer_of(ck, tokenizer)
-    full, drift = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
+    full, drift = tp_partition.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
     result = ck.describe() | {"target": str(target), "replicated_drift": drift}
     result["verified"] = (
         logits_check.check(ck, logits_check.FullWeights(full, ck.model, ck.parscale, ck.vocab), "consolidated")

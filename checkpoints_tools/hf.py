@@ -1,11 +1,11 @@
-"""Hugging Face layouts <-> portable checkpoints.
+"""Hugging Face model types <-> portable checkpoints.
 
 - ``qwen2``: a dense ``Qwen2ForCausalLM`` folder. Parameter names are ours; Qwen2 always has QKV
   biases, so a bias-free model exports zeros (exactly the same function).
 - ``llama``: a dense ``LlamaForCausalLM`` folder. Same names; its ``attention_bias`` puts a bias
   on o_proj too, so a model with QKV biases exports a zero o_proj bias, and an import refuses a
   non-zero one (our attention has none), as it refuses ``mlp_bias``.
-- ``qwen2_parscale``: the layout of the released ParScale checkpoints (``model_type``
+- ``qwen2_parscale``: the format of the released ParScale checkpoints (``model_type``
   ``qwen2_parscale``; ``parscale_n``, ``parscale_n_tokens``, ``parscale_attn_smooth``; per-layer
   ``self_attn.prefix_k``/``prefix_v``; ``model.aggregate_layer.{0,2}`` on the same feature-major
   input order). Their modeling code needs ``trust_remote_code`` and is not run here.
@@ -43,7 +43,7 @@ from . import hf_tokenizer, logits_check
 from .inspect_ckpt import expected_shapes
 
 EXPORT_KIND = "Hugging Face export"
-LAYOUTS = ("qwen2", "llama", "qwen2_parscale")
+MODEL_TYPES = ("qwen2", "llama", "qwen2_parscale")
 _ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen2_parscale": "Qwen2ParScaleForCausalLM"}
 
 
@@ -56,10 +56,10 @@ def _layer_prefixes(model: ModelConfig) -> list[str]:
     return [f"model.layers.{i}.self_attn." for i in range(model.num_layers)]
 
 
-def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
+def hf_config(model_type: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -> dict:
     config = {
-        "architectures": [_ARCH[layout]],
-        "model_type": layout,
+        "architectures": [_ARCH[model_type]],
+        "model_type": model_type,
         "vocab_size": vocab,
         "hidden_size": model.hidden_size,
         "intermediate_size": model.ffn_hidden_size,
@@ -77,12 +77,12 @@ def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -
         "attention_dropout": 0.0,
         "initializer_range": model.init_std,
     }
-    if layout == "llama":
+    if model_type == "llama":
         return config | {"attention_bias": model.qkv_bias, "mlp_bias": False}
     config["use_sliding_window"] = False
-    if layout == "qwen2_parscale":
+    if model_type == "qwen2_parscale":
         if ps.prefix_init != "normal":
-            raise CheckpointError("the official ParScale layout holds prefix_k/prefix_v: convert an 'mlp' prefix first")
+            raise CheckpointError("the official ParScale format holds prefix_k/prefix_v: convert an 'mlp' prefix first")
         config |= {
             "parscale_n": ps.streams,
             "parscale_n_tokens": ps.prefix_len,
@@ -92,31 +92,31 @@ def hf_config(layout: str, model: ModelConfig, ps: ParScaleConfig, vocab: int) -
     return config
 
 
-def _pick_layout(layout: str, model: ModelConfig, ps: ParScaleConfig, tokenizer_kind: str | None) -> str:
+def _pick_model_type(model_type: str, model: ModelConfig, ps: ParScaleConfig, tokenizer_kind: str | None) -> str:
     """``auto``: qwen2_parscale for P > 1; else qwen2 for a model with QKV biases and a Hugging Face
     tokenizer, else llama (transformers loads a qwen2 folder's tokenizer as Qwen2's byte-level BPE
     whatever its tokenizer_config says, so a sentencepiece model goes out as llama)."""
     if ps.single_prefix:
-        raise CheckpointError("no Hugging Face layout holds the one-stream prefix control (parscale.single_prefix)")
-    if layout == "auto":
+        raise CheckpointError("no Hugging Face model type holds the one-stream prefix control (parscale.single_prefix)")
+    if model_type == "auto":
         if ps.streams > 1:
             return "qwen2_parscale"
         return "qwen2" if model.qkv_bias and tokenizer_kind != "sentencepiece" else "llama"
-    if (layout == "qwen2_parscale") != (ps.streams > 1):
+    if (model_type == "qwen2_parscale") != (ps.streams > 1):
         raise CheckpointError(
-            f"layout {layout} is for {'ParScale' if layout == 'qwen2_parscale' else 'dense'} models; "
+            f"model_type {model_type} is for {'ParScale' if model_type == 'qwen2_parscale' else 'dense'} models; "
             f"this one has P={ps.streams}"
         )
-    return layout
+    return model_type
 
 
-def _hf_state(layout: str, model: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _hf_state(model_type: str, model: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {_rename(k, True): v for k, v in state.items()}
     for p in _layer_prefixes(model):
-        if layout != "llama" and not model.qkv_bias:
+        if model_type != "llama" and not model.qkv_bias:
             for proj in ("q_proj", "k_proj", "v_proj"):
                 out[p + f"{proj}.bias"] = torch.zeros(state[p + f"{proj}.weight"].shape[0])
-        if layout == "llama" and model.qkv_bias:
+        if model_type == "llama" and model.qkv_bias:
             out[p + "o_proj.bias"] = torch.zeros(model.hidden_size)
     return out
 
@@ -149,7 +149,7 @@ def _copy_tensors_check(written: dict[str, torch.Tensor], expected: dict[str, to
 def export_hf(
     source: str | Path,
     target: str | Path,
-    layout: str = "auto",
+    model_type: str = "auto",
     verify: bool = True,
     tokenizer_sample: list[str] | None = None,
 ) -> dict:
@@ -159,18 +159,18 @@ def export_hf(
     meta = read_config(source)
     model, ps = ModelConfig.model_validate(meta["model"]), ParScaleConfig.model_validate(meta["parscale"])
     info = tokenizer_info(source)
-    layout = _pick_layout(layout, model, ps, info.kind if info is not None else None)
+    model_type = _pick_model_type(model_type, model, ps, info.kind if info is not None else None)
     weights = read_weights(source)
-    state = _hf_state(layout, model, weights)
-    result = {"source": str(source), "target": str(target), "layout": layout}
+    state = _hf_state(model_type, model, weights)
+    result = {"source": str(source), "target": str(target), "model_type": model_type}
     with staged_dir(target, EXPORT_KIND, (source,)) as out:
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
         special = hf_tokenizer.special_ids(source) if info is not None else {}
-        config = hf_config(layout, model, ps, meta["vocab_size"]) | special
+        config = hf_config(model_type, model, ps, meta["vocab_size"]) | special
         # config.json before the tokenizer: AutoTokenizer picks the tokenizer's class by the model type too
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if info is not None:
-            hf_tokenizer.export(source, info, out, tokenizer_sample, layout)
+            hf_tokenizer.export(source, info, out, tokenizer_sample, model_type)
             generation = {"_from_model_config": True, "do_sample": False, **special}
             (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
             result["tokenizer"] = f"{info.kind} {info.path}: AutoTokenizer gives the checkpoint's ids (checked)"
@@ -178,7 +178,7 @@ def export_hf(
             result["tokenizer"] = "none (the checkpoint carries no tokenizer)"
         if not verify:
             result["verified"] = "skipped (--no-verify)"
-        elif layout == "qwen2_parscale":
+        elif model_type == "qwen2_parscale":
             result["verified"] = _copy_tensors_check(load_file(str(out / "model.safetensors")), state, "exported")
         else:
             ours = logits_check.FullWeights(weights, model, ps, meta["vocab_size"])
@@ -191,9 +191,9 @@ def _read_hf(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         config = json.loads((source / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{source / 'config.json'}: unreadable ({exc})") from None
-    if config.get("model_type") not in LAYOUTS:
+    if config.get("model_type") not in MODEL_TYPES:
         raise CheckpointError(
-            f"{source / 'config.json'}: model_type {config.get('model_type')!r}; import-hf reads {', '.join(LAYOUTS)}"
+            f"{source / 'config.json'}: model_type {config.get('model_type')!r}; import-hf reads {', '.join(MODEL_TYPES)}"
         )
     files = sorted(source.glob("*.safetensors"))
     if not files:
@@ -335,7 +335,7 @@ def import_hf(source: str | Path, target: str | Path, verify: bool = True, token
             f"{sorted(expected.keys() - state.keys())[:4]}, unexpected {sorted(state.keys() - expected.keys())[:4]})"
             f"{hint}"
         )
-    result = {"source": str(source), "target": str(target), "layout": config["model_type"]}
+    result = {"source": str(source), "target": str(target), "model_type": config["model_type"]}
     tokenizer, info = _source_tokenizer(tokenizer or source, config, source)
     result["tokenizer"] = (
         info.describe() if info is not None else "none found (generate and eval need one: --tokenizer)"

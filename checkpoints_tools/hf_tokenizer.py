@@ -96,7 +96,7 @@ def special_ids(source: Path) -> dict:
     return {"bos_token_id": ours.eos_id, "eos_token_id": ours.eos_id, "pad_token_id": pad}
 
 
-def export(source: Path, info: TokenizerInfo, out: Path, sample: list[str] | None, layout: str) -> None:
+def export(source: Path, info: TokenizerInfo, out: Path, sample: list[str] | None, model_type: str) -> None:
     """Write the tokenizer of the portable checkpoint ``source`` into the export folder ``out``
     (its config.json already written), checked with ``AutoTokenizer`` on ``SAMPLE`` and ``sample``."""
     from transformers import PreTrainedTokenizerFast
@@ -125,8 +125,8 @@ def export(source: Path, info: TokenizerInfo, out: Path, sample: list[str] | Non
     except CheckpointError as exc:
         hint = (
             "; transformers loads the tokenizer of a qwen2 folder as Qwen2's byte-level BPE whatever its "
-            "tokenizer_config.json says, and this one is not Qwen2's: export with --layout llama"
-            if layout == "qwen2"
+            "tokenizer_config.json says, and this one is not Qwen2's: export with --model-type llama"
+            if model_type == "qwen2"
             else ""
         )
         raise CheckpointError(f"{exc}{hint}") from None

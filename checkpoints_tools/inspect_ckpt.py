@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from pipeline.checkpoint import tp_layout
+from pipeline.checkpoint import tp_partition
 from pipeline.checkpoint.portable import CONFIG, TOKENIZER, WEIGHTS, CheckpointError, read_config
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.config.model import ModelConfig, ParScaleConfig
@@ -132,7 +132,7 @@ def _verify_trainer(ck: TrainerCheckpoint) -> list[str]:
     """Every TP rank's tensors load (ZeRO partitions complete, nothing truncated) and, merged, have
     the shapes the checkpoint's config implies."""
     try:
-        full, _ = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
+        full, _ = tp_partition.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
     except CheckpointError as exc:
         return [str(exc)]
     expected = expected_shapes(_trainer_config(ck))

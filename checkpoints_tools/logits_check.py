@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from pipeline.checkpoint import tp_layout
+from pipeline.checkpoint import tp_partition
 from pipeline.checkpoint.portable import CheckpointError, read_config, read_weights
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import local_group
@@ -42,7 +42,7 @@ class FullWeights:
         )
 
     def rank_state(self, rank: int) -> dict[str, torch.Tensor]:
-        return tp_layout.split(self.state, self.tp, self.model, self.vocab)[rank]
+        return tp_partition.split(self.state, self.tp, self.model, self.vocab)[rank]
 
 
 def fixed_input(vocab: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ def fixed_input(vocab: int) -> torch.Tensor:
 def _rank_logits(source, rank: int, port: int | None, ids: torch.Tensor) -> torch.Tensor:
     with local_group(rank, source.tp, source.tp, port):
         model = ParScaleLM(source.model, source.parscale, source.vocab, tp_rank=rank, tp_size=source.tp).eval()
-        tp_layout.check_model(model)
+        tp_partition.check_model(model)
         state, params = source.rank_state(rank), dict(model.named_parameters())
         if state.keys() != params.keys():
             raise CheckpointError(

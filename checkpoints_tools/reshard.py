@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 from safetensors.torch import save_file
 
-from pipeline.checkpoint import integrity, tp_layout
-from pipeline.checkpoint.layout import COMPLETE, CONFIG, LATEST, RESHARDED, STATE
+from pipeline.checkpoint import integrity, tp_partition
 from pipeline.checkpoint.portable import CheckpointError
+from pipeline.checkpoint.step_folders import COMPLETE, CONFIG, LATEST, RESHARDED, STATE
 from pipeline.checkpoint.trainer_ckpt import TrainerCheckpoint
 from pipeline.utils.fs import atomic_write_text, staged_dir
 
@@ -31,14 +31,14 @@ RESHARD_KIND = "resharded checkpoint"
 
 def reshard(source: str | Path, target: str | Path, tp: int, verify: bool = True) -> dict:
     ck = TrainerCheckpoint(source)
-    if problem := tp_layout.tp_problem(ck.model, tp):
+    if problem := tp_partition.tp_problem(ck.model, tp):
         raise CheckpointError(f"--tp {tp}: {problem}")
-    full, drift = tp_layout.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
+    full, drift = tp_partition.merge([ck.rank_state(rank) for rank in range(ck.tp)], ck.vocab)
     target = Path(target)
     tag = ck.folder.name
     result = ck.describe() | {"target": str(target / tag), "target_tp": tp, "replicated_drift": drift}
     with staged_dir(target / tag, RESHARD_KIND, (source,)) as out:
-        for rank, state in enumerate(tp_layout.split(full, tp, ck.model, ck.vocab)):
+        for rank, state in enumerate(tp_partition.split(full, tp, ck.model, ck.vocab)):
             save_file(state, str(out / f"tp_rank_{rank:02d}.safetensors"), metadata={"format": "pt"})
         state = json.loads(json.dumps(ck.state))
         state["identity"]["parallel.tensor_parallel_size"] = tp

@@ -8,7 +8,7 @@ from pipeline.config.cli_args import add_config_args, load_from_args
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .job import prepare
+    from .prepare import prepare
 
     prepare(load_from_args(args))
     return 0

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.errors import JobError
+from pipeline.errors import UserError
 from pipeline.utils.fs import atomic_write_text, file_sha256, read_format_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "parscale-prep/1"
 
 
-class ManifestError(JobError):
+class ManifestError(UserError):
     pass
 
 

@@ -4,10 +4,10 @@ token appended to every document."""
 
 from __future__ import annotations
 
-from pipeline.errors import JobError
+from pipeline.errors import UserError
 
 
-class TokenizerError(JobError):
+class TokenizerError(UserError):
     pass
 
 

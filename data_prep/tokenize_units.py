@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.data import DataConfig
-from pipeline.errors import JobError
+from pipeline.errors import UserError
 from pipeline.utils.fs import staged_file
 
 from .filters import CONTROL_CHARS, clean, content_hash
@@ -30,7 +30,7 @@ from .units import WorkUnit
 ENCODE_BATCH = 256
 
 
-class DamagedUnit(JobError):
+class DamagedUnit(UserError):
     """A finished unit's file in ``work/units`` cannot be read back (the message names it)."""
 
 

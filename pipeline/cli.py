@@ -11,7 +11,7 @@ from checkpoints_tools import cli as convert_cli
 from data_prep import cli as prep_cli
 
 from .commands import ablate_cmd, config_cmd, eval_cmd, generate_cmd, run_cmd, scaling_cmd, train_cmd
-from .errors import EXIT_USER_ERROR, JobError
+from .errors import EXIT_USER_ERROR, UserError
 
 SUBCOMMANDS = [prep_cli, train_cmd, convert_cli, eval_cmd, generate_cmd, run_cmd, scaling_cmd, ablate_cmd, config_cmd]
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except JobError as exc:  # ConfigError included: the message names the file, line and key
+    except UserError as exc:  # ConfigError included: the message names the file, line and key
         print(f"parscale {args.command}: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:

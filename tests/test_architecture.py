@@ -64,7 +64,7 @@ ONE_PLACE = [
     (
         "the checkpoint folder's file names",
         r'"trainer_state\.json"|"resharded\.json"|"COMPLETE"|= "latest"',
-        "pipeline/checkpoint/layout.py",
+        "pipeline/checkpoint/step_folders.py",
     ),
     (
         "a run folder's file names",

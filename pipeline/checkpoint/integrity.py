@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from ..utils import collectives
 from ..utils.fs import atomic_write_text, file_sha256
-from .layout import COMPLETE
+from .step_folders import COMPLETE
 
 FILES = "files.json"
 #: written after the record (the completion marker) or never hashed (the record itself)

@@ -19,11 +19,11 @@ from data_prep.tokenizer import TokenizerInfo, copy_files, describe, open_record
 
 from ..config.model import ModelConfig, ParScaleConfig
 from ..config.run_paths import CHECKPOINTS, PORTABLE
-from ..errors import JobError
+from ..errors import UserError
 from ..model import ParScaleLM
 from ..model.param_groups import VOCAB_ROWS
 from ..utils.fs import file_sha256, out_of_space, read_format_json, staged_dir
-from . import layout
+from . import step_folders
 from .sharding import load_full_state
 
 FORMAT = "parscale-portable/1"
@@ -31,7 +31,7 @@ PORTABLE_KIND = "portable checkpoint"  # what staged_dir lets a later portable r
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"
 
 
-class CheckpointError(JobError):
+class CheckpointError(UserError):
     pass
 
 
@@ -111,7 +111,7 @@ def read_config(directory: str | Path) -> dict:
 
 def _not_portable(directory: Path) -> str | None:
     """What a folder that holds no portable checkpoint is, and how to make one from it (None: unknown)."""
-    marks = (layout.LATEST, layout.STATE, CHECKPOINTS)  # a checkpoints folder, a stepN one, a run folder
+    marks = (step_folders.LATEST, step_folders.STATE, CHECKPOINTS)  # a checkpoints folder, a stepN one, a run folder
     if any((directory / name).exists() for name in marks) or any(directory.glob("step*/")):
         export = directory / PORTABLE
         also = f" (or give {export}, the one the run exported at its end)" if (export / CONFIG).is_file() else ""
@@ -202,6 +202,6 @@ def load_portable(directory: str | Path, dtype: torch.dtype = torch.float32):
     weights = read_weights(directory)  # its own errors name the file
     try:
         load_full_state(model, weights, f"{Path(directory) / WEIGHTS} (with {CONFIG})")
-    except JobError as exc:
+    except UserError as exc:
         raise CheckpointError(f"weights do not match the config: {exc}") from None
     return model.to(dtype), config

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import JobError
+from ..errors import UserError
 from ..model.param_groups import VOCAB_ROWS, parscale_parameter
 from ..utils.collectives import all_gather_cat
 
@@ -33,7 +33,7 @@ def _fit_rows(tensor: torch.Tensor, rows: int, name: str, source: str) -> torch.
     if tensor.shape[0] == rows:
         return tensor
     if tensor.shape[0] > rows:
-        raise JobError(
+        raise UserError(
             f"{source}: {name} has {tensor.shape[0]} vocabulary rows, the model {rows} (a different vocabulary; "
             "model.vocab_size must hold the checkpoint's)"
         )
@@ -53,12 +53,12 @@ def load_full_state(
     missing = [n for n in params if n not in state]
     new = [n for n in missing if parscale_parameter(n)]
     if (missing and not allow_new_parscale) or len(new) != len(missing):
-        raise JobError(
+        raise UserError(
             f"{source}: lacks {', '.join(sorted(set(missing) - set(new if allow_new_parscale else []))[:6])}"
         )
     unexpected = [n for n in state if n not in params and state[n] is not None]
     if unexpected:
-        raise JobError(
+        raise UserError(
             f"{source}: has parameters this model does not: {', '.join(unexpected[:6])} "
             "(a ParScale checkpoint into a dense config? set parscale.streams to match)"
         )
@@ -84,14 +84,14 @@ def load_rank_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     same names and shapes, or an error naming ``source``."""
     params = dict(model.named_parameters())
     if state.keys() != params.keys():
-        raise JobError(f"{source}: its tensors do not match this model ({sorted(state.keys() ^ params.keys())[:4]})")
+        raise UserError(f"{source}: its tensors do not match this model ({sorted(state.keys() ^ params.keys())[:4]})")
     _copy_checked(params, state, source, "")
 
 
 def _copy_checked(params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str, where: str) -> None:
     for name, tensor in tensors.items():
         if tensor.shape != params[name].shape:
-            raise JobError(
+            raise UserError(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, the model expects "
                 f"{tuple(params[name].shape)}{where} (check the model section of the config)"
             )

@@ -29,9 +29,9 @@ from ..config.model import ModelConfig, ParScaleConfig
 from ..config.run_paths import RunPaths
 from ..distributed.runtime import select_deepspeed_accelerator
 from . import integrity
-from .layout import COMPLETE, CONFIG, RESHARDED, STATE, latest_tag
 from .optimizer_groups import group_names
 from .portable import CheckpointError
+from .step_folders import COMPLETE, CONFIG, RESHARDED, STATE, latest_tag
 
 
 def safe_load(path: Path, mmap: bool = True) -> dict:

@@ -29,14 +29,14 @@ def _run(args: argparse.Namespace) -> int:
 def _print_values(loaded, keys: list[str]) -> int:
     """One resolved value per line: strings as they are, null for None, the rest as JSON."""
     from ..config.loader import value_at
-    from ..errors import JobError
+    from ..errors import UserError
 
     data = loaded.config.model_dump(mode="json")
     for key in keys:
         try:
             value = value_at(data, key)
         except (KeyError, ValueError):
-            raise JobError(f"--get {key}: no such key in the resolved config") from None
+            raise UserError(f"--get {key}: no such key in the resolved config") from None
         print(value if isinstance(value, str) else json.dumps(value))
     return 0
 

@@ -33,14 +33,14 @@ def print_outcome(console, dry_run: bool, report, plot: str, start: float) -> No
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..job.stages import MainJob
+    from ..mainjob.stages import MainJob
 
     console = Console()
     start = time.perf_counter()
     job = MainJob(load_from_args(args), dry_run=args.dry_run)
     console.print(
         f"[bold]parscale run[/] {job.cfg.run.name}: {job.nproc} process(es) per training stage, "
-        f"outputs under {job.layout.root}"
+        f"outputs under {job.folders.root}"
     )
     report = job.run(console)
     console.print(stage_table(f"{job.cfg.run.name}: stages", job.timings))

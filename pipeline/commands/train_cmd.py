@@ -9,7 +9,7 @@ from ..config.cli_args import add_config_args, load_from_args
 
 def _run(args: argparse.Namespace) -> int:
     from ..distributed.parent_death import die_with_parent, launched_rank
-    from ..training.run import train
+    from ..training.train import train
 
     if launched_rank():  # a kill -9 of torchrun takes its ranks with it (they run in their own sessions)
         die_with_parent()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import JobError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class Problem:
         return f"{self.where}: {self.key}: {self.message}" if self.key else f"{self.where}: {self.message}"
 
 
-class ConfigError(JobError):
+class ConfigError(UserError):
     """Raised for any invalid job config; str() lists every problem found, one per line."""
 
     def __init__(self, source: str, problems: list[Problem]):

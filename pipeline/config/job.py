@@ -9,7 +9,7 @@ from .base import StrictModel
 from .data import DataConfig, PackingConfig, TokenizerConfig
 from .model import ModelConfig, ParScaleConfig
 from .scaling import ScalingConfig
-from .stages import Stage2Config
+from .stage2 import Stage2Config
 from .training import (
     CheckpointConfig,
     EvalConfig,

@@ -16,7 +16,7 @@ from data_prep.verify import dataset_problems
 
 from ..config.job import JobConfig
 from ..config.training import VERIFY_SHA256_UP_TO, BlendEntry
-from ..errors import JobError
+from ..errors import UserError
 from .blend import BlendedOrder
 from .packed import SourceRows, open_sources
 
@@ -105,7 +105,7 @@ class DataSpec:
         return collate(rows, self.seq_len, self.pad_id, cfg.model.document_attention)
 
 
-class EmptySplit(JobError):
+class EmptySplit(UserError):
     """A split of the configured datasets without a single row."""
 
 
@@ -152,7 +152,7 @@ def check_dataset(directory: str | Path, hashes: bool) -> None:
             else "Rerun 'parscale prep' with the config that prepared it: it rewrites every shard whose checksum "
             "no longer matches."
         )
-        raise JobError(
+        raise UserError(
             f"{directory}: the prepared data does not match its manifest: {'; '.join(found[:5])}"
             f"{f' (and {len(found) - 5} more)' if len(found) > 5 else ''}. {repair}"
         )
@@ -177,7 +177,9 @@ class SplitStream:
             tokenizer = tokenizer or sha
             seq_len = seq_len or manifest["seq_len"]
             if manifest["seq_len"] != seq_len:
-                raise JobError(f"{entry.path}: packed to seq_len {manifest['seq_len']}, the first dataset to {seq_len}")
+                raise UserError(
+                    f"{entry.path}: packed to seq_len {manifest['seq_len']}, the first dataset to {seq_len}"
+                )
             opened = open_sources(entry.path, split, tokenizer)
             total_weight = sum(w for _, w in opened) or 1.0
             for rows, w in opened:

@@ -11,7 +11,7 @@ import numpy as np
 from data_prep.manifest import ManifestError, read_manifest, shard_prefixes
 from data_prep.shards import ShardReader
 
-from ..errors import JobError
+from ..errors import UserError
 
 
 class SourceRows:
@@ -30,7 +30,7 @@ class SourceRows:
         shard = bisect.bisect_right(self.starts, i) - 1
         tokens, lengths = self.readers[shard].row(i - self.starts[shard])
         if self.vocab is not None and tokens.size and int(tokens.max()) >= self.vocab:
-            raise JobError(
+            raise UserError(
                 f"{self.prefixes[shard]}.bin: row {i - self.starts[shard]} holds token id {int(tokens.max())}, past the "
                 f"tokenizer's {self.vocab} ids: the shard was damaged since it was written. Set train.verify_data: "
                 "sha256 to find every damaged shard, and rerun 'parscale prep' with its config to rewrite them"

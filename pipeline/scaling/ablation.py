@@ -21,8 +21,8 @@ from ..checkpoint.portable import load_portable, read_config
 from ..config import LoadedConfig, RunPaths
 from ..config.ablation import BASELINE, CONTROLS
 from ..distributed import single_process
-from ..job.layout import stage2_key
-from ..job.stages import MainJob
+from ..mainjob.folders import stage2_key
+from ..mainjob.stages import MainJob
 from ..model.stream_stats import mean_pairwise_cosine, stream_vectors
 from ..training.evaluation import evaluate_portable
 from ..utils.fs import atomic_write_text
@@ -50,7 +50,7 @@ class Variant:
 
     @property
     def init(self) -> Path:
-        return self.job.layout.init(self.streams)
+        return self.job.folders.init(self.streams)
 
 
 class Stage2Ablation:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from ..config import RunPaths
-from ..job.stages import stage2_key
+from ..mainjob.stages import stage2_key
 from ..training.metrics import read_records
 from .inference_cost import non_embedding
 

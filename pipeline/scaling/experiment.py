@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checkpoint.portable import read_config
 from ..config import LoadedConfig, RunPaths
-from ..job.stages import MainJob, stage2_key
+from ..mainjob.stages import MainJob, stage2_key
 from ..model.counting import parameter_counts
 from .inference_cost import compare, non_embedding
 from .law import PAPER_K, LawFit, Point, fit_law
@@ -60,7 +60,7 @@ class ScalingExperiment:
         """One row per (size, P): N, val loss; P=1 is the dense model continued for the same tokens."""
         rows = []
         for name, job in self.jobs.items():
-            evals = json.loads(job.layout.eval.read_text())
+            evals = json.loads(job.folders.eval.read_text())
             n = parameter_counts(job.cfg.model, job.parscale(1), 1).non_embedding
             for p in self.streams:
                 result = evals["dense" if p == 1 else stage2_key(p)]

@@ -17,11 +17,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.job import is_complete, prepare
+from data_prep.prepare import is_complete, prepare
 
 from ..checkpoint.portable import read_config
 from ..config import LoadedConfig, RunPaths
-from ..job.stages import is_trained, train_stage
+from ..mainjob.stages import is_trained, train_stage
 from ..model.counting import parameter_counts
 from ..training.evaluation import evaluate_portable
 from ..utils.fs import atomic_write_text

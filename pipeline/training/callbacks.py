@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..config.job import JobConfig
 from ..distributed import ParallelContext
-from ..errors import JobError
+from ..errors import UserError
 from ..utils import collectives
 from .progress import Progress
 
@@ -135,7 +135,7 @@ class NonfiniteGuard(Callback):
         if trainer.nonfinite_peak >= self.limit:
             self.stops.settle()
             trainer.save()
-            raise JobError(
+            raise UserError(
                 f"{trainer.nonfinite_peak} non-finite steps in a row (train.max_nonfinite_in_a_row="
                 f"{self.limit}); saved step {step} in {trainer.ckpt_dir}; lower optimizer.lr or check the data"
             )

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import integrity
-from ..checkpoint.layout import COMPLETE, CONFIG, LATEST, STATE, complete_tags, latest_tag, tag_for
+from ..checkpoint.step_folders import COMPLETE, CONFIG, LATEST, STATE, complete_tags, latest_tag, tag_for
 from ..checkpoint.trainer_ckpt import safe_load
-from ..errors import JobError
+from ..errors import UserError
 from ..utils.collectives import barrier
 from ..utils.fs import atomic_write_text, out_of_space
 
@@ -66,7 +66,7 @@ def intact_tag(directory: str | Path, hashes: bool = True, distributed: bool = T
             flush=True,
         )
     if not candidates and (aside := sorted(p.name for p in directory.glob("corrupt-step*"))):
-        raise JobError(
+        raise UserError(
             f"no intact checkpoint to resume from in {directory}: {', '.join(aside)} set aside as damaged before. "
             "Move the checkpoints folder aside to start afresh (this run would otherwise start from step 0 "
             "beside them), or restore the files."
@@ -90,7 +90,7 @@ def intact_tag(directory: str | Path, hashes: bool = True, distributed: bool = T
         damaged.append(f"{aside} ({'; '.join(found[:3])}{' ...' if len(found) > 3 else ''})")
         barrier()
     if damaged:
-        raise JobError(
+        raise UserError(
             "no intact checkpoint to resume from: "
             + "; ".join(damaged)
             + ". Move the checkpoints folder aside to start afresh, or restore the files."
@@ -108,7 +108,7 @@ def save(engine, directory: str | Path, step: int, state: dict, keep_last: int, 
         )
     except (OSError, RuntimeError) as exc:
         if out_of_space(exc, directory):
-            raise JobError(
+            raise UserError(
                 f"no space left on device: {directory / tag} (saving step {step}); free space or set "
                 "checkpoint.dir elsewhere, then rerun: training resumes from the last complete "
                 "checkpoint, the partial one is ignored"
@@ -154,7 +154,7 @@ def load(engine, directory: str | Path, tag: str) -> dict:
         str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
     )
     if path is None:
-        raise JobError(f"{Path(directory) / tag}: DeepSpeed could not load this checkpoint")
+        raise UserError(f"{Path(directory) / tag}: DeepSpeed could not load this checkpoint")
     state = client["trainer"]
     restore_rng(state.pop("rng"))
     return state
@@ -175,4 +175,4 @@ def check_compatible(saved: dict, expected: dict, where: Path, ignore: tuple[str
             hint = f"; reshard it first: parscale convert reshard {where} NEW_RUN/checkpoints --tp {expected['parallel.tensor_parallel_size']}"
         elif saved.get("tokenizer.sha256") != expected.get("tokenizer.sha256"):
             hint = "; the data was prepared with another tokenizer than the one this run trained on: train on data of that tokenizer, or start a new run"
-        raise JobError(f"{where}: does not match the config ({'; '.join(diffs)}){hint}")
+        raise UserError(f"{where}: does not match the config ({'; '.join(diffs)}){hint}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import layout
+from ..checkpoint import step_folders
 from ..checkpoint.portable import read_config, read_weights
 from ..checkpoint.sharding import load_full_state, load_rank_state
 from ..checkpoint.trainer_ckpt import TrainerCheckpoint
@@ -56,10 +56,10 @@ class Restore:
         tag = None
         if cfg.checkpoint.resume:
             tag = ckpt.intact_tag(directory, hashes=cfg.checkpoint.verify_on_resume == "sha256")
-        resharded = tag is not None and layout.is_resharded(directory / tag)
+        resharded = tag is not None and step_folders.is_resharded(directory / tag)
         if tag is not None:
             folder = directory / tag
-            saved = layout.read_state(folder)["identity"]
+            saved = step_folders.read_state(folder)["identity"]
             ignore = ("parallel.zero_stage",) if resharded else ()
             if "tokenizer.sha256" not in saved:  # saved before the record: its data cannot be checked
                 ignore += ("tokenizer.sha256",)
@@ -88,7 +88,7 @@ class Restore:
         (weights, optimizer, RNG) unless it was resharded."""
         folder = self.directory / self.tag
         if self.resharded:
-            saved = layout.read_state(folder)
+            saved = step_folders.read_state(folder)
             note = " (resharded: weights, step and data position restored; Adam moments start afresh)"
         else:
             saved, note = ckpt.load(engine, self.directory, self.tag), ""

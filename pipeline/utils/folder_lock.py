@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import JobError
+from ..errors import UserError
 
 LOCK_NAME = ".parscale.lock"
 #: how long a run or a job waits for the lock of a holder that is dying (a kill -9 just before a rerun)
@@ -25,7 +25,7 @@ RERUN_GRACE_S = 15.0
 _HELD: dict[str, int] = {}  # lock files this process holds -> depth
 
 
-class FolderInUse(JobError):
+class FolderInUse(UserError):
     """Another process writes the folder (the message names it and the holder)."""
 
 

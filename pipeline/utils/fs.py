@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import JobError
+from ..errors import UserError
 from .folder_lock import folder_lock, lock_path_beside
 
 
@@ -119,7 +119,7 @@ def file_sha256(path: str | Path) -> str:
 OWNER = ".parscale-output"
 
 
-class TargetError(JobError):
+class TargetError(UserError):
     """An output folder that is not this tool's to write (the message names it; nothing changed)."""
 
 

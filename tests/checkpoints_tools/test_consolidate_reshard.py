@@ -101,10 +101,10 @@ def test_reshard_tp1_to_2_to_1_is_identical_and_training_resumes_at_the_new_tp(r
 def test_resume_at_another_tp_points_at_reshard():
     from pathlib import Path
 
-    from pipeline.errors import JobError
+    from pipeline.errors import UserError
     from pipeline.training.checkpointing import check_compatible
 
-    with pytest.raises(JobError, match="parscale convert reshard .* --tp 2"):
+    with pytest.raises(UserError, match="parscale convert reshard .* --tp 2"):
         check_compatible({"parallel.tensor_parallel_size": 1}, {"parallel.tensor_parallel_size": 2}, Path("ck/step1"))
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from pipeline.checkpoint.portable import save_portable
 from pipeline.config import load_config
 from pipeline.config.model import STAGE2_PREFIX_INIT_STD, ParScaleConfig
-from pipeline.config.stages import Stage2Config
+from pipeline.config.stage2 import Stage2Config
 from pipeline.distributed import single_process
 
 
@@ -104,9 +104,9 @@ def test_export_to_hf_loads_in_transformers_and_imports_back_identically(dense, 
     result = json.loads(proc.stdout)
     # a QKV-bias model with a sentencepiece tokenizer goes out as llama: transformers would give a qwen2
     # folder Qwen2's byte-level tokenizer whatever its tokenizer_config says (refused by the check below)
-    assert result["layout"] == "llama" and "transformers vs ours" in result["verified"]
-    refused = cli("convert", "export-hf", str(dense), str(tmp_path / "qwen2"), "--layout", "qwen2")
-    assert refused.returncode == 2 and "export with --layout llama" in refused.stderr
+    assert result["model_type"] == "llama" and "transformers vs ours" in result["verified"]
+    refused = cli("convert", "export-hf", str(dense), str(tmp_path / "qwen2"), "--model-type", "qwen2")
+    assert refused.returncode == 2 and "export with --model-type llama" in refused.stderr
     assert not (tmp_path / "qwen2").exists()
     assert (tmp_path / "hf" / "tokenizer.model").exists()
     ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
@@ -148,7 +148,7 @@ def test_hf_to_ours_to_hf_keeps_transformers_logits(kind, tmp_path):
     hf_dir = _save_hf(source.eval(), tmp_path / "src")
     imported = cli("convert", "import-hf", str(hf_dir), str(tmp_path / "ours"))
     assert imported.returncode == 0, imported.stderr[-2000:]
-    exported = cli("convert", "export-hf", str(tmp_path / "ours"), str(tmp_path / "out"), "--layout", kind)
+    exported = cli("convert", "export-hf", str(tmp_path / "ours"), str(tmp_path / "out"), "--model-type", kind)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == kind
     ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(1))
@@ -158,7 +158,7 @@ def test_hf_to_ours_to_hf_keeps_transformers_logits(kind, tmp_path):
 
 
 def test_llama_export_of_a_qkv_bias_model_adds_a_zero_o_proj_bias(dense, tmp_path):
-    proc = cli("convert", "export-hf", str(dense), str(tmp_path / "llama"), "--layout", "llama")
+    proc = cli("convert", "export-hf", str(dense), str(tmp_path / "llama"), "--model-type", "llama")
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((tmp_path / "llama" / "config.json").read_text())
     state = load_file(str(tmp_path / "llama" / "model.safetensors"))
@@ -167,13 +167,13 @@ def test_llama_export_of_a_qkv_bias_model_adds_a_zero_o_proj_bias(dense, tmp_pat
     torch.testing.assert_close(_hf_logits(tmp_path / "llama", ids), _our_logits(dense, ids), atol=1e-5, rtol=0)
 
 
-def test_official_parscale_layout_round_trip(dense, tmp_path):
+def test_official_parscale_model_type_round_trip(dense, tmp_path):
     from checkpoints_tools.hf import export_hf, import_hf
     from checkpoints_tools.to_parscale import convert
 
     convert(dense, tmp_path / "p4", ParScaleConfig(streams=4, prefix_len=5, eps=0.1))
     result = export_hf(tmp_path / "p4", tmp_path / "hf")
-    assert result["layout"] == "qwen2_parscale" and "exact" in result["verified"]
+    assert result["model_type"] == "qwen2_parscale" and "exact" in result["verified"]
     hf_dir = tmp_path / "hf"
     config = json.loads((hf_dir / "config.json").read_text())
     assert config["model_type"] == "qwen2_parscale"
@@ -234,15 +234,15 @@ def test_bad_hf_inputs_are_refused_and_leave_nothing(dense, tmp_path):
         assert _no_output(target), name
 
 
-def test_no_hugging_face_layout_holds_the_single_prefix_control():
-    from checkpoints_tools.hf import _pick_layout
+def test_no_hugging_face_model_type_holds_the_single_prefix_control():
+    from checkpoints_tools.hf import _pick_model_type
     from pipeline.checkpoint.portable import CheckpointError
     from pipeline.config.model import ModelConfig, ParScaleConfig
 
     model = ModelConfig(num_layers=1, hidden_size=16, ffn_hidden_size=32, num_attention_heads=2, num_kv_heads=2)
-    for layout in ("auto", "qwen2", "qwen2_parscale"):
+    for model_type in ("auto", "qwen2", "qwen2_parscale"):
         with pytest.raises(CheckpointError, match="single_prefix"):
-            _pick_layout(layout, model, ParScaleConfig(single_prefix=True), "sentencepiece")
+            _pick_model_type(model_type, model, ParScaleConfig(single_prefix=True), "sentencepiece")
 
 
 def test_a_parscale_config_without_smoothing_gets_the_official_default(tmp_path):

@@ -15,7 +15,7 @@ from helpers.corpus import text_doc, write_jsonl
 from helpers.hf_models import EOD, byte_level_bpe
 from tokenizers import Tokenizer
 
-from data_prep.job import PrepError, prepare
+from data_prep.prepare import PrepError, prepare
 from data_prep.progress import Reporter
 from data_prep.ray_runtime import ray_session
 from data_prep.shards import ShardReader

@@ -22,8 +22,8 @@ from helpers.corpus import text_doc, write_bad_jsonl, write_hf_disk, write_jsonl
 from helpers.paths import REPO
 
 from data_prep.filters import content_hash, is_validation, normalize
-from data_prep.job import PrepError, prepare
 from data_prep.manifest import ManifestError, read_manifest, verify_tokenizer
+from data_prep.prepare import PrepError, prepare
 from data_prep.progress import Reporter
 from data_prep.ray_runtime import ray_session
 from data_prep.shards import ShardReader

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pipeline.distributed.runtime import LAUNCHER_VARS, free_port, launcher_env
 
 #: imported once by the fork server (the ranks' parent), not by every rank
-PRELOAD = ["pipeline.training.loop"]
+PRELOAD = ["pipeline.training.trainer"]
 
 
 def _rank_main(fn: Callable, rank: int, world_size: int, port: int, results, args: tuple, env: dict) -> None:

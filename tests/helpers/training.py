@@ -112,7 +112,7 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 def train_job(config: str) -> dict:
     """One rank of a training run (for ``run_ranks``): the trainer of ``config``, run to the end."""
     from pipeline.config import load_config
-    from pipeline.training.run import train
+    from pipeline.training.train import train
 
     return train(load_config(config))
 

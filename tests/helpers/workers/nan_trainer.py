@@ -8,8 +8,8 @@ import sys
 
 from pipeline.config import load_config
 from pipeline.distributed import distributed_world
-from pipeline.errors import JobError
-from pipeline.training.loop import Trainer
+from pipeline.errors import UserError
+from pipeline.training.trainer import Trainer
 
 
 class FaultyTrainer(Trainer):
@@ -28,8 +28,8 @@ def main() -> int:
     try:
         with distributed_world(loaded.config, loaded.error) as ctx:
             FaultyTrainer.from_loaded(loaded, ctx).run()
-    except JobError as exc:
-        print(f"JobError: {exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"UserError: {exc}", file=sys.stderr)
         return 2
     return 0
 

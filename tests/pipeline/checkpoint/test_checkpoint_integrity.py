@@ -72,11 +72,11 @@ def test_a_resume_sets_aside_a_checkpoint_without_its_record_and_says_so(tmp_pat
 def test_only_damaged_checkpoints_left_is_refused_again_and_an_incomplete_latest_is_named(tmp_path, capsys):
     import pytest
 
-    from pipeline.errors import JobError
+    from pipeline.errors import UserError
     from pipeline.training.checkpointing import intact_tag
 
     (tmp_path / "corrupt-step00000004").mkdir()  # set aside by the last run, which exited 2
-    with pytest.raises(JobError, match="corrupt-step00000004 set aside as damaged before"):
+    with pytest.raises(UserError, match="corrupt-step00000004 set aside as damaged before"):
         intact_tag(tmp_path, distributed=False)  # never a silent start from step 0 beside it
     folder = tmp_path / "step00000002"
     folder.mkdir()

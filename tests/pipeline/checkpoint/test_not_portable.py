@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from pipeline.checkpoint.layout import COMPLETE, LATEST, STATE
 from pipeline.checkpoint.portable import CheckpointError, read_config
+from pipeline.checkpoint.step_folders import COMPLETE, LATEST, STATE
 
 
 def _trainer_run(root, exported: bool):

@@ -253,7 +253,7 @@ def test_global_batch_must_split_over_data_parallel_ranks(write_yaml):
 
 
 def test_an_ffn_size_tp_cannot_split_is_refused_at_validation_by_the_checkpoint_layouts_rule(write_yaml):
-    from pipeline.checkpoint.tp_layout import tp_problem
+    from pipeline.checkpoint.tp_partition import tp_problem
 
     path = write_yaml("job.yaml", TINY + "parallel:\n  tensor_parallel_size: 2\n")
     cfg = load_config(path).config

@@ -13,7 +13,7 @@ from helpers.training import job_config, train
 
 from pipeline.config import load_config
 from pipeline.data.loader import EmptySplit, SplitStream, shard_bytes
-from pipeline.errors import JobError
+from pipeline.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +47,12 @@ def test_intact_data_passes_and_each_kind_of_damage_is_named_with_the_repair(dat
         (missing, f"{index}: missing"),
         (foreign, f"{foreign / 'tokenizer.model'}: not the tokenizer this data was tokenized with"),
     ):
-        with pytest.raises(JobError) as err:
+        with pytest.raises(UserError) as err:
             _stream(tmp_path, folder)
         message = str(err.value)
         repair = "restore its files (every portable" if folder == foreign else "Rerun 'parscale prep'"
         assert named in message and repair in message and str(folder) in message
-    assert "bytes" in str(pytest.raises(JobError, _stream, tmp_path, truncated).value)
+    assert "bytes" in str(pytest.raises(UserError, _stream, tmp_path, truncated).value)
 
 
 def test_a_flipped_byte_of_the_same_size_is_caught_by_the_sha256_check_the_default_makes_for_small_data(
@@ -65,7 +65,7 @@ def test_a_flipped_byte_of_the_same_size_is_caught_by_the_sha256_check_the_defau
     shard.write_bytes(bytes(raw))
     _stream(tmp_path, flipped, verify_data="size")  # sizes only: passes
     for verify in ("sha256", "auto"):  # auto: the data is under VERIFY_SHA256_UP_TO
-        with pytest.raises(JobError, match=f"{shard}: sha256 differs"):
+        with pytest.raises(UserError, match=f"{shard}: sha256 differs"):
             _stream(tmp_path, flipped, verify_data=verify)
     monkeypatch.setattr("pipeline.data.loader.VERIFY_SHA256_UP_TO", shard_bytes(flipped) - 1)
     _stream(tmp_path, flipped)  # auto above the limit: sizes only
@@ -106,7 +106,7 @@ def test_an_out_of_vocabulary_id_at_the_same_size_is_named_not_an_index_error(da
     tokens.tofile(shard)
     from pipeline.data.packed import open_sources
 
-    with pytest.raises(JobError, match=rf"{shard.with_suffix('')}.bin: row 0 holds token id \d+, past the tokenizer"):
+    with pytest.raises(UserError, match=rf"{shard.with_suffix('')}.bin: row 0 holds token id \d+, past the tokenizer"):
         for rows, _ in open_sources(damaged, "train"):  # what every training and evaluation read goes through
             for i in range(len(rows)):
                 rows.row(i)

@@ -1,6 +1,6 @@
 """``parscale ablate`` without training: the config section's checks, the plan (which runs, where,
 with which settings, stage 1 shared) and the report's arithmetic. The real run is part of the main
-job's end-to-end test (tests/pipeline/job/test_main_job.py)."""
+job's end-to-end test (tests/pipeline/mainjob/test_main_job.py)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_the_plan_shares_stage_1_and_gives_each_variant_its_settings_and_seeds(t
     assert ablation.variants[0].job is ablation.main and ablation.variants[0].portable == job / "stage2-p2" / "portable"
     by_key = {v.key: v for v in ablation.variants}
     for v in ablation.variants[1:]:
-        assert v.job.layout.consolidated == job / "convert" / "stage1-fp32"  # stage 1 shared
+        assert v.job.folders.consolidated == job / "convert" / "stage1-fp32"  # stage 1 shared
         assert v.portable == job / "ablation" / v.key / "stage2-p2" / "portable"
         assert v.init == job / "ablation" / v.key / "convert" / "stage2-init-p2"
         assert v.job.cfg.run.seed == 7 and v.job.init_seed_offset == v.seed  # same data order, another init

@@ -8,7 +8,7 @@ import errno
 import pytest
 
 from pipeline import cli
-from pipeline.errors import JobError
+from pipeline.errors import UserError
 from pipeline.training import checkpointing
 from pipeline.utils import fs
 
@@ -38,7 +38,7 @@ def test_a_checkpoint_save_on_a_full_disk_names_the_folder_and_the_resume(tmp_pa
             raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
 
     monkeypatch.setattr(fs.shutil, "disk_usage", lambda path: type("U", (), {"free": 0})())
-    with pytest.raises(JobError) as err:
+    with pytest.raises(UserError) as err:
         checkpointing.save(Engine(), tmp_path / "ck", 12, {"step": 12}, 2, "")
     assert f"no space left on device: {tmp_path / 'ck' / 'step00000012'} (saving step 12)" in str(err.value)
     assert "resumes from the last complete checkpoint" in str(err.value)
@@ -59,7 +59,7 @@ def test_the_cli_turns_enospc_into_a_named_exit_2(monkeypatch, capsys):
 def test_prep_on_a_full_disk_is_a_named_error(tmp_path, monkeypatch):
     import yaml
 
-    from data_prep import job
+    import data_prep.prepare as prep_job
     from pipeline.config import load_config
 
     cfg = {
@@ -73,9 +73,9 @@ def test_prep_on_a_full_disk_is_a_named_error(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "work" / "unit_0.npy"))
 
-    monkeypatch.setattr(job, "_tokenize_and_pack", full)
-    with pytest.raises(job.PrepError, match=f"no space left on device: {tmp_path / 'out'}; free space and rerun"):
-        job.prepare(load_config(path))
+    monkeypatch.setattr(prep_job, "_tokenize_and_pack", full)
+    with pytest.raises(prep_job.PrepError, match=f"no space left on device: {tmp_path / 'out'}; free space and rerun"):
+        prep_job.prepare(load_config(path))
 
 
 def test_a_partial_metrics_line_is_cut_on_resume_and_readers_skip_malformed_lines(tmp_path, capsys):

@@ -14,7 +14,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import single_process
 from pipeline.model import ParScaleLM
-from pipeline.training.loop import Trainer
+from pipeline.training.trainer import Trainer
 
 EMBED = "model.embed_tokens.weight"
 

@@ -13,7 +13,7 @@ from pipeline.checkpoint.portable import CheckpointError
 from pipeline.checkpoint.trainer_ckpt import safe_load
 from pipeline.config import load_config
 from pipeline.distributed import destroy_distributed
-from pipeline.training.run import train
+from pipeline.training.train import train
 
 
 class Payload:

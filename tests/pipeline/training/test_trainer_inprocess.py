@@ -16,7 +16,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.config.job import JobConfig
 from pipeline.distributed import destroy_distributed
 from pipeline.training.evaluation import evaluate_portable
-from pipeline.training.loop import Trainer
+from pipeline.training.trainer import Trainer
 
 
 def _typed(tmp_path, data, **sections) -> JobConfig:
@@ -130,7 +130,7 @@ def test_a_seq_len_whose_micro_batch_cannot_fit_is_refused_before_anything_is_bu
 
     monkeypatch.setattr(memory_check, "free_memory", lambda device: 1000)  # the prepared rows do not fit
     built = []
-    monkeypatch.setattr("pipeline.training.loop.ParScaleLM", lambda *a, **k: built.append(1))
+    monkeypatch.setattr("pipeline.training.trainer.ParScaleLM", lambda *a, **k: built.append(1))
     path = job_config(tmp_path, prepared_data, "huge")
     with pytest.raises(ConfigError, match=r"packing.seq_len: 32 tokens per row need at least .* free on cpu: lower"):
         _trainer(path, single_rank)

@@ -30,8 +30,8 @@ from pipeline.training.callbacks import (
     StopRequests,
     default_callbacks,
 )
-from pipeline.training.loop import Trainer
 from pipeline.training.signals import STOP_SIGNALS, stop_signals
+from pipeline.training.trainer import Trainer
 
 
 def _job(tmp_path, data, name: str = "parts", **sections) -> JobConfig:

@@ -201,7 +201,7 @@ def test_sigterm_saves_and_the_rerun_resumes(tmp_path, data):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "stop requested: saved step" in out
-    from pipeline.checkpoint.layout import latest_tag
+    from pipeline.checkpoint.step_folders import latest_tag
 
     tag = latest_tag(tmp_path / "preempt" / "checkpoints")
     assert tag is not None
@@ -244,7 +244,7 @@ def test_a_skipped_step_under_zero0_fp32_moves_neither_weights_nor_optimizer_sta
     from pipeline.config import load_config
     from pipeline.distributed import destroy_distributed, init_distributed
     from pipeline.distributed.runtime import LAUNCHER_VARS
-    from pipeline.training.loop import Trainer
+    from pipeline.training.trainer import Trainer
 
     for key in LAUNCHER_VARS:
         monkeypatch.delenv(key, raising=False)
@@ -333,7 +333,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_newest_intact_one_resumes(tmp
 
 
 def test_latest_skips_an_incomplete_save(tmp_path):
-    from pipeline.checkpoint.layout import COMPLETE, latest_tag
+    from pipeline.checkpoint.step_folders import COMPLETE, latest_tag
 
     for step in (4, 8):
         (tmp_path / f"step{step:08d}").mkdir()
@@ -380,7 +380,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, data, monk
     from pipeline.config import load_config
     from pipeline.distributed import destroy_distributed, init_distributed
     from pipeline.distributed.runtime import LAUNCHER_VARS
-    from pipeline.training.loop import Trainer
+    from pipeline.training.trainer import Trainer
 
     for key in LAUNCHER_VARS:
         monkeypatch.delenv(key, raising=False)

@@ -59,9 +59,9 @@ def test_a_held_folder_is_refused_naming_the_holder_until_it_dies(tmp_path, hold
 
 
 def test_a_second_training_run_on_a_held_folder_exits_2(tmp_path, prepared_data, holder, monkeypatch):
-    from pipeline.training import run
+    import pipeline.training.train as train_module
 
-    monkeypatch.setattr(run, "RERUN_GRACE_S", 0.5)  # the grace a dying holder gets: not what is tested here
+    monkeypatch.setattr(train_module, "RERUN_GRACE_S", 0.5)  # the grace a dying holder gets: not what is tested here
     config = job_config(tmp_path, prepared_data, "run")
     proc = holder(lock_path_in(tmp_path / "run"))
     result = cli("train", str(config))
@@ -81,10 +81,10 @@ def test_a_converter_target_being_written_is_refused(tmp_path, holder):
 def test_a_prep_output_folder_being_written_is_refused(tmp_path, holder, monkeypatch):
     from helpers.corpus import text_doc, write_jsonl
 
-    from data_prep import job
+    import data_prep.prepare as prep_job
     from pipeline.config import load_config
 
-    monkeypatch.setattr(job, "RERUN_GRACE_S", 0.5)
+    monkeypatch.setattr(prep_job, "RERUN_GRACE_S", 0.5)
     write_jsonl(tmp_path / "a.jsonl", [text_doc(i) for i in range(20)])
     config = tmp_path / "prep.yaml"
     config.write_text(
@@ -93,5 +93,5 @@ def test_a_prep_output_folder_being_written_is_refused(tmp_path, holder, monkeyp
     )
     proc = holder(lock_path_in(tmp_path / "data"))
     with pytest.raises(FolderInUse, match=rf"{tmp_path / 'data'}: in use by pid {proc.pid} .*\(parscale prep\)"):
-        job.prepare(load_config(config))
+        prep_job.prepare(load_config(config))
     assert not (tmp_path / "data" / "work").exists()  # refused before any work

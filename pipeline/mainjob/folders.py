@@ -11,7 +11,7 @@ def stage2_key(streams: int) -> str:
 
 
 @dataclass(frozen=True)
-class Layout:
+class JobFolders:
     root: Path
     stage2_root: Path | None = None  # where the ParScale conversions and stage-2 runs go (default: root)
 

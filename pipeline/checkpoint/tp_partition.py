@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..config.model import ModelConfig
-from ..errors import JobError
+from ..errors import UserError
 from ..model.lm import padded_vocab_size
 from ..model.param_groups import VOCAB_ROWS
 
@@ -56,7 +56,7 @@ def merge(rank_states: list[dict[str, torch.Tensor]], vocab: int) -> tuple[dict[
 def split(full: dict[str, torch.Tensor], tp: int, model: ModelConfig, vocab: int) -> list[dict[str, torch.Tensor]]:
     """Each TP rank's slices of ``full`` (vocabulary rows padded for ``tp``)."""
     if problem := tp_problem(model, tp):
-        raise JobError(problem)
+        raise UserError(problem)
     rows = padded_vocab_size(vocab, model.pad_vocab_to_multiple_of, tp)
     states: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
     for name, tensor in full.items():
@@ -74,4 +74,4 @@ def check_model(model: torch.nn.Module) -> None:
     for name, param in model.named_parameters():
         marked = param.partition_dim if getattr(param, "tensor_model_parallel", False) else None
         if marked != partition_dim(name):
-            raise JobError(f"{name}: the model splits it along {marked}, the converters along {partition_dim(name)}")
+            raise UserError(f"{name}: the model splits it along {marked}, the converters along {partition_dim(name)}")

@@ -13,7 +13,7 @@ from ..model.counting import parameter_counts
 from ..training.metrics import read_records
 from ..utils.plots import save, two_panels
 from ..utils.report_format import config_line, section, table, write_markdown
-from .layout import stage2_key
+from .folders import stage2_key
 
 LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control", "prefix1": "stage 2 P=1 + one prefix"}
 
@@ -116,23 +116,23 @@ def _comparisons(job, evals: dict[str, dict]) -> list[str]:
 
 
 def _outputs(job) -> str:
-    layout = job.layout
+    folders = job.folders
     outputs = [
-        *([job.start] if job.start else [layout.stage1, layout.consolidated]),
-        *(layout.init(p) for p in job.streams),
-        *(layout.stage2(p) for p in job.streams),
-        layout.dense,
-        layout.eval,
+        *([job.start] if job.start else [folders.stage1, folders.consolidated]),
+        *(folders.init(p) for p in job.streams),
+        *(folders.stage2(p) for p in job.streams),
+        folders.dense,
+        folders.eval,
     ]
     return "Outputs: " + ", ".join(f"`{p}`" for p in outputs)
 
 
 def write_report(job) -> Path:
-    out = job.layout.report
+    out = job.folders.report
     curves = {key: read_metrics(RunPaths.of(loaded.config).metrics) for key, loaded in job.configs.items()}
     stage1_tokens = curves["stage1"][0][-1][0] if curves["stage1"][0] else 0
     plot(curves, stage1_tokens, out / "loss.png")
-    evals = json.loads(job.layout.eval.read_text())
+    evals = json.loads(job.folders.eval.read_text())
     comparisons = _comparisons(job, evals)
     stages = table(
         "stage | status | wall time (s)",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from checkpoints_tools.consolidate import consolidate
 from checkpoints_tools.to_parscale import convert
-from data_prep.job import is_complete, prepare
+from data_prep.prepare import is_complete, prepare
 
 from ..checkpoint.portable import CheckpointError, read_config
 from ..config import LoadedConfig, RunPaths, write_resolved
@@ -24,12 +24,12 @@ from ..config.model import ModelConfig, ParScaleConfig
 from ..config.run_paths import JOB_NAME
 from ..distributed.launcher import TorchrunLaunch
 from ..distributed.runtime import own_world
-from ..errors import EXIT_USER_ERROR, JobError
+from ..errors import EXIT_USER_ERROR, UserError
 from ..training.evaluation import evaluate_portable
-from ..training.run import train
+from ..training.train import train
 from ..utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
 from ..utils.fs import atomic_write_text, full_disk_named
-from .layout import Layout, stage2_key
+from .folders import JobFolders, stage2_key
 from .report import write_report
 
 
@@ -57,7 +57,7 @@ def is_trained(loaded: LoadedConfig) -> bool:
     meta = _portable_meta(RunPaths.of(cfg).portable)
     if meta is not None and not _same_model(meta, cfg.model, cfg.parscale):
         out = cfg.run.output_dir
-        raise JobError(
+        raise UserError(
             f"{out} holds a run of another model or ParScale setting than this config asks for; "
             f"move or delete {out}, or set another run.output_dir (nothing was changed)"
         )
@@ -82,13 +82,13 @@ def train_stage(loaded: LoadedConfig, name: str, nproc: int, dry_run: bool) -> N
     else:
         rc = launch.run(dry_run=dry_run)
         if rc == EXIT_USER_ERROR:  # the ranks refused or hit a full disk and said why, naming the key or file
-            raise JobError(f"{name} training ended with exit {rc} (its reason is printed above); once fixed, {again}")
+            raise UserError(f"{name} training ended with exit {rc} (its reason is printed above); once fixed, {again}")
         if rc:
-            raise JobError(f"{name} training failed (exit {rc}); {again}")
+            raise UserError(f"{name} training failed (exit {rc}); {again}")
         if dry_run:
             return
     if not is_trained(loaded):  # a stop file or signal ended it early: the next stage must not start
-        raise JobError(f"{name} training stopped before the end of its budget (signal or stop file); {again}")
+        raise UserError(f"{name} training stopped before the end of its budget (signal or stop file); {again}")
 
 
 def _start_model(start: Path, loaded: LoadedConfig) -> LoadedConfig:
@@ -133,18 +133,20 @@ class MainJob:
             )
         self.loaded, self.cfg = loaded, loaded.config
         self.streams = streams or [self.stage2.parscale.streams]
-        self.layout = Layout(Path(self.cfg.run.output_dir), stage2_root)
-        self.source = self.start or self.layout.consolidated  # what stage 2 converts and the controls continue
+        self.folders = JobFolders(Path(self.cfg.run.output_dir), stage2_root)
+        self.source = self.start or self.folders.consolidated  # what stage 2 converts and the controls continue
         self.init_seed_offset = init_seed_offset
         self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
-        self.configs = {"stage1": self._derive(self.layout.stage1, {})}
+        self.configs = {"stage1": self._derive(self.folders.stage1, {})}
         for p in self.streams:
-            self.configs[stage2_key(p)] = self._stage2_run(self.layout.stage2(p), self.parscale(p), self.layout.init(p))
+            self.configs[stage2_key(p)] = self._stage2_run(
+                self.folders.stage2(p), self.parscale(p), self.folders.init(p)
+            )
         if self.stage2.dense_baseline:
-            self.configs["dense"] = self._stage2_run(self.layout.dense, ParScaleConfig(streams=1), self.source)
+            self.configs["dense"] = self._stage2_run(self.folders.dense, ParScaleConfig(streams=1), self.source)
         if self.stage2.prefix_control:
             control = self.parscale(1).model_copy(update={"single_prefix": True})
-            self.configs["prefix1"] = self._stage2_run(self.layout.prefix_control, control, self.source)
+            self.configs["prefix1"] = self._stage2_run(self.folders.prefix_control, control, self.source)
         self.timings: dict[str, dict] = {}
 
     def parscale(self, streams: int):
@@ -167,7 +169,7 @@ class MainJob:
         its checkpoints in its own folder under it (the runs of a job never share one)."""
         where = {"run.output_dir": str(out)}
         if self.cfg.checkpoint.dir:
-            below = out.relative_to(self.layout.root) if out.is_relative_to(self.layout.root) else Path(out.name)
+            below = out.relative_to(self.folders.root) if out.is_relative_to(self.folders.root) else Path(out.name)
             where["checkpoint.dir"] = str(Path(self.cfg.checkpoint.dir) / below)
         return self.loaded.derive(f"parscale run ({out.name})", where | updates)
 
@@ -223,7 +225,7 @@ class MainJob:
                 "status": "dry run" if self.dry_run else "ran",
                 "seconds": time.perf_counter() - start,
             }
-        return self.layout.report / "report.md"
+        return self.folders.report / "report.md"
 
     def _prep_done(self) -> bool:
         return is_complete(self.cfg)
@@ -242,19 +244,19 @@ class MainJob:
         train_stage(self.configs[key], key, self.nproc, self.dry_run)
 
     def _consolidated(self) -> bool:
-        meta, final = _portable_meta(self.layout.consolidated), self._final("stage1")
+        meta, final = _portable_meta(self.folders.consolidated), self._final("stage1")
         return meta is not None and final is not None and meta.get("step") == final.get("step")
 
     def _consolidate(self) -> None:
         if self.dry_run:
             stage1 = RunPaths.of(self.configs["stage1"].config).checkpoints
-            print(f"parscale convert consolidate {stage1} {self.layout.consolidated}")
+            print(f"parscale convert consolidate {stage1} {self.folders.consolidated}")
             return
-        result = consolidate(RunPaths.of(self.configs["stage1"].config).checkpoints, self.layout.consolidated)
+        result = consolidate(RunPaths.of(self.configs["stage1"].config).checkpoints, self.folders.consolidated)
         print(result["verified"])
 
     def _converted(self, streams: int) -> bool:
-        meta, source = _portable_meta(self.layout.init(streams)), _portable_meta(self.source)
+        meta, source = _portable_meta(self.folders.init(streams)), _portable_meta(self.source)
         return (
             meta is not None
             and source is not None
@@ -264,11 +266,11 @@ class MainJob:
 
     def _convert(self, streams: int) -> None:
         if self.dry_run:
-            print(f"parscale convert to-parscale {self.source} {self.layout.init(streams)} --streams {streams}")
+            print(f"parscale convert to-parscale {self.source} {self.folders.init(streams)} --streams {streams}")
             return
         result = convert(
             self.source,
-            self.layout.init(streams),
+            self.folders.init(streams),
             self.parscale(streams),
             seed=self.cfg.run.seed + self.init_seed_offset,
         )
@@ -280,7 +282,7 @@ class MainJob:
 
     def _evaluated(self) -> bool:
         try:
-            saved = json.loads(self.layout.eval.read_text())
+            saved = json.loads(self.folders.eval.read_text())
         except (OSError, ValueError):
             return False
         finals = {k: (_portable_meta(p) or {}).get("tokens_seen") for k, p in self._finals().items()}
@@ -290,7 +292,7 @@ class MainJob:
         if self.dry_run:
             return
         results = {key: evaluate_portable(self.configs[key], str(path)) for key, path in self._finals().items()}
-        atomic_write_text(self.layout.eval, json.dumps(results, indent=2))
+        atomic_write_text(self.folders.eval, json.dumps(results, indent=2))
         for key, result in results.items():
             print(
                 f"{key}: val loss {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f}) on {result['tokens']} tokens"

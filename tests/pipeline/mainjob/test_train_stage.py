@@ -11,9 +11,9 @@ import pytest
 from helpers.training import job_config, step_losses
 
 from pipeline.config import load_config
-from pipeline.errors import JobError
-from pipeline.job.stages import is_trained, train_stage
-from pipeline.training.loop import Trainer
+from pipeline.errors import UserError
+from pipeline.mainjob.stages import is_trained, train_stage
+from pipeline.training.trainer import Trainer
 
 
 def test_a_one_process_stage_runs_here_stops_by_name_and_resumes(tmp_path, prepared_data, monkeypatch):
@@ -33,7 +33,7 @@ def test_a_one_process_stage_runs_here_stops_by_name_and_resumes(tmp_path, prepa
     monkeypatch.setattr(Trainer, "train_step", step_then_stop)
     loaded = load_config(job_config(tmp_path, prepared_data, "stage", checkpoint={"stop_file": str(stop)}))
     with pytest.raises(
-        JobError, match=r"stage training stopped before the end of its budget \(signal or stop file\); rerun"
+        UserError, match=r"stage training stopped before the end of its budget \(signal or stop file\); rerun"
     ):
         train_stage(loaded, "stage", 1, dry_run=False)
     assert signal.getsignal(signal.SIGTERM) is before

@@ -177,7 +177,7 @@ def test_a_full_disk_in_any_stage_exits_2_naming_where(tmp_path, monkeypatch, ca
     import errno
 
     from pipeline import cli as cli_module
-    from pipeline.job.stages import MainJob
+    from pipeline.mainjob.stages import MainJob
     from pipeline.utils import fs
 
     def full(_self):
@@ -195,13 +195,13 @@ def test_a_full_disk_in_any_stage_exits_2_naming_where(tmp_path, monkeypatch, ca
 
 def test_a_stage_whose_ranks_exit_2_says_the_reason_is_above(tmp_path, monkeypatch):
     from pipeline.distributed.launcher import TorchrunLaunch
-    from pipeline.job import stages
+    from pipeline.mainjob import stages
 
     monkeypatch.setattr(TorchrunLaunch, "run", lambda self, dry_run=False: 2)
     from pipeline.config import load_config
 
     loaded = load_config(_job(tmp_path))
-    with pytest.raises(stages.JobError, match=r"stage1 training ended with exit 2 \(its reason is printed above\)"):
+    with pytest.raises(stages.UserError, match=r"stage1 training ended with exit 2 \(its reason is printed above\)"):
         stages.train_stage(loaded, "stage1", nproc=2, dry_run=False)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.config import LoadedConfig, write_resolved
 from pipeline.config.job import JobConfig
-from pipeline.errors import JobError
+from pipeline.errors import UserError
 from pipeline.utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
 from pipeline.utils.fs import out_of_space, staged_file
 
@@ -36,7 +36,7 @@ from .units import InputError, SourcePlan, plan
 JOB_NAME = "job.json"
 
 
-class PrepError(JobError):
+class PrepError(UserError):
     """A prep job that cannot start; the message names the config key or file."""
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..config.run_paths import RESOLVED_NAME
-from ..errors import JobError
+from ..errors import UserError
 
 LATEST, COMPLETE, STATE, RESHARDED = ("latest", "COMPLETE", "trainer_state.json", "resharded.json")
 CONFIG = RESOLVED_NAME  # a checkpoint carries its run's resolved config, under the run folder's name for it
@@ -44,4 +44,4 @@ def read_state(folder: Path) -> dict:
     try:
         return json.loads((folder / STATE).read_text())
     except (OSError, ValueError) as exc:
-        raise JobError(f"{folder / STATE}: unreadable ({exc})") from None
+        raise UserError(f"{folder / STATE}: unreadable ({exc})") from None

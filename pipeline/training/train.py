@@ -10,8 +10,8 @@ from contextlib import nullcontext
 from ..config import LoadedConfig
 from ..distributed import distributed_world
 from ..utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
-from .loop import Trainer
 from .signals import stop_signals
+from .trainer import Trainer
 
 
 def train(loaded: LoadedConfig) -> dict:
