@@ -59,6 +59,7 @@ def consolidate(
     meta = {
         "step": ck.state["step"],
         "tokens_seen": ck.state["tokens_seen"],
+        **({"seq_len": ck.state["seq_len"]} if "seq_len" in ck.state else {}),
         "consolidated_from": str(ck.folder),
         "source_layout": {k: result[k] for k in ("tp", "zero_stage", "precision")},
     }

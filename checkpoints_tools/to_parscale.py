@@ -85,7 +85,7 @@ def convert(
     info = tokenizer_info(source)
     if info is not None:
         load_tokenizer(source)  # its files checked against their recorded sha256 before they are copied on
-    meta = {k: config[k] for k in ("step", "tokens_seen") if k in config} | {"converted_from": str(source)}
+    meta = {k: config[k] for k in ("step", "tokens_seen", "seq_len") if k in config} | {"converted_from": str(source)}
     tokenizer = source if info is not None else None
     save_portable_state(out_state, model_cfg, parscale, config["vocab_size"], target, tokenizer, meta, info)
     return result

@@ -293,6 +293,7 @@ class Trainer:
             "skipped": self.skipped,
             "consumed_samples": self.step * self.cfg.parallel.global_batch_size,
             "tokens_seen": self.step * self.tokens_per_step,
+            "seq_len": self.seq_len,  # what the model was trained on: downstream evals' context length
             "identity": identity(self.cfg, self.vocab, self.data.spec.tokenizer.sha256),
         }
         return ckpt.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.checkpoint.keep_last, self.resolved)
@@ -316,7 +317,7 @@ class Trainer:
                 self.vocab,
                 out,
                 tokenizer=self.data.spec.path,
-                meta={"step": self.step, "tokens_seen": self.step * self.tokens_per_step},
+                meta={"step": self.step, "tokens_seen": self.step * self.tokens_per_step, "seq_len": self.seq_len},
                 tokenizer_info=self.data.spec.tokenizer,
             )
         collectives.barrier()
