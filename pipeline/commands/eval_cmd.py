@@ -32,12 +32,10 @@ def _loss(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from lm_eval.utils import make_table
-
     from ..checkpoint.portable import load_tokenizer
     from ..distributed import single_process
     from ..downstream.harness_model import HarnessLM, open_scorer
-    from ..downstream.run_tasks import evaluate_tasks
+    from ..downstream.run_tasks import evaluate_tasks, results_table
     from ..utils.fs import atomic_write_text
 
     checkpoint = _checkpoint(args)
@@ -49,7 +47,7 @@ def _tasks(args: argparse.Namespace) -> int:
         results = evaluate_tasks(
             lm, tasks, num_fewshot=args.num_fewshot, limit=limit, include_path=args.include_path, seed=args.seed
         )
-    print(make_table(results))
+    print("\n".join(results_table(results)))
     output = Path(args.output) if args.output else Path(checkpoint).with_name(f"{Path(checkpoint).name}.lm_eval.json")
     atomic_write_text(output, json.dumps({"checkpoint": checkpoint, **results}, indent=2, default=str))
     print(f"results: {output}")
