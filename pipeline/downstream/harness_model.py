@@ -9,6 +9,7 @@ code is involved. This module imports lm-eval: import it where it is used."""
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -42,6 +43,16 @@ def open_scorer(path: str, device: str = "cpu", batch_size: int = 8, max_length:
     return Scorer(model.to(device), eod, int(max_length or trained_length(config)), int(batch_size))
 
 
+def usable_device(device: str | None) -> str:
+    """``device``, or the CPU where CUDA is asked for (lm-eval's command line asks for it by
+    default) but this machine has none."""
+    if not device or (device.startswith("cuda") and not torch.cuda.is_available()):
+        if device:
+            print(f"parscale model: {device} is not available here; running on cpu", file=sys.stderr)
+        return "cpu"
+    return device
+
+
 _WORLD = contextlib.ExitStack()  # the world a model built by lm-eval from arguments runs in
 
 
@@ -69,7 +80,7 @@ class HarnessLM(TemplateLM):
             if path is None:
                 raise ValueError("model_args: give path=<a portable checkpoint folder>")
             batch = 8 if batch_size in (None, "auto") else int(str(batch_size).split(":")[0])
-            scorer, tokenizer = open_scorer(path, device or "cpu", batch, max_length), load_tokenizer(path)
+            scorer, tokenizer = open_scorer(path, usable_device(device), batch, max_length), load_tokenizer(path)
         self.scorer, self.tok, self.max_gen_toks = scorer, tokenizer, int(max_gen_toks)
 
     @property
