@@ -163,7 +163,7 @@ def measure_engine(cfg, args, device, micro: int) -> dict:
     model = ParScaleLM(
         cfg.model, cfg.parscale, args.vocab, activation_checkpointing=cfg.parallel.activation_checkpointing
     )
-    engine = build_engine(model.to(device), cfg, 1)
+    engine = build_engine(model.to(device), cfg.parallel, cfg.optimizer, cfg.parscale, 1)
     batch = packed_batch(micro, args.seq, args.doc_len, args.vocab, device, seed=1)
 
     def step():

@@ -85,9 +85,11 @@ def test_a_partial_metrics_line_is_cut_on_resume_and_readers_skip_malformed_line
     run.mkdir()
     metrics = run / "metrics.jsonl"
     metrics.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # the disk filled mid-line
-    cfg = type("Cfg", (), {})()
-    cfg.run = type("R", (), {"output_dir": str(run), "name": "x"})()
-    cfg.logging = type("L", (), {"metrics_file": "metrics.jsonl", "wandb_mode": "disabled"})()
+    from pipeline.config.job import JobConfig
+
+    cfg = JobConfig.model_validate(
+        {"run": {"output_dir": str(run), "name": "x"}, "logging": {"wandb_mode": "disabled"}}
+    )
     sink = MetricsSink(cfg, enabled=True)
     assert f"warning: {metrics}: removed a partial last line (15 bytes)" in capsys.readouterr().err
     sink.log({"step": 2, "loss": 1.5})
