@@ -70,16 +70,28 @@ def job(root: Path, data: Path, args, streams: int) -> Path:
     return path
 
 
-def time_trainer(config: Path, steps: int):
+def time_trainer(config: Path, steps: int, with_plain: bool = False) -> tuple[float, float | None, float]:
+    """Seconds per step of our trainer (and of the plain loop on the same model and batches), and
+    the model's training FLOPs per step, in the trainer's own world of processes."""
     from pipeline.config import load_config
+    from pipeline.distributed import distributed_world
+    from pipeline.model.counting import train_flops_per_token
     from pipeline.training.trainer import Trainer
 
-    trainer = Trainer.from_loaded(load_config(config))
-    trainer.train_step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    return (time.perf_counter() - start) / steps, trainer
+    loaded = load_config(config)
+    with distributed_world(loaded.config, loaded.error) as ctx:
+        trainer = Trainer.from_loaded(loaded, ctx)
+        trainer.train_step()  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        trainer_s = (time.perf_counter() - start) / steps
+        plain_s = time_plain(trainer, steps) if with_plain else None
+        cfg = trainer.cfg
+        per_token = train_flops_per_token(
+            cfg.model, cfg.parscale, trainer.engine.module.padded_vocab_size, trainer.seq_len
+        )
+        return trainer_s, plain_s, per_token * trainer.tokens_per_step
 
 
 def time_plain(trainer, steps: int) -> float:
@@ -130,22 +142,13 @@ def main() -> None:
     parser.add_argument("--gas", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    from pipeline.model.counting import train_flops_per_token
-
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         root = Path(tmp)
         data = prepare(root, args.seq)
-        trainer_s, trainer = time_trainer(job(root, data, args, 1), args.steps)
-        plain_s = time_plain(trainer, args.steps)
+        trainer_s, plain_s, flops = time_trainer(job(root, data, args, 1), args.steps, with_plain=True)
         tokens = args.micro * args.gas * args.seq
-        flops = (
-            train_flops_per_token(
-                trainer.cfg.model, trainer.cfg.parscale, trainer.engine.module.padded_vocab_size, args.seq
-            )
-            * tokens
-        )
         peak = matmul_flops()
-        p4_s, _ = time_trainer(job(root, data, args, 4), args.steps)
+        p4_s, _, _ = time_trainer(job(root, data, args, 4), args.steps)
     print(
         f"model: {args.layers} layers x hidden {args.hidden}, seq {args.seq}, batch {args.micro} x {args.gas} "
         f"accumulation = {tokens} tokens/step, fp32, torch threads {torch.get_num_threads()}"
