@@ -4,7 +4,7 @@ instead of ending in an allocation traceback minutes later.
 
 The estimate is a lower bound, counting only the two allocations that grow fastest with the
 sequence length: the dense attention mask the sdpa path builds (``micro_batch x T x (prefix + T)``
-booleans; flex builds a block mask of negligible size) and the float32 logits the loss reads
+booleans, and a copy per stream for P > 1; flex builds a block mask of negligible size) and the float32 logits the loss reads
 (``micro_batch x T x padded vocab / TP``). Weights, optimizer state and activations come on top."""
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class MicroBatchMemory:
         model, batch, tp = cfg.model, cfg.parallel.micro_batch_size, cfg.parallel.tensor_parallel_size
         prefix = cfg.parscale.prefix_len if cfg.parscale.has_prefix else 0
         dense_mask = backend == "sdpa" and (model.document_attention or prefix > 0)
-        mask = batch * seq_len * (prefix + seq_len) if dense_mask else 0
+        copies = 1 + cfg.parscale.streams if cfg.parscale.streams > 1 else 1  # the mask, and one per stream
+        mask = copies * batch * seq_len * (prefix + seq_len) if dense_mask else 0
         logits = batch * seq_len * (padded_vocab_size(vocab, model.pad_vocab_to_multiple_of, tp) // tp) * 4
         return cls(mask, logits)
 
