@@ -151,7 +151,7 @@ IMPORTED_WHERE_USED = {
     "lm_eval",
 }
 #: project modules that import one of those at their top, so are imported where used too
-LAZY_PROJECT_MODULES = ("downstream.harness_model",)
+LAZY_PROJECT_MODULES = ("harness_model",)
 #: the command-line entry points, whose subcommands import what they run when they run
 CLI_MODULES = ("pipeline/cli.py", "pipeline/commands/", "data_prep/cli.py", "checkpoints_tools/cli.py")
 

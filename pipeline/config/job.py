@@ -67,3 +67,17 @@ def cross_section_problems(cfg: JobConfig) -> list[tuple[str, str]]:
             ("schedule.warmup_tokens", f"{cfg.schedule.warmup_tokens} exceeds train.tokens ({cfg.train.tokens})")
         )
     return problems
+
+
+def in_training_tasks_problem(cfg: JobConfig) -> str | None:
+    """Why ``eval.tasks`` cannot run inside this training run (None when they can): rank 0 scores
+    them on the whole model in its own process, which TP slices and ZeRO-3 partitions do not hold.
+    Such a run trains without them (the main job's evaluation and ``parscale eval --tasks`` run
+    them on the export), so one config serves every parallel layout."""
+    if not cfg.eval.tasks:
+        return None
+    if cfg.parallel.tensor_parallel_size > 1:
+        return f"parallel.tensor_parallel_size is {cfg.parallel.tensor_parallel_size} (ranks hold slices)"
+    if cfg.parallel.zero_stage == 3:
+        return "parallel.zero_stage is 3 (ranks hold partitions)"
+    return None

@@ -156,6 +156,30 @@ class EvalConfig(StrictModel):
         description="P > 1: also evaluate with every stream given the streams' "
         "mean prefix (the diversity gain; doubles evaluation time).",
     )
+    tasks: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness task or group names run on the model being trained (rank 0 scores "
+        "the live model; the other ranks wait), e.g. parscale_smoke, the project's offline smoke tasks; "
+        "empty = none. Needs the whole model in one process: not with parallel.tensor_parallel_size > 1 or "
+        "parallel.zero_stage 3 (run parscale eval --tasks on the portable export instead).",
+    )
+    tasks_interval_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Steps between runs of eval.tasks: None = with the validation loss (every "
+        "eval.interval_steps steps), 0 = only at the end; always at the end of a run that spent its budget.",
+    )
+    tasks_limit: int | None = Field(None, ge=1, description="Documents per task; None = all.")
+    tasks_num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt; None = each task's.")
+    tasks_include_path: list[str] = Field(
+        default_factory=list, description="Folders of more task YAMLs (lm-eval's include_path)."
+    )
+    tasks_batch_size: int = Field(8, ge=1, description="eval.tasks: requests per forward pass.")
+
+    @property
+    def tasks_every(self) -> int:
+        """Steps between in-training runs of ``tasks`` (0: only at the end)."""
+        return self.interval_steps if self.tasks_interval_steps is None else self.tasks_interval_steps
 
 
 def _inside_the_run(path: str) -> str:

@@ -14,7 +14,7 @@ import sys
 def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
-    from . import harness_model  # noqa: F401  (registers the model "parscale")
+    from .harness_model import HarnessLM  # noqa: F401  (registers the model "parscale")
 
     sys.exit(cli_evaluate())
 

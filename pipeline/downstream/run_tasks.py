@@ -45,7 +45,7 @@ def task_manager(tasks: Sequence[str], include_path: Sequence[str] = ()):
 
     paths = [str(TASKS_DIR), *map(str, include_path)]
     for defaults in (False, True):
-        manager = TaskManager(include_path=paths, include_defaults=defaults, verbosity="ERROR")
+        manager = TaskManager(include_path=paths, include_defaults=defaults)
         unknown = [t for t in tasks if t not in set(manager.all_tasks)]
         if not unknown:
             return manager

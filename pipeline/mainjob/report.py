@@ -1,6 +1,7 @@
 """The main job's report: ``report/report.md`` with ``report/loss.png`` (training and validation
 loss of both stages on one token axis, and the stage-2 comparison of ParScale against the dense
-control at equal stage-2 tokens), built from each stage's ``metrics.jsonl`` and ``eval.json``."""
+control at equal stage-2 tokens), built from each stage's ``metrics.jsonl`` and ``eval.json``; with
+``eval.tasks``, a table of each final model's downstream metrics."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 
 from ..checkpoint.portable import read_config
 from ..config.run_paths import RunPaths
+from ..downstream.run_tasks import SMOKE_TASKS
 from ..model.counting import parameter_counts
 from ..training.metrics import read_records
 from ..utils.plots import save, two_panels
-from ..utils.report_format import config_line, section, table, write_markdown
+from ..utils.report_format import config_line, number, section, table, write_markdown
 from .folders import stage2_key
 
 LABELS = {"stage1": "stage 1 (dense)", "dense": "stage 2 dense control", "prefix1": "stage 2 P=1 + one prefix"}
@@ -115,6 +117,38 @@ def _comparisons(job, evals: dict[str, dict]) -> list[str]:
     return lines
 
 
+#: the project's own tasks (``pipeline/downstream/tasks``), and their group
+OWN_TASKS = {*SMOKE_TASKS, "parscale_smoke"}
+
+
+def _downstream(evals: dict[str, dict]) -> list[str]:
+    """The section of the models' downstream metrics (none when eval.json holds none): a row per
+    model, a column per task/metric, and what the numbers are."""
+    scored = {key: result["downstream"] for key, result in evals.items() if result.get("downstream")}
+    if not scored:
+        return []
+    columns = list(dict.fromkeys(name for d in scored.values() for name in d["metrics"]))
+    rows = [[label(key), *(number(d["metrics"].get(c)) for c in columns)] for key, d in scored.items()]
+    settings = next(iter(scored.values()))["settings"]
+    limit = settings.get("limit")
+    shots = settings.get("num_fewshot")
+    how = (
+        f"lm-evaluation-harness on each final model: tasks {', '.join(f'`{t}`' for t in settings['tasks'])}; "
+        f"{'all documents' if limit is None else f'the first {limit} documents'} per task; "
+        f"{'each task its own few-shot count' if shots is None else f'{shots}-shot'}."
+    )
+    if set(settings["tasks"]) <= OWN_TASKS:
+        return section(
+            "Downstream smoke check",
+            "**A smoke check on the project's tiny offline tasks, not a benchmark**: it shows each model loads, "
+            "scores choices, rolls perplexity and generates through lm-eval; with models this small and this few "
+            "documents, differences between the rows are mostly noise.",
+            how,
+            table(["model", *columns], rows),
+        )
+    return section("Downstream tasks", how, table(["model", *columns], rows))
+
+
 def _outputs(job) -> str:
     folders = job.folders
     outputs = [
@@ -150,6 +184,7 @@ def write_report(job) -> Path:
                 "![training and validation loss](loss.png)",
                 level=1,
             ),
+            *_downstream(evals),
             *section("Stages", stages, _outputs(job)),
         ],
     )

@@ -25,6 +25,7 @@ from ..config.run_paths import JOB_NAME
 from ..distributed.launcher import TorchrunLaunch
 from ..distributed.runtime import own_world
 from ..errors import EXIT_USER_ERROR, UserError
+from ..training.downstream_eval import evaluate_portable_tasks, task_settings
 from ..training.evaluation import evaluate_portable
 from ..training.train import train
 from ..utils.folder_lock import RERUN_GRACE_S, folder_lock, lock_path_in
@@ -281,22 +282,36 @@ class MainJob:
         return finals | ({"stage1": self.start} if self.start else {})
 
     def _evaluated(self) -> bool:
+        """Whether eval.json holds every final model as trained, with the downstream tasks
+        (``eval.tasks``) the config asks for now (none: none)."""
         try:
             saved = json.loads(self.folders.eval.read_text())
         except (OSError, ValueError):
             return False
         finals = {k: (_portable_meta(p) or {}).get("tokens_seen") for k, p in self._finals().items()}
-        return {k: v.get("tokens_seen") for k, v in saved.items()} == finals
+        tasks = task_settings(self.cfg.eval)
+        return {k: v.get("tokens_seen") for k, v in saved.items()} == finals and all(
+            (v.get("downstream") or {}).get("settings") == tasks for v in saved.values()
+        )
 
     def _evaluate(self) -> None:
+        """Each final model's validation loss (and stream diagnostics) and, with ``eval.tasks``, its
+        downstream metrics (``downstream``: settings, metrics, seconds), into eval.json."""
         if self.dry_run:
             return
-        results = {key: evaluate_portable(self.configs[key], str(path)) for key, path in self._finals().items()}
+        results = {}
+        for key, path in self._finals().items():
+            results[key] = evaluate_portable(self.configs[key], str(path))
+            if self.cfg.eval.tasks:
+                results[key]["downstream"] = evaluate_portable_tasks(path, self.cfg.eval)
         atomic_write_text(self.folders.eval, json.dumps(results, indent=2))
         for key, result in results.items():
             print(
                 f"{key}: val loss {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f}) on {result['tokens']} tokens"
             )
+            if "downstream" in result:
+                figures = ", ".join(f"{k} {v:.4f}" for k, v in result["downstream"]["metrics"].items())
+                print(f"{key}: downstream {figures} ({result['downstream']['seconds']:.1f} s)")
 
     def _report(self) -> None:
         if not self.dry_run:

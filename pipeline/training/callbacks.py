@@ -1,7 +1,7 @@
 """What a run does besides its steps, one callback per action: logging, evaluation (with the stream
-diagnostics), checkpoints, the stop agreement, the non-finite guard and the portable export. The
-trainer calls each, in list order, at the start, after every step and at the end; another action
-(a downstream evaluation, say) is one more callback appended to ``default_callbacks(cfg)``.
+diagnostics), checkpoints, the stop agreement, the non-finite guard, the portable export and, with
+``eval.tasks``, downstream tasks. The trainer calls each, in list order, at the start, after every
+step and at the end; another action is one more callback appended to ``default_callbacks(cfg)``.
 
 Reading the losses waits for the device, so the trainer reads them only at a step where some
 callback ``reads_losses`` (and at an agreed stop): the losses of every step since the last read
@@ -9,15 +9,19 @@ come back in one transfer."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Protocol
 
-from ..config.job import JobConfig
+from ..config.job import JobConfig, in_training_tasks_problem
 from ..distributed import ParallelContext
 from ..errors import UserError
 from ..utils import collectives
+from .downstream_eval import DownstreamTasks, console_line
+from .metrics import MetricsSink
 from .progress import Progress
+from .run_data import RunData
 
 
 class Run(Protocol):
@@ -30,10 +34,19 @@ class Run(Protocol):
     stop: threading.Event  # set on this rank by a stop signal or request
     stop_agreed: bool  # every rank stops after this step
     progress: Progress
+    sink: MetricsSink  # the metrics file (and wandb) on rank 0; does nothing elsewhere
     results: dict  # what the run reports at its end, besides its step, loss and skipped count
+    engine: object  # the DeepSpeed engine: ``engine.module`` is the model
+    data: RunData
 
     @property
     def total_steps(self) -> int: ...
+
+    @property
+    def seq_len(self) -> int: ...
+
+    @property
+    def tokens_per_step(self) -> int: ...
 
     @property
     def ckpt_dir(self) -> Path: ...
@@ -196,10 +209,62 @@ class PortableExport(Callback):
             trainer.results["portable"] = str(trainer.export_portable())
 
 
+class DownstreamEval(Callback):
+    """``eval.tasks`` (lm-evaluation-harness) on the live model every ``eval.tasks_interval_steps``
+    steps (None: every ``eval.interval_steps``; 0: none on the way) and at the end of a run that
+    spent its budget (the last is the run's ``downstream``). Rank 0 scores them in its own process
+    (TP 1, ZeRO < 3: a run of another layout trains without them, and says so) while the other ranks wait at a barrier, so a
+    run of the tasks must end within the process groups' timeout (30 minutes): ``eval.tasks_limit``
+    bounds it. Each run is a ``downstream`` metrics record (step, tokens_seen, seconds, one key per
+    task/metric) and a console line. Acting after the checkpoint of its step, a failure loses no
+    training; the task names are checked at the start, before any step."""
+
+    def __init__(self, cfg: JobConfig):
+        self.cfg, self.every = cfg.eval, cfg.eval.tasks_every
+        #: why this run cannot score its model in one process (then it trains without the tasks)
+        self.skipped = in_training_tasks_problem(cfg)
+        self.tasks: DownstreamTasks | None = None
+
+    def on_train_start(self, trainer: Run) -> None:
+        if self.skipped:  # on every rank alike: none waits at a barrier for the others
+            if trainer.ctx.is_main:
+                print(
+                    f"warning: eval.tasks ({', '.join(self.cfg.tasks)}) do not run inside this training run: "
+                    f"{self.skipped}; the main job's evaluation and `parscale eval <export> --tasks ...` run "
+                    "them on the export",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return
+        if trainer.ctx.is_main:
+            spec = trainer.data.spec
+            self.tasks = DownstreamTasks(self.cfg, spec.path, spec.tokenizer, trainer.seq_len)
+            self.tasks.check()
+
+    def on_step_end(self, trainer: Run, step: int) -> None:
+        if not self.skipped and self.every and step % self.every == 0 and step < trainer.total_steps:
+            self._run(trainer)
+
+    def on_train_end(self, trainer: Run) -> None:
+        if not self.skipped and not trainer.stop_agreed:
+            trainer.results["downstream"] = self._run(trainer)
+
+    def _run(self, trainer: Run) -> dict | None:
+        """The metrics of this step (rank 0; None on the others, once rank 0 is done)."""
+        metrics = None
+        if self.tasks is not None:
+            record = self.tasks.record(trainer.engine.module, trainer.step, trainer.step * trainer.tokens_per_step)
+            trainer.sink.log(record, console=console_line(record))
+            metrics = {k: v for k, v in record.items() if "/" in k}
+        collectives.barrier()
+        return metrics
+
+
 def default_callbacks(cfg: JobConfig) -> list[Callback]:
-    """The actions of every run, in the order they act at a step."""
+    """The actions of every run, in the order they act at a step (downstream tasks, when
+    ``eval.tasks`` names any, last: after the step's checkpoint and the final export)."""
     stops = StopRequests(cfg.checkpoint.stop_file)
-    return [
+    callbacks = [
         stops,
         Logging(cfg.logging.interval_steps),
         NonfiniteGuard(cfg.train.max_nonfinite_in_a_row, stops),
@@ -207,3 +272,4 @@ def default_callbacks(cfg: JobConfig) -> list[Callback]:
         Checkpointing(cfg.checkpoint.interval_steps),
         PortableExport(),
     ]
+    return callbacks + ([DownstreamEval(cfg)] if cfg.eval.tasks else [])

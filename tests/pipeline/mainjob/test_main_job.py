@@ -14,7 +14,7 @@ import pytest
 import yaml
 from helpers.paths import REPO
 from helpers.process import cli, run_cli
-from helpers.training import TINY_MODEL
+from helpers.training import TINY_MODEL, metrics
 
 
 def _job(root, **extra):
@@ -32,7 +32,14 @@ def _job(root, **extra):
         "optimizer": {"lr": 3e-3},
         "train": {"tokens": 6 * 8 * 32},
         "checkpoint": {"interval_steps": 3},
-        "eval": {"interval_steps": 3, "max_batches": 2},
+        # the downstream smoke tasks, 2 documents each: at the end of each training run and on each final model
+        "eval": {
+            "interval_steps": 3,
+            "max_batches": 2,
+            "tasks": ["parscale_smoke"],
+            "tasks_limit": 2,
+            "tasks_interval_steps": 0,
+        },
         "logging": {"interval_steps": 1, "wandb_mode": "disabled"},
         "stage2": {"parscale": {"streams": 2, "prefix_len": 4}, "tokens": 3 * 8 * 32, "prefix_control": True},
     } | extra
@@ -82,6 +89,26 @@ def test_the_whole_pipeline_produces_the_report_and_a_rerun_skips_finished_stage
     assert proc.stdout.count(f"data: from token {6 * 8 * 32:,} of the data order") == 3
     init = json.loads((job / "convert" / "stage2-init-p2" / "config.json").read_text())
     assert init["parscale"]["streams"] == 2 and "stage1-fp32" in init["converted_from"]
+    # eval.tasks: each final model's downstream metrics in eval.json and the report's table; in training, at the end
+    smoke = ("parscale_mc/acc", "parscale_ppl/bits_per_byte", "parscale_gen/exact_match")
+    for result in evals.values():
+        assert result["downstream"]["settings"] == {
+            "tasks": ["parscale_smoke"],
+            "limit": 2,
+            "num_fewshot": None,
+            "include_path": [],
+        }
+        assert (
+            set(smoke) <= result["downstream"]["metrics"].keys() and 0 <= result["downstream"]["metrics"][smoke[0]] <= 1
+        )
+    table = text.split("## Downstream smoke check", 1)[1].split("## Stages", 1)[0]
+    assert "a smoke check on the project's tiny offline tasks, not a benchmark" in table.lower()
+    assert "| model | parscale_mc/acc | parscale_mc/acc_norm | parscale_ppl/word_perplexity |" in table
+    for row in ("stage 1 (dense)", "stage 2 (ParScale P=2)", "stage 2 dense control", "stage 2 P=1 + one prefix"):
+        assert f"| {row} | " in table
+    for stage, steps in (("stage1", 6), ("stage2-p2", 3)):
+        records = [r for r in metrics(job / stage) if r.get("kind") == "downstream"]
+        assert [r["step"] for r in records] == [steps] and set(smoke) <= records[0].keys()
 
     again = cli("run", str(config))
     assert again.returncode == 0, again.stderr[-3000:]
