@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..model.generation import Sampling, generate
 
@@ -43,17 +42,21 @@ class Scorer:
         inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in pairs]
         width = max(len(ids) for ids in inputs)
         batch = torch.full((len(inputs), width), self.eod_id, dtype=torch.long)
-        for row, ids in enumerate(inputs):  # padded on the right: causal attention never sees it
-            batch[row, : len(ids)] = torch.tensor(ids)
-        self.model.eval()
-        logits = self.model.full_logits(self.model(batch.to(self.device)).logits)
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        results = []
+        scored = torch.zeros((len(inputs), width), dtype=torch.bool)  # positions that predict a continuation token
         for row, ((_, cont), ids) in enumerate(zip(pairs, inputs, strict=True)):
-            span = logprobs[row, len(ids) - len(cont) : len(ids)]
-            target = torch.tensor(cont, device=span.device)
-            greedy = bool((span.argmax(dim=-1) == target).all())
-            results.append((float(span.gather(-1, target[:, None]).sum()), greedy))
+            batch[row, : len(ids)] = torch.tensor(ids)  # padded on the right: causal attention never sees it
+            scored[row, len(ids) - len(cont) : len(ids)] = True
+        self.model.eval()
+        device = self.device
+        out = self.model(batch.to(device), logits_at=scored.to(device))
+        logits = self.model.full_logits(out.logits).float()  # [continuation tokens of the batch, vocab]
+        targets = torch.tensor([t for _, cont in pairs for t in cont], device=device)
+        picked = (logits.gather(-1, targets[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
+        hits = (logits.argmax(dim=-1) == targets).tolist()
+        results, at = [], 0
+        for _, cont in pairs:
+            results.append((sum(picked[at : at + len(cont)]), all(hits[at : at + len(cont)])))
+            at += len(cont)
         return results
 
     @torch.no_grad()

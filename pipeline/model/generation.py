@@ -59,12 +59,15 @@ def generate(model, prompts: list[list[int]], sampling: Sampling, pad_id: int = 
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     was_training = model.training
     model.eval()
-    out = model(ids, position_ids=positions, cache=cache, key_valid=valid)
+    last_column = torch.zeros_like(valid)
+    last_column[:, -1] = True  # left-padded: each prompt's last token (the prompt's other logits are not needed)
+    out = model(ids, position_ids=positions, cache=cache, key_valid=valid, logits_at=last_column)
+    logits = model.full_logits(out.logits)  # [B, vocab]
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     new: list[list[int]] = [[] for _ in range(batch)]
     last = positions[:, -1]
     for _ in range(sampling.max_new_tokens):
-        token = next_tokens(model.full_logits(out.logits)[:, -1], sampling, generator)
+        token = next_tokens(logits, sampling, generator)
         for i in range(batch):
             if not done[i]:
                 new[i].append(int(token[i]))
@@ -75,5 +78,6 @@ def generate(model, prompts: list[list[int]], sampling: Sampling, pad_id: int = 
         valid = torch.cat([valid, torch.ones((batch, 1), dtype=torch.bool, device=device)], dim=1)
         last = last + 1
         out = model(token[:, None], position_ids=last[:, None], cache=cache, key_valid=valid)
+        logits = model.full_logits(out.logits)[:, -1]
     model.train(was_training)
     return new

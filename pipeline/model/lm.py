@@ -146,10 +146,13 @@ class ParScaleLM(nn.Module):
         cache=None,
         key_valid: torch.Tensor | None = None,
         return_stream_states: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` [B, T]; ``labels`` [B, T] already shifted; ``segment_ids`` [B, T] document ids
         in a packed row; ``cache``/``key_valid`` [B, cached + T] for incremental decoding;
-        ``return_stream_states``: also return each stream's final states (diagnostics)."""
+        ``return_stream_states``: also return each stream's final states (diagnostics);
+        ``logits_at`` [B, T] bool: logits only where True, as [N, vocab / TP] rows in row-major order
+        (scoring and decoding need a few positions; the output layer is a large part of a pass)."""
         b, t = input_ids.shape
         positions, mask = self._positions_and_mask(input_ids, segment_ids, position_ids, cache, key_valid)
         x = self.model.embed_tokens(input_ids)
@@ -171,6 +174,10 @@ class ParScaleLM(nn.Module):
         states = x.view(p, b, *x.shape[1:]).detach() if return_stream_states else None
         if p > 1:
             x, weights = aggregate(self.model.aggregate_layer, x, p, self.parscale.eps)
+        if logits_at is not None:
+            if labels is not None:
+                raise ValueError("logits_at and labels exclude each other")
+            x = x[logits_at]
         weight = self.model.embed_tokens.weight if self.config.tie_embeddings else None
         logits, _ = self.lm_head(x, weight=weight)
         logits = self._mask_vocab_padding(logits)
