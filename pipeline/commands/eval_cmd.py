@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..config import RunPaths
-from ..config.cli_args import load_from_args
+from ..config.cli_args import add_config_args, load_from_args
 
 
 def _checkpoint(args: argparse.Namespace) -> str:
@@ -69,17 +69,9 @@ def add_parser(subparsers) -> None:
         "files or the datasets cache); the project's smoke tasks are parscale_mc, parscale_ppl, parscale_gen "
         "(group parscale_smoke).",
     )
-    parser.add_argument(
-        "config",
-        help="job config YAML (may extend others with 'base:'), or, with --tasks, a portable checkpoint folder",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key by dotted path, value read as YAML; repeatable",
+    add_config_args(
+        parser,
+        what="job config YAML (may extend others with 'base:'), or, with --tasks, a portable checkpoint folder",
     )
     parser.add_argument("--checkpoint", help="portable checkpoint folder (default: <run.output_dir>/portable)")
     parser.add_argument("--max-batches", type=int, help="micro-batches to evaluate (default: eval.max_batches)")

@@ -7,10 +7,12 @@ import argparse
 from .loader import LoadedConfig, load_config
 
 
-def add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument(
-        "config", nargs=None if required else "?", help="job config YAML (may extend others with 'base:')"
-    )
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    required: bool = True,
+    what: str = "job config YAML (may extend others with 'base:')",
+) -> None:
+    parser.add_argument("config", nargs=None if required else "?", help=what)
     parser.add_argument(
         "--set",
         dest="overrides",
