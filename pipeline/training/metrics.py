@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config.job import JobConfig
 from ..config.run_paths import RunPaths
+from ..errors import UserError
 
 
 def format_seconds(seconds: float) -> str:
@@ -29,9 +30,7 @@ class MetricsSink:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cut_partial_tail(self.path)
-        if cfg.logging.wandb_mode != "disabled":
-            import wandb
-
+        if cfg.logging.wandb_mode != "disabled" and (wandb := _import_wandb(cfg.logging.wandb_mode, self.path)):
             self.wandb = wandb.init(
                 project=cfg.logging.wandb_project,
                 name=cfg.run.name,
@@ -62,6 +61,28 @@ class MetricsSink:
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _import_wandb(mode: str, metrics: Path):
+    """wandb, or None where it is not installed (a GPU machine set up from ``launch/gpu_wheels.sh``
+    has no wandb): offline logging is the default, so its absence costs only the wandb copy of the
+    metrics and is said once; ``online`` was asked for explicitly and is refused at start-up."""
+    try:
+        import wandb
+    except ImportError as exc:
+        if mode == "online":
+            raise UserError(
+                f"logging.wandb_mode: online, but wandb cannot be imported ({exc}): install wandb, "
+                "or set logging.wandb_mode: offline or disabled"
+            ) from exc
+        print(
+            f"warning: wandb cannot be imported ({exc}): metrics go to {metrics} only "
+            "(install wandb, or set logging.wandb_mode: disabled to silence this)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return wandb
 
 
 def cut_partial_tail(path: Path) -> int:
