@@ -141,6 +141,12 @@ class CheckpointConfig(StrictModel):
         description="A file whose appearance makes training save a checkpoint and stop at the next step "
         "(removed once acted on). The SLURM launcher sets it for its pre-timeout signal.",
     )
+    exit_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="Save a checkpoint and exit at this step (Megatron-LM's --exit-interval), for allocations "
+        "shorter than the run; a rerun resumes from it and goes on to the end. Not part of the run's identity.",
+    )
 
 
 class EvalConfig(StrictModel):

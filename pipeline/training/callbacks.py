@@ -87,8 +87,9 @@ class StopRequests(Callback):
     gloo); the run then saves and ends at that step. The stop file is removed when acted on, so the
     rerun that resumes does not stop at once."""
 
-    def __init__(self, stop_file: str | None):
+    def __init__(self, stop_file: str | None, exit_at_step: int | None = None):
         self.stop_file = stop_file
+        self.exit_at_step = exit_at_step  # known to every rank: stops there with no agreement needed
         self.agreement: collectives.Agreement | None = None
 
     def on_train_start(self, trainer: Run) -> None:
@@ -102,6 +103,10 @@ class StopRequests(Callback):
 
     def on_step_end(self, trainer: Run, step: int) -> None:
         trainer.stop_agreed = self.agreement.post(self._wanted_here(trainer))
+        if step == self.exit_at_step and step < trainer.total_steps:
+            trainer.stop_agreed = True
+            if trainer.ctx.is_main:
+                print(f"checkpoint.exit_at_step: {step} reached: saving and stopping", flush=True)
         if trainer.stop_agreed:
             trainer.resolve()  # the stop's checkpoint, and the non-finite guard before it, see every step
 
@@ -263,7 +268,7 @@ class DownstreamEval(Callback):
 def default_callbacks(cfg: JobConfig) -> list[Callback]:
     """The actions of every run, in the order they act at a step (downstream tasks, when
     ``eval.tasks`` names any, last: after the step's checkpoint and the final export)."""
-    stops = StopRequests(cfg.checkpoint.stop_file)
+    stops = StopRequests(cfg.checkpoint.stop_file, cfg.checkpoint.exit_at_step)
     callbacks = [
         stops,
         Logging(cfg.logging.interval_steps),
