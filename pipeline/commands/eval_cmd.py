@@ -12,6 +12,19 @@ from ..config import RunPaths
 from ..config.cli_args import add_config_args, load_from_args
 
 
+def add_attention_backend_arg(parser: argparse.ArgumentParser) -> None:
+    """``--attention-backend``: the rebuilt model's attention kernel (a portable checkpoint does not
+    record one), as ``model.attention_backend``."""
+    parser.add_argument(
+        "--attention-backend",
+        choices=("auto", "flex", "sdpa"),
+        default="auto",
+        help="attention kernel for masked batches, as model.attention_backend: auto = flex on CUDA when its "
+        "preflight compile works, else sdpa; flex = FlexAttention (an error where it cannot run); sdpa = "
+        "scaled_dot_product_attention (default auto)",
+    )
+
+
 def _checkpoint(args: argparse.Namespace) -> str:
     """The portable checkpoint to evaluate: ``--checkpoint``, the folder given in place of a config,
     or the config's run's export."""
@@ -26,7 +39,8 @@ def _loss(args: argparse.Namespace) -> int:
     from ..training.evaluation import evaluate_portable
 
     loaded = load_from_args(args)
-    result = evaluate_portable(loaded, args.checkpoint or str(RunPaths.of(loaded.config).portable), args.max_batches)
+    checkpoint = args.checkpoint or str(RunPaths.of(loaded.config).portable)
+    result = evaluate_portable(loaded, checkpoint, args.max_batches, args.attention_backend)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -42,7 +56,9 @@ def _tasks(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     with single_process(seed=args.seed):
-        scorer = open_scorer(checkpoint, args.device, args.batch_size, args.max_length)
+        scorer = open_scorer(
+            checkpoint, args.device, args.batch_size, args.max_length, args.attention_backend, "--attention-backend"
+        )
         lm = HarnessLM(scorer=scorer, tokenizer=load_tokenizer(checkpoint), max_gen_toks=args.max_gen_toks)
         results = evaluate_tasks(
             lm, tasks, num_fewshot=args.num_fewshot, limit=limit, include_path=args.include_path, seed=args.seed
@@ -75,6 +91,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--checkpoint", help="portable checkpoint folder (default: <run.output_dir>/portable)")
     parser.add_argument("--max-batches", type=int, help="micro-batches to evaluate (default: eval.max_batches)")
+    add_attention_backend_arg(parser)
     tasks = parser.add_argument_group("downstream tasks (lm-evaluation-harness)")
     tasks.add_argument(
         "--tasks",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .eval_cmd import add_attention_backend_arg
+
 
 def prompt_ids(tok, prompt: str) -> list[int]:
     """A prompt's ids as the model saw documents in training: right after an end-of-document token."""
@@ -16,6 +18,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..checkpoint.portable import load_portable, load_tokenizer
     from ..distributed import single_process
+    from ..model.flex import set_attention_backend
     from ..model.generation import Sampling, generate
 
     tok = load_tokenizer(args.checkpoint)
@@ -32,6 +35,7 @@ def _run(args: argparse.Namespace) -> int:
     with single_process(seed=args.seed) as ctx:
         model, _ = load_portable(args.checkpoint)
         model.to(ctx.device)
+        set_attention_backend(model, args.attention_backend, ctx.device, "--attention-backend")
         outputs = generate(model, encoded, sampling, pad_id=padding_id(tok.pad_id))
     for prompt, tokens in zip(prompts, outputs, strict=True):
         text = tok.decode([t for t in tokens if t != tok.eos_id])
@@ -57,4 +61,5 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only-new", action="store_true", help="print only the generated text")
+    add_attention_backend_arg(parser)
     parser.set_defaults(func=_run)

@@ -21,6 +21,7 @@ from data_prep.text_tokenizer import TextTokenizer
 
 from ..checkpoint.portable import load_portable, load_tokenizer, read_config
 from ..distributed import single_process
+from ..model.flex import BACKENDS, set_attention_backend
 from .scorer import Scorer
 
 
@@ -30,17 +31,27 @@ def trained_length(config: dict) -> int:
     return int(config.get("seq_len") or config["model"]["max_seq_len"])
 
 
-def open_scorer(path: str, device: str = "cpu", batch_size: int = 8, max_length: int | None = None) -> Scorer:
+def open_scorer(
+    path: str,
+    device: str = "cpu",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    attention_backend: str = "auto",
+    backend_key: str = "attention_backend",
+) -> Scorer:
     """A ``Scorer`` of the portable checkpoint at ``path`` (in a world of one process, made for
-    the rest of this process's life when none is there)."""
+    the rest of this process's life when none is there), its attention ``attention_backend``
+    (the setting ``backend_key``; checked by a preflight compile where flex runs compiled)."""
     from megatron.core import parallel_state
 
     if not parallel_state.model_parallel_is_initialized():
         _WORLD.enter_context(single_process())
     config = read_config(path)
     model, _ = load_portable(path)
+    model = model.to(device)
+    set_attention_backend(model, attention_backend, device, backend_key)
     eod = load_tokenizer(path).eos_id
-    return Scorer(model.to(device), eod, int(max_length or trained_length(config)), int(batch_size))
+    return Scorer(model, eod, int(max_length or trained_length(config)), int(batch_size))
 
 
 def usable_device(device: str | None) -> str:
@@ -59,7 +70,8 @@ _WORLD = contextlib.ExitStack()  # the world a model built by lm-eval from argum
 @register_model("parscale")
 class HarnessLM(TemplateLM):
     """``path``: a portable checkpoint folder; ``batch_size``, ``max_length`` (default: the trained
-    sequence length), ``max_gen_toks`` and ``device`` as for lm-eval's ``hf`` model. Or, in code, a
+    sequence length), ``max_gen_toks`` and ``device`` as for lm-eval's ``hf`` model;
+    ``attention_backend`` auto, flex or sdpa (as ``model.attention_backend``; default auto). Or, in code, a
     built ``scorer`` and ``tokenizer`` (the in-training evaluator passes the model being trained)."""
 
     backend = "causal"
@@ -71,6 +83,7 @@ class HarnessLM(TemplateLM):
         max_length: int | None = None,
         max_gen_toks: int = 256,
         device: str = "cpu",
+        attention_backend: str = "auto",
         scorer: Scorer | None = None,
         tokenizer: TextTokenizer | None = None,
         **unused,
@@ -79,8 +92,11 @@ class HarnessLM(TemplateLM):
         if scorer is None:
             if path is None:
                 raise ValueError("model_args: give path=<a portable checkpoint folder>")
+            if attention_backend not in BACKENDS:
+                raise ValueError(f"model_args: attention_backend={attention_backend}: use one of {', '.join(BACKENDS)}")
             batch = 8 if batch_size in (None, "auto") else int(str(batch_size).split(":")[0])
-            scorer, tokenizer = open_scorer(path, usable_device(device), batch, max_length), load_tokenizer(path)
+            scorer = open_scorer(path, usable_device(device), batch, max_length, attention_backend)
+            tokenizer = load_tokenizer(path)
         self.scorer, self.tok, self.max_gen_toks = scorer, tokenizer, int(max_gen_toks)
 
     @property

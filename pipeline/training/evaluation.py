@@ -17,6 +17,7 @@ from ..config import LoadedConfig
 from ..config.job import JobConfig
 from ..data.loader import Batch, DataSpec, EmptySplit, SplitStream, collate
 from ..distributed import single_process
+from ..model.flex import set_attention_backend
 from ..model.stream_stats import StreamStats, mean_pairwise_cosine, mean_prefix, stream_vectors
 from ..utils import collectives
 from .init_vocab import tokenizer_problem
@@ -103,8 +104,11 @@ def evaluate_model(
     return result
 
 
-def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | None = None) -> dict:
-    """``evaluate_model`` of a portable checkpoint, in this process, on the config's validation rows."""
+def evaluate_portable(
+    loaded: LoadedConfig, checkpoint: str, max_batches: int | None = None, attention_backend: str = "auto"
+) -> dict:
+    """``evaluate_model`` of a portable checkpoint, in this process, on the config's validation rows,
+    its attention ``attention_backend`` (``parscale eval --attention-backend``)."""
     cfg = loaded.config
     if max_batches:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_batches": max_batches})})
@@ -122,6 +126,7 @@ def evaluate_portable(loaded: LoadedConfig, checkpoint: str, max_batches: int | 
     with single_process(seed=cfg.run.seed) as ctx:
         model, meta = load_portable(checkpoint)
         model.to(ctx.device).eval()
+        set_attention_backend(model, attention_backend, ctx.device, "--attention-backend")
         document_attention = model.config.document_attention  # the checkpoint's model, not the config's
 
         def make_batch(start: int, count: int) -> Batch:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from ..data.loader import Batch
 from ..distributed import ParallelContext
 from ..model import ParScaleLM
 from ..model.counting import train_flops_per_token
-from ..model.flex import training_backend
+from ..model.flex import choose_backend
 from ..utils import collectives
 from ..utils.fs import atomic_write_text
 from . import checkpointing as ckpt
@@ -117,6 +118,7 @@ class Trainer:
             tp_size=self.ctx.tp_size,
             activation_checkpointing=cfg.parallel.activation_checkpointing,
         )
+        model.attention_backend = self.attention_backend  # the preflight's choice, not the config's "auto"
         self.restore = Restore.find(cfg, identity(cfg, self.vocab, self.data.spec.tokenizer.sha256))
         self.restore.weights(model, cfg, self.ctx.tp_rank, self.data.init, error_at, self.ctx.is_main)
         self.trainable = apply_trainable(model, cfg.parscale)
@@ -179,11 +181,25 @@ class Trainer:
         return self.restore.directory
 
     def _attention_backend(self) -> str:
-        """The kernel masked training batches run on (checked before anything is built)."""
+        """The kernel masked training batches run on, checked before anything is built: on CUDA a
+        preflight compile of flex; under ``auto`` a failure there (on any rank) means sdpa, with a
+        warning, and a forced ``flex`` that fails is a config error."""
+        precision = torch.bfloat16 if self.cfg.parallel.precision == "bf16" else torch.float32
         try:
-            return training_backend(self.cfg.model.attention_backend, torch.device(self.ctx.device))
+            backend, warning = choose_backend(
+                self.cfg.model.attention_backend, torch.device(self.ctx.device), precision, training=True
+            )
         except ValueError as exc:
             raise self.error_at("model.attention_backend", str(exc)) from None
+        fell_back = torch.tensor([float(warning is not None)])
+        if self.ctx.world_size > 1 and collectives.all_reduce(fell_back, "max").item() and not warning:
+            backend = "sdpa"  # every rank runs the same kernel
+            warning = (
+                "warning: model.attention_backend: auto uses sdpa: flex's preflight compile failed on another rank"
+            )
+        if warning and self.ctx.is_main:
+            print(warning, file=sys.stderr, flush=True)
+        return backend
 
     # ------------------------------------------------------------------ one step
 

@@ -83,3 +83,22 @@ def test_bad_checkpoint_folders_are_refused(checkpoint, tmp_path):
     (broken / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
     with single_process(), pytest.raises(CheckpointError, match="weights do not match"):
         load_portable(broken)
+
+
+def test_attention_backend_reaches_the_model_and_is_checked(checkpoint, monkeypatch):
+    from pipeline.model import flex
+
+    chosen = []
+    choose = flex.set_attention_backend
+    monkeypatch.setattr(flex, "set_attention_backend", lambda model, *a: chosen.append(choose(model, *a)) or chosen[-1])
+    args = ["generate", str(checkpoint), "--prompt", "doc 1: alpha", "--max-new-tokens", "8"]
+    default, sdpa, flexed = (
+        cli(*args),
+        cli(*args, "--attention-backend", "sdpa"),
+        cli(*args, "--attention-backend", "flex"),
+    )
+    assert default.returncode == sdpa.returncode == flexed.returncode == 0, flexed.stderr[-2000:]
+    assert default.stdout == sdpa.stdout == flexed.stdout  # cached decoding runs SDPA under every setting
+    assert chosen == ["sdpa", "sdpa", "flex"]  # auto on CPU is sdpa
+    proc = cli(*args, "--attention-backend", "fused")
+    assert proc.returncode == 2 and "invalid choice: 'fused'" in proc.stderr

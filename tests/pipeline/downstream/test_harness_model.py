@@ -267,3 +267,40 @@ def test_parscale_eval_names_an_unknown_task(models, tmp_path):
     proc = cli("eval", str(models["dense"]), "--tasks", "no_such_task", "--output", str(tmp_path / "r.json"))
     assert proc.returncode == 2 and "no_such_task" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+# --- the attention backend ----------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_attention_backend_reaches_the_model_and_flex_scores_as_sdpa(models):
+    """``attention_backend`` (model_args; ``--attention-backend`` of ``parscale eval``) is the
+    rebuilt model's: a prefixed P = 4 model scores through FlexAttention (eager forward on CPU) as
+    through SDPA; an unknown value is refused."""
+    from pipeline.downstream.harness_model import HarnessLM
+
+    requests = [_instance("loglikelihood", pair) for pair in PAIRS]
+    with single_process():
+        scores = {}
+        for backend in ("sdpa", "flex"):
+            lm = HarnessLM(path=str(models["p4"]), batch_size=4, attention_backend=backend)
+            assert lm.scorer.model.attention_backend == backend
+            scores[backend] = lm.loglikelihood(requests)
+        with pytest.raises(ValueError, match="attention_backend=fused: use one of auto, flex, sdpa"):
+            HarnessLM(path=str(models["p4"]), attention_backend="fused")
+    for (flex, flex_greedy), (sdpa, sdpa_greedy) in zip(scores["flex"], scores["sdpa"], strict=True):
+        assert abs(flex - sdpa) <= 1e-5 * max(1.0, abs(sdpa)) and flex_greedy == sdpa_greedy
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_parscale_eval_takes_an_attention_backend(models, tmp_path):
+    results = {}
+    for backend in ("sdpa", "flex"):
+        out = tmp_path / f"{backend}.json"
+        args = ("--tasks", "parscale_mc", "--limit", "4", "--output", str(out), "--attention-backend", backend)
+        proc = cli("eval", str(models["p4"]), *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[backend] = json.loads(out.read_text())["results"]["parscale_mc"]["acc,none"]
+    assert results["flex"] == results["sdpa"]
+    proc = cli("eval", str(models["p4"]), "--tasks", "parscale_mc", "--attention-backend", "fused")
+    assert proc.returncode == 2 and "invalid choice: 'fused'" in proc.stderr
