@@ -1,6 +1,8 @@
 """Each converter checks its own output: the logits of the result on a fixed input against the
 logits of the source, each run at its own TP. A TP > 1 checkpoint runs as that many local
-processes (gloo on CPU), each loading only its own slices, so the TP code path itself is checked.
+processes, each loading only its own slices, so the TP code path itself is checked. Always on the
+CPU over gloo, also where GPUs are visible: the check must not need TP GPUs, nor NCCL groups
+holding host tensors.
 
 A source is anything with ``model``, ``parscale``, ``vocab``, ``tp`` and ``rank_state(rank)``
 (the slices of one TP rank): a trainer checkpoint, or full weights split on the fly."""
@@ -18,7 +20,7 @@ from pipeline.checkpoint import tp_partition
 from pipeline.checkpoint.portable import CheckpointError, read_config, read_weights
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import local_group
-from pipeline.distributed.runtime import free_port, select_deepspeed_accelerator
+from pipeline.distributed.runtime import free_port
 from pipeline.model import ParScaleLM
 
 
@@ -50,7 +52,7 @@ def fixed_input(vocab: int) -> torch.Tensor:
 
 
 def _rank_logits(source, rank: int, port: int | None, ids: torch.Tensor) -> torch.Tensor:
-    with local_group(rank, source.tp, source.tp, port):
+    with local_group(rank, source.tp, source.tp, port, device="cpu"):  # explicit: never NCCL, never set_device
         model = ParScaleLM(source.model, source.parscale, source.vocab, tp_rank=rank, tp_size=source.tp).eval()
         tp_partition.check_model(model)
         state, params = source.rank_state(rank), dict(model.named_parameters())
@@ -82,12 +84,12 @@ def logits(source, ids: torch.Tensor) -> torch.Tensor:
     if source.tp == 1:
         return _rank_logits(source, 0, None, ids)
 
-    select_deepspeed_accelerator("cuda" if torch.cuda.is_available() else "cpu")  # passed on to the workers
     # forked from a server that imported this module (torch, megatron-core) once, not imported per rank
     mp.set_forkserver_preload([__name__])
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "logits.pt")
-        args = (source, free_port(), ids, out, dict(os.environ))
+        env = {**os.environ, "DS_ACCELERATOR": "cpu"}  # the workers' DeepSpeed, like their world, on the host
+        args = (source, free_port(), ids, out, env)
         mp.start_processes(_worker, args=args, nprocs=source.tp, start_method="forkserver")
         return torch.load(out, weights_only=True)
 

@@ -42,8 +42,25 @@ config_get() {
   "$PYTHON" -m pipeline.cli config "$@"
 }
 
+# visible_gpus: the entries of CUDA_VISIBLE_DEVICES up to the first invalid one (empty = none), as
+# CUDA counts them: indices, GPU-/MIG- UUIDs; a negative index hides it and all after it.
+visible_gpus() {
+  local entry n=0 entries=()
+  IFS=, read -ra entries <<<"$CUDA_VISIBLE_DEVICES"
+  for entry in "${entries[@]}"; do
+    entry=${entry//[[:space:]]/}
+    [[ -n $entry && $entry != -* ]] || break
+    n=$((n + 1))
+  done
+  echo "$n"
+}
+
+# gpus_on_node: the GPUs this node's processes can use: CUDA_VISIBLE_DEVICES when set (what torch
+# will see; nvidia-smi lists every GPU regardless), else SLURM's count, else nvidia-smi's.
 gpus_on_node() {
-  if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    visible_gpus
+  elif [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then
     echo "$SLURM_GPUS_ON_NODE"
   elif command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
@@ -53,7 +70,8 @@ gpus_on_node() {
 }
 
 # procs_per_node NNODES CONFIG [--set K=V ...]: TP x DP of the config, split over NNODES nodes. A config
-# without parallel.data_parallel_size takes every GPU of the node (one TP group per CPU node).
+# without parallel.data_parallel_size takes every GPU of the node in whole TP groups (TP x (GPUs / TP),
+# at least one group; one TP group per CPU node), as pipeline.distributed.launcher.processes_per_job.
 procs_per_node() {
   local nnodes=$1 config=$2 values tp dp gpus world
   shift
@@ -62,7 +80,7 @@ procs_per_node() {
   dp=${values##*$'\n'}
   if [ "$dp" = null ]; then
     gpus=$(gpus_on_node)
-    echo $((gpus > 0 ? gpus : tp))
+    echo $((gpus >= tp ? gpus / tp * tp : tp))
     return
   fi
   world=$((tp * dp))

@@ -1,10 +1,19 @@
-"""Test-wide setup: every cache and temp file of the tools under the checkout's .cache/, and the
+"""Test-wide setup: the suite runs on the CPU also where GPUs are visible (``PARSCALE_TEST_GPU=1``
+lets it see them), every cache and temp file of the tools under the checkout's .cache/, and the
 session-wide fixtures (helpers to import live in tests/helpers)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+#: opt-in to let the suite see this machine's GPUs (the tests are written for gloo on the CPU)
+GPU_OPT_IN = "PARSCALE_TEST_GPU"
+if os.environ.get(GPU_OPT_IN) != "1":
+    # Before anything initialises CUDA, and inherited by every subprocess, torchrun rank and forked
+    # worker: no GPU is visible, so "auto" picks gloo and the ranks stay on the host.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import contextlib
 import tempfile
 from pathlib import Path
 

@@ -55,7 +55,7 @@ def _tasks(args: argparse.Namespace) -> int:
     checkpoint = _checkpoint(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    with single_process(seed=args.seed):
+    with single_process(seed=args.seed, device=args.device):
         scorer = open_scorer(
             checkpoint, args.device, args.batch_size, args.max_length, args.attention_backend, "--attention-backend"
         )

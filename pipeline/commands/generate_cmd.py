@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     from data_prep.text_tokenizer import padding_id
 
     from ..checkpoint.portable import load_portable, load_tokenizer
-    from ..distributed import single_process
+    from ..distributed import preferred_device, single_process
     from ..model.flex import set_attention_backend
     from ..model.generation import Sampling, generate
 
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
         eos_id=tok.eos_id,
         seed=args.seed,
     )
-    with single_process(seed=args.seed) as ctx:
+    with single_process(seed=args.seed, device=preferred_device()) as ctx:
         model, _ = load_portable(args.checkpoint)
         model.to(ctx.device)
         set_attention_backend(model, args.attention_backend, ctx.device, "--attention-backend")

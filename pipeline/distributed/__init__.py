@@ -10,9 +10,11 @@ from ..config.errors import ErrorAt, key_error
 from ..config.job import JobConfig
 from .bootstrap import (
     ParallelContext,
+    backend_for,
     destroy_distributed,
     init_distributed,
     local_group,
+    preferred_device,
     single_process,
 )
 from .mpu import MegatronMPU
@@ -31,9 +33,11 @@ def distributed_world(cfg: JobConfig, error_at: ErrorAt = key_error) -> Iterator
 __all__ = [
     "MegatronMPU",
     "ParallelContext",
+    "backend_for",
     "destroy_distributed",
     "distributed_world",
     "init_distributed",
     "local_group",
+    "preferred_device",
     "single_process",
 ]

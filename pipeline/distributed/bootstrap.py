@@ -1,5 +1,10 @@
 """Start (and stop) a distributed process: env, threads, torch.distributed (gloo on CPU, NCCL on
-GPU), DeepSpeed's comm layer, megatron-core's TP x DP groups, seeds. Call once per process."""
+GPU), DeepSpeed's comm layer, megatron-core's TP x DP groups, seeds. Call once per process.
+
+A launched rank (``init_distributed``) takes NCCL whenever CUDA is visible; a world made outside a
+launcher (``local_group``, ``single_process``: the checkpoint tools, the tests) runs on the host
+over gloo unless its caller asks for a CUDA device, so a tool that checks on the CPU never lands on
+NCCL groups just because the machine has GPUs."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch.distributed as dist
 
 from ..config.errors import ErrorAt, key_error
 from ..config.job import JobConfig
+from ..errors import UserError
 from ..utils import collectives
 from ..utils.known_warnings import quiet_known_warnings
 from . import runtime
@@ -47,12 +53,47 @@ def _pick_backend(requested: str) -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def backend_for(device: str) -> str:
+    """The backend of a world made outside a launcher: NCCL for a CUDA device, gloo for the host."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def preferred_device() -> str:
+    """``cuda`` where a GPU is visible, else ``cpu``: for the commands that run a model for its
+    results (eval, generate, decode timing). The checkpoint tools stay on the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _visible_note() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible!r})"
+
+
+def check_gpus_per_node(local_rank: int, tp: int, error_at: ErrorAt = key_error) -> None:
+    """Refuse, naming ``parallel.data_parallel_size``, a node that starts more NCCL ranks than it
+    has visible GPUs (torch would fail later with a bare "invalid device ordinal")."""
+    if not torch.cuda.is_available():
+        raise error_at("parallel.backend", "nccl needs CUDA, and no GPU is visible")
+    gpus = torch.cuda.device_count()
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE") or 0), local_rank + 1)
+    if local <= gpus:
+        return
+    fits = f"on one node: data_parallel_size={gpus // tp}" if gpus >= tp else "no data_parallel_size fits"
+    raise error_at(
+        "parallel.data_parallel_size",
+        f"{local} processes on this node but {gpus} visible GPU(s){_visible_note()}: each NCCL rank needs its "
+        f"own GPU, so tensor_parallel_size x data_parallel_size per node must be at most {gpus} "
+        f"({fits} at tensor_parallel_size {tp}); set it, or make more GPUs visible",
+    )
+
+
 def init_distributed(cfg: JobConfig, error_at: ErrorAt = key_error, *, timeout_minutes: int = 30) -> ParallelContext:
     """Bring up every process group for ``cfg.parallel``; errors name the config key (``error_at``:
     ``LoadedConfig.error`` points at its file and line)."""
     par = cfg.parallel
     runtime.ensure_launcher_env()
     runtime.set_cache_defaults()
+    runtime.set_connection_default(par.tensor_parallel_size)
     quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters
     threads = runtime.configure_threads()
     world_size = int(os.environ["WORLD_SIZE"])
@@ -73,18 +114,19 @@ def init_distributed(cfg: JobConfig, error_at: ErrorAt = key_error, *, timeout_m
         raise error_at("parallel.global_batch_size", problem)
 
     backend = _pick_backend(par.backend)
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise error_at("parallel.backend", "nccl needs CUDA, and no GPU is visible")
+    if backend == "nccl":
+        check_gpus_per_node(local_rank, tp, error_at)
     device = _start_groups(tp, backend, rank, world_size, local_rank, timeout_minutes)
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed, cuda=device != "cpu")
     return _context(rank, world_size, local_rank, tp, backend, device, threads)
 
 
-def _start_groups(tp: int, backend: str, rank: int, world_size: int, local_rank: int, timeout_minutes: int) -> str:
-    """torch.distributed, DeepSpeed's comm layer and megatron-core's TP x DP groups; returns the device."""
+def _start_groups(tp: int, backend: str, rank: int, world_size: int, cuda_index: int, timeout_minutes: int) -> str:
+    """torch.distributed, DeepSpeed's comm layer and megatron-core's TP x DP groups; returns the
+    device: ``cuda:<cuda_index>`` under NCCL (made current), else the host (no CUDA call at all)."""
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(cuda_index)
+        device = f"cuda:{cuda_index}"
     else:
         device = "cpu"
     runtime.select_deepspeed_accelerator(device)
@@ -135,29 +177,36 @@ def _context(rank, world_size, local_rank, tp, backend, device, threads) -> Para
 
 @contextlib.contextmanager
 def local_group(
-    rank: int = 0, world_size: int = 1, tp: int = 1, port: int | None = None, seed: int = 1234
+    rank: int = 0, world_size: int = 1, tp: int = 1, port: int | None = None, seed: int = 1234, device: str = "cpu"
 ) -> Iterator[ParallelContext]:
-    """Rank ``rank`` of a world of processes on this machine (gloo, or NCCL on GPUs), for tools and
-    tests that run megatron-core layers outside a launcher: every rank passes the same ``port``.
-    The env:// variables it sets are removed again on exit."""
+    """Rank ``rank`` of a world of processes on this machine, for tools and tests that run
+    megatron-core layers outside a launcher: every rank passes the same ``port``. On the host over
+    gloo, also where GPUs are visible, unless ``device`` asks for CUDA (``cuda``: rank r on GPU r,
+    ``cuda:N`` for a world of one; over NCCL). The env:// variables it sets are removed on exit."""
+    backend = backend_for(device)
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but no GPU is visible here{_visible_note()}")
+    index = torch.device(device).index
     with runtime.own_world():
         if world_size > 1:
             os.environ.update(runtime.launcher_env(rank, world_size, port))
         runtime.ensure_launcher_env()
         runtime.set_cache_defaults()
+        runtime.set_connection_default(tp)
         quiet_known_warnings()  # idempotent: also for a caller that reset the warning filters
-        backend = _pick_backend("auto")
         try:
-            device = _start_groups(tp, backend, rank, world_size, rank, timeout_minutes=5)
-            seed_everything(seed)
-            yield _context(rank, world_size, rank, tp, backend, device, torch.get_num_threads())
+            cuda_index = rank if index is None else index
+            started = _start_groups(tp, backend, rank, world_size, cuda_index, timeout_minutes=5)
+            seed_everything(seed, cuda=started != "cpu")
+            yield _context(rank, world_size, rank, tp, backend, started, torch.get_num_threads())
         finally:
             destroy_distributed()
 
 
-def single_process(seed: int = 1234) -> contextlib.AbstractContextManager[ParallelContext]:
-    """A world of one, for tools and tests that run megatron-core layers in one process."""
-    return local_group(seed=seed)
+def single_process(seed: int = 1234, device: str = "cpu") -> contextlib.AbstractContextManager[ParallelContext]:
+    """A world of one, for tools and tests that run megatron-core layers in one process: on the host
+    (gloo) unless ``device`` is a CUDA device (``preferred_device()`` picks one where visible)."""
+    return local_group(seed=seed, device=device)
 
 
 def destroy_distributed() -> None:

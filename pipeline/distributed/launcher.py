@@ -10,7 +10,21 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import torch
+
+from ..config.training import ParallelConfig
 from .runtime import LAUNCHER_VARS, cpu_threads_per_rank
+
+
+def processes_per_job(par: ParallelConfig) -> int:
+    """How many processes a one-node job of ``par`` starts: TP x ``data_parallel_size`` when set;
+    unset, TP x (visible GPUs // TP) on GPUs (every GPU, in whole TP groups; at least one group),
+    and one TP group on the CPU (or with ``backend: gloo``). As ``launch/lib.sh`` counts them."""
+    tp = par.tensor_parallel_size
+    if par.data_parallel_size is not None:
+        return tp * par.data_parallel_size
+    on_gpus = par.backend == "nccl" or (par.backend == "auto" and torch.cuda.is_available())
+    return tp * max(1, torch.cuda.device_count() // tp) if on_gpus else tp
 
 
 @dataclass(frozen=True)

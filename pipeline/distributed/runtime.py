@@ -1,13 +1,16 @@
 """Process-level settings applied before torch.distributed starts: a single process gets the
 env:// variables it would have under torchrun, threads are split between local ranks, caches go
-to a project-local folder, and DeepSpeed skips a CPU-only op build that training never uses."""
+to a project-local folder (Triton's to a node-local one), and DeepSpeed skips a CPU-only op build
+that training never uses."""
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,13 +96,38 @@ def cache_root() -> Path:
     return Path(os.environ.get("PARSCALE_CACHE_DIR", Path.cwd() / ".cache")).resolve()
 
 
+def user_name() -> str:
+    """This user's login name, else ``uid<N>`` (a container may have no passwd entry for it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+def node_local_root() -> Path:
+    """A per-user folder on this node's temp filesystem ($TMPDIR, else /tmp): for caches that many
+    processes write at once, which a shared filesystem (the checkout under SLURM) handles badly."""
+    return Path(tempfile.gettempdir()) / f"parscale-{user_name()}"
+
+
 def set_cache_defaults() -> None:
-    """Point tool caches that default to the home directory at the project cache, unless set."""
-    root = cache_root()
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / "torch_extensions"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
-    # megatron-core's TP layers overlap their grad all-reduce only with one CUDA work queue
-    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    """Point tool caches that default to the home directory elsewhere, unless set: torch extensions
+    to the project cache; Triton's kernels and launcher builds to a node-local folder, since every
+    rank compiles into it concurrently and a shared filesystem then fails with stale handles or
+    EBUSY. (TorchInductor's own cache already defaults to the node's temp folder.)"""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(node_local_root() / "triton"))
+
+
+def set_connection_default(tp: int) -> None:
+    """``CUDA_DEVICE_MAX_CONNECTIONS=1`` (unless set) where TP > 1, before any CUDA context exists.
+
+    One hardware queue makes kernels start in launch order, which megatron-core's TP layers rely on
+    to overlap their async input-gradient all-reduce with the weight-gradient matmul (and warn
+    without). It also serialises every other stream, which costs ZeRO 3 its prefetch and reduce
+    overlap, so with TP = 1 (no TP communication to overlap) it is left alone."""
+    if tp > 1:
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
 
 
 def select_deepspeed_accelerator(device: str) -> None:

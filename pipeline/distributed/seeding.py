@@ -10,11 +10,13 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, cuda: bool = False) -> None:
+    """Python, NumPy and torch; with ``cuda`` (a world on a GPU) also megatron-core's CUDA RNG
+    tracker, which touches the device: a host world must not, even where GPUs are visible."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
+    if cuda:
         from megatron.core import tensor_parallel
 
         tensor_parallel.model_parallel_cuda_manual_seed(seed)

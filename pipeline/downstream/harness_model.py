@@ -45,7 +45,7 @@ def open_scorer(
     from megatron.core import parallel_state
 
     if not parallel_state.model_parallel_is_initialized():
-        _WORLD.enter_context(single_process())
+        _WORLD.enter_context(single_process(device=device))
     config = read_config(path)
     model, _ = load_portable(path)
     model = model.to(device)

@@ -3,8 +3,9 @@
 
 Every stage writes under ``run.output_dir`` and is skipped when its output is already there and
 complete, so a rerun continues where the last one stopped (a training stage cut short resumes from
-its own checkpoints). Training stages run under torchrun with TP x DP processes (a stage of one
-process runs in the job's own process); each stage's exact config is written as
+its own checkpoints). Training stages run under torchrun with TP x DP processes (DP unset: every
+visible GPU in whole TP groups, or one TP group on the CPU; a stage of one process runs in the
+job's own process); each stage's exact config is written as
 ``<stage>/config.resolved.yaml``."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..checkpoint.portable import CheckpointError, read_config
 from ..config import LoadedConfig, RunPaths, write_resolved
 from ..config.model import ModelConfig, ParScaleConfig
 from ..config.run_paths import JOB_NAME
-from ..distributed.launcher import TorchrunLaunch
+from ..distributed.launcher import TorchrunLaunch, processes_per_job
 from ..distributed.runtime import own_world
 from ..errors import EXIT_USER_ERROR, UserError
 from ..training.downstream_eval import evaluate_portable_tasks, task_settings
@@ -137,7 +138,7 @@ class MainJob:
         self.folders = JobFolders(Path(self.cfg.run.output_dir), stage2_root)
         self.source = self.start or self.folders.consolidated  # what stage 2 converts and the controls continue
         self.init_seed_offset = init_seed_offset
-        self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
+        self.nproc = processes_per_job(self.cfg.parallel)
         self.configs = {"stage1": self._derive(self.folders.stage1, {})}
         for p in self.streams:
             self.configs[stage2_key(p)] = self._stage2_run(

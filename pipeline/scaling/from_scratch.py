@@ -21,6 +21,7 @@ from data_prep.prepare import is_complete, prepare
 
 from ..checkpoint.portable import read_config
 from ..config import LoadedConfig, RunPaths
+from ..distributed.launcher import processes_per_job
 from ..mainjob.stages import is_trained, train_stage
 from ..model.counting import parameter_counts
 from ..training.evaluation import evaluate_portable
@@ -63,7 +64,7 @@ class FromScratchExperiment:
         self.root = Path(self.cfg.run.output_dir)
         self.report_dir = self.root / "report"
         self.streams = sc.streams
-        self.nproc = self.cfg.parallel.tensor_parallel_size * (self.cfg.parallel.data_parallel_size or 1)
+        self.nproc = processes_per_job(self.cfg.parallel)
         self.bases: dict[str, LoadedConfig] = {}  # per size: its shape at P = 1 (also the evaluation config)
         self.runs: list[Run] = []
         top = max(self.streams)

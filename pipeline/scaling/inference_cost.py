@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from ..config.model import ModelConfig, ParScaleConfig
-from ..distributed import single_process
+from ..distributed import preferred_device, single_process
 from ..model import ParScaleLM
 from ..model.cache import KVCache
 from ..model.counting import parameter_counts
@@ -136,7 +136,7 @@ def compare(
     """At each batch size: the P=1 model, then per P > 1 the model with P streams and the dense
     model of N (k ln P + 1) parameters, each decoded the same way."""
     out = []
-    with single_process() as ctx:
+    with single_process(device=preferred_device()) as ctx:
         for batch in batch_sizes:
             cost = partial(
                 decode_cost, vocab=vocab, batch=batch, prompt=prompt, new=new, repeats=repeats, device=ctx.device

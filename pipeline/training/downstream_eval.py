@@ -23,7 +23,7 @@ from data_prep.tokenizer import TokenizerInfo, open_recorded
 
 from ..checkpoint.portable import load_tokenizer
 from ..config.training import EvalConfig
-from ..distributed import single_process
+from ..distributed import preferred_device, single_process
 from ..downstream.run_tasks import TaskError, evaluate_tasks, headline, task_manager
 from ..downstream.scorer import Scorer
 from ..errors import UserError
@@ -119,7 +119,7 @@ def evaluate_portable_tasks(checkpoint: str | Path, eval_cfg: EvalConfig, seed: 
     from ..downstream.harness_model import HarnessLM, open_scorer  # imports lm-eval
 
     start = time.perf_counter()
-    with single_process(seed=seed) as ctx:
+    with single_process(seed=seed, device=preferred_device()) as ctx:
         scorer = open_scorer(str(checkpoint), ctx.device, eval_cfg.tasks_batch_size)
         results = evaluate_tasks(
             HarnessLM(scorer=scorer, tokenizer=load_tokenizer(checkpoint)),

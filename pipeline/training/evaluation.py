@@ -16,7 +16,7 @@ from ..checkpoint.portable import CheckpointError, load_portable, tokenizer_info
 from ..config import LoadedConfig
 from ..config.job import JobConfig
 from ..data.loader import Batch, DataSpec, EmptySplit, SplitStream, collate
-from ..distributed import single_process
+from ..distributed import preferred_device, single_process
 from ..model.flex import set_attention_backend
 from ..model.stream_stats import StreamStats, mean_pairwise_cosine, mean_prefix, stream_vectors
 from ..utils import collectives
@@ -123,7 +123,7 @@ def evaluate_portable(
         rows = validation_rows(cfg, cfg.run.seed + 1)
     except EmptySplit as exc:
         raise loaded.error("data.val_fraction", f"no validation rows to evaluate on: {exc}") from None
-    with single_process(seed=cfg.run.seed) as ctx:
+    with single_process(seed=cfg.run.seed, device=preferred_device()) as ctx:
         model, meta = load_portable(checkpoint)
         model.to(ctx.device).eval()
         set_attention_backend(model, attention_backend, ctx.device, "--attention-backend")

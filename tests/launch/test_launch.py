@@ -85,8 +85,32 @@ def test_local_dry_run_takes_the_process_count_from_the_config():
     ]
 
 
+def _local_nproc(**env: str) -> int:
+    """The process count of a local dry run of stage 1 (TP = 2, data_parallel_size unset)."""
+    proc = run_script("local.sh", STAGE1, env=clean_env(DRY_RUN="1", **env))
+    assert proc.returncode == 0, proc.stderr
+    (count,) = (w.split("=")[1] for w in words(proc.stdout.strip()) if w.startswith("--nproc_per_node="))
+    return int(count)
+
+
+@pytest.mark.parametrize(
+    "visible,nproc",
+    [
+        ("0,1,2,3", 4),
+        ("0,1,2", 2),  # whole TP groups only
+        ("", 2),  # none visible (the test suite's own setting): one TP group, as on a CPU
+        ("GPU-8f2a,GPU-77c1,MIG-1e0d,GPU-0b3c,GPU-5d11,GPU-aa90", 6),
+        ("0,1,-1,3,4", 2),  # CUDA stops at an invalid index: 2 visible
+    ],
+)
+def test_without_data_parallel_size_the_launch_counts_the_visible_gpus_in_whole_tp_groups(visible, nproc):
+    assert _local_nproc(CUDA_VISIBLE_DEVICES=visible) == nproc
+    # what torch will see wins over SLURM's allocation (and over nvidia-smi, which lists every GPU)
+    assert _local_nproc(CUDA_VISIBLE_DEVICES=visible, SLURM_GPUS_ON_NODE="8") == nproc
+
+
 def _slurm_env(nodelist: str, **extra) -> dict[str, str]:
-    return clean_env(
+    env = clean_env(
         DRY_RUN="1",
         SLURM_JOB_NODELIST=nodelist,
         SLURM_JOB_ID="77",
@@ -95,6 +119,9 @@ def _slurm_env(nodelist: str, **extra) -> dict[str, str]:
         SLURM_CPUS_ON_NODE="64",
         **extra,
     )
+    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_MAX_CONNECTIONS"):  # the allocation's 8 GPUs count
+        env.pop(name, None)
+    return env
 
 
 @pytest.mark.parametrize("nodelist,hosts", [("gpu07", ["gpu07"]), ("gpu[01-04]", ["gpu01", "gpu02", "gpu03", "gpu04"])])
@@ -114,6 +141,8 @@ def test_slurm_training_dry_run(tmp_path, nodelist, hosts):
         "export NCCL_DEBUG=WARN",
     ]:
         assert expected in lines
+    # set by the ranks themselves, only where TP > 1: with TP = 1 it would serialise ZeRO's streams
+    assert not any("CUDA_DEVICE_MAX_CONNECTIONS" in line for line in lines)
     stop = "checkpoint.stop_file=/shared/runs/.parscale-stop-77"
     srun = words(next(line for line in lines if line.startswith("srun ")))
     assert srun == [
