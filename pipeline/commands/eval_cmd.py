@@ -10,19 +10,7 @@ from pathlib import Path
 
 from ..config import RunPaths
 from ..config.cli_args import add_config_args, load_from_args
-
-
-def add_attention_backend_arg(parser: argparse.ArgumentParser) -> None:
-    """``--attention-backend``: the rebuilt model's attention kernel (a portable checkpoint does not
-    record one), as ``model.attention_backend``."""
-    parser.add_argument(
-        "--attention-backend",
-        choices=("auto", "flex", "sdpa"),
-        default="auto",
-        help="attention kernel for masked batches, as model.attention_backend: auto = flex on CUDA when its "
-        "preflight compile works, else sdpa; flex = FlexAttention (an error where it cannot run); sdpa = "
-        "scaled_dot_product_attention (default auto)",
-    )
+from .model_args import add_attention_backend_arg, add_device_arg, chosen_device
 
 
 def _checkpoint(args: argparse.Namespace) -> str:
@@ -40,7 +28,7 @@ def _loss(args: argparse.Namespace) -> int:
 
     loaded = load_from_args(args)
     checkpoint = args.checkpoint or str(RunPaths.of(loaded.config).portable)
-    result = evaluate_portable(loaded, checkpoint, args.max_batches, args.attention_backend)
+    result = evaluate_portable(loaded, checkpoint, args.max_batches, args.attention_backend, chosen_device(args))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -55,9 +43,10 @@ def _tasks(args: argparse.Namespace) -> int:
     checkpoint = _checkpoint(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    with single_process(seed=args.seed, device=args.device):
+    device = chosen_device(args)
+    with single_process(seed=args.seed, device=device):
         scorer = open_scorer(
-            checkpoint, args.device, args.batch_size, args.max_length, args.attention_backend, "--attention-backend"
+            checkpoint, device, args.batch_size, args.max_length, args.attention_backend, "--attention-backend"
         )
         lm = HarnessLM(scorer=scorer, tokenizer=load_tokenizer(checkpoint), max_gen_toks=args.max_gen_toks)
         results = evaluate_tasks(
@@ -92,6 +81,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", help="portable checkpoint folder (default: <run.output_dir>/portable)")
     parser.add_argument("--max-batches", type=int, help="micro-batches to evaluate (default: eval.max_batches)")
     add_attention_backend_arg(parser)
+    add_device_arg(parser)
     tasks = parser.add_argument_group("downstream tasks (lm-evaluation-harness)")
     tasks.add_argument(
         "--tasks",
@@ -105,6 +95,5 @@ def add_parser(subparsers) -> None:
     tasks.add_argument("--max-gen-toks", type=int, default=256, help="most new tokens per generation (default 256)")
     tasks.add_argument("--include-path", action="append", default=[], help="a folder of more task YAMLs; repeatable")
     tasks.add_argument("--output", help="results JSON (default: <checkpoint>.lm_eval.json beside the checkpoint)")
-    tasks.add_argument("--device", default="cpu", help="torch device (default cpu)")
     tasks.add_argument("--seed", type=int, default=1234)
     parser.set_defaults(func=_run)

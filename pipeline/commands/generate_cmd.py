@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .eval_cmd import add_attention_backend_arg
+from .model_args import add_attention_backend_arg, add_device_arg, chosen_device
 
 
 def prompt_ids(tok, prompt: str) -> list[int]:
@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     from data_prep.text_tokenizer import padding_id
 
     from ..checkpoint.portable import load_portable, load_tokenizer
-    from ..distributed import preferred_device, single_process
+    from ..distributed import single_process
     from ..model.flex import set_attention_backend
     from ..model.generation import Sampling, generate
 
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
         eos_id=tok.eos_id,
         seed=args.seed,
     )
-    with single_process(seed=args.seed, device=preferred_device()) as ctx:
+    with single_process(seed=args.seed, device=chosen_device(args)) as ctx:
         model, _ = load_portable(args.checkpoint)
         model.to(ctx.device)
         set_attention_backend(model, args.attention_backend, ctx.device, "--attention-backend")
@@ -62,4 +62,5 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only-new", action="store_true", help="print only the generated text")
     add_attention_backend_arg(parser)
+    add_device_arg(parser)
     parser.set_defaults(func=_run)

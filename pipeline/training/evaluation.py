@@ -105,10 +105,15 @@ def evaluate_model(
 
 
 def evaluate_portable(
-    loaded: LoadedConfig, checkpoint: str, max_batches: int | None = None, attention_backend: str = "auto"
+    loaded: LoadedConfig,
+    checkpoint: str,
+    max_batches: int | None = None,
+    attention_backend: str = "auto",
+    device: str | None = None,
 ) -> dict:
     """``evaluate_model`` of a portable checkpoint, in this process, on the config's validation rows,
-    its attention ``attention_backend`` (``parscale eval --attention-backend``)."""
+    its attention ``attention_backend`` (``parscale eval --attention-backend``), on ``device``
+    (default: a GPU where one is visible)."""
     cfg = loaded.config
     if max_batches:
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_batches": max_batches})})
@@ -123,7 +128,7 @@ def evaluate_portable(
         rows = validation_rows(cfg, cfg.run.seed + 1)
     except EmptySplit as exc:
         raise loaded.error("data.val_fraction", f"no validation rows to evaluate on: {exc}") from None
-    with single_process(seed=cfg.run.seed, device=preferred_device()) as ctx:
+    with single_process(seed=cfg.run.seed, device=device or preferred_device()) as ctx:
         model, meta = load_portable(checkpoint)
         model.to(ctx.device).eval()
         set_attention_backend(model, attention_backend, ctx.device, "--attention-backend")
