@@ -12,15 +12,17 @@ from ..model.param_groups import VOCAB_ROWS, parscale_parameter
 from ..utils.collectives import all_gather_cat
 
 
-def gather_full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def gather_full_state(model: torch.nn.Module, values: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Full tensors of every parameter, on every rank (call on all ranks; ZeRO-3 params must be
-    gathered by the caller, e.g. inside ``deepspeed.zero.GatheredParameters``)."""
+    gathered by the caller, e.g. inside ``deepspeed.zero.GatheredParameters``). ``values``: this
+    rank's slice to use instead of a parameter's own data (e.g. its fp32 master weight)."""
     from megatron.core import parallel_state as ps
 
     group, size = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_world_size()
+    values = values or {}
     state = {}
     for name, param in model.named_parameters():
-        data = param.detach().contiguous()
+        data = values.get(name, param).detach().contiguous()
         if size > 1 and getattr(param, "tensor_model_parallel", False):
             data = all_gather_cat(data, param.partition_dim, group)
         state[name] = data.cpu().clone()

@@ -151,7 +151,10 @@ class TrainerCheckpoint:
         out = {}
         for group, shapes in enumerate(param_shapes):
             flat = torch.cat([p["single_partition_of_fp32_groups"][group] for p in parts])
-            paddings = parts[0].get("param_alignment_paddings", [[0] * len(shapes)])[group]
+            # DeepSpeed's BF16_Optimizer (bf16 ZeRO 1 with fp32 gradient accumulation) records none:
+            # it pads only the end of each group
+            paddings = parts[0].get("param_alignment_paddings")
+            paddings = paddings[group] if paddings is not None else [0] * len(shapes)
             offset = 0
             for (name, shape), pad in zip(shapes.items(), paddings, strict=True):
                 numel = math.prod(shape)

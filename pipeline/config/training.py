@@ -21,6 +21,18 @@ class ParallelConfig(StrictModel):
     micro_batch_size: int = Field(1, ge=1, description="Sequences per rank per forward pass.")
     global_batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, all ranks.")
     precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accum_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16 only: the dtype gradients are accumulated over micro-batches and reduced over "
+        "data-parallel ranks in. fp32 (ZeRO >= 1: DeepSpeed's fp32 gradient buffers and fp32 all-reduce) "
+        "keeps long accumulations exact; bf16 halves that memory and traffic and rounds every sum to 8 bits "
+        "of mantissa. fp32 runs ignore it.",
+    )
+    tf32: bool = Field(
+        True,
+        description="On CUDA, fp32 matrix multiplies and convolutions run on TF32 tensor cores (10-bit "
+        "mantissa inputs, fp32 accumulation; ~8x the fp32 rate). Off: full fp32. CPU runs ignore it.",
+    )
     activation_checkpointing: bool = False
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on CUDA, else gloo.")
 
@@ -30,6 +42,12 @@ class ParallelConfig(StrictModel):
             raise ValueError(
                 f"global_batch_size ({self.global_batch_size}) is not a multiple of "
                 f"micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.precision == "bf16" and self.grad_accum_dtype == "fp32" and self.zero_stage == 0:
+            raise ValueError(
+                "grad_accum_dtype: fp32 with precision: bf16 needs zero_stage >= 1 (DeepSpeed's ZeRO 0 "
+                "accumulates bf16 gradients in bf16 only); set parallel.zero_stage: 1 or more, or "
+                "parallel.grad_accum_dtype: bf16"
             )
         return self
 

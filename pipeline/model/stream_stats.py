@@ -33,7 +33,10 @@ class StreamStats:
         self.weights = torch.zeros(streams, dtype=torch.float64, device=device)  # weight x tokens per stream
 
     def add(self, stream_states: torch.Tensor, stream_weights: torch.Tensor, loss_mask: torch.Tensor) -> None:
-        """``stream_states`` [P, B, T, H]; ``stream_weights`` [B, T, P]; ``loss_mask`` [B, T]."""
+        """``stream_states`` [P, B, T, H]; ``stream_weights`` [B, T, P]; ``loss_mask`` [B, T]. The
+        states are upcast first: near-identical streams differ below bf16's resolution (8 bits of
+        mantissa), so a bf16 run's differences, and its sums, are taken in fp32."""
+        stream_states = stream_states.float()  # fp32 states: the same tensor, nothing changes
         mean = stream_states.mean(0, keepdim=True)
         mask = loss_mask.to(torch.float64)
         w = stream_weights.to(torch.float64)

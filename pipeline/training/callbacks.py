@@ -207,7 +207,9 @@ class Checkpointing(Callback):
 
 
 class PortableExport(Callback):
-    """The full weights as a portable checkpoint at the end of a run that spent its budget."""
+    """The full weights as a portable checkpoint at the end of a run that spent its budget (a bf16
+    run: its fp32 master weights, equal to what ``parscale convert consolidate`` makes of its last
+    checkpoint, not the bf16 copies the forward pass uses)."""
 
     def on_train_end(self, trainer: Run) -> None:
         if not trainer.stop_agreed:

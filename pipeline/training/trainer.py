@@ -31,7 +31,7 @@ from ..utils import collectives
 from ..utils.fs import atomic_write_text
 from . import checkpointing as ckpt
 from .callbacks import Callback, default_callbacks
-from .engine import build_engine, set_lr
+from .engine import build_engine, fp32_masters, set_lr, set_tf32
 from .evaluation import PrefixDrift, Ranks, evaluate_model
 from .memory_check import micro_batch_problem
 from .metrics import MetricsSink
@@ -109,6 +109,7 @@ class Trainer:
         device = torch.device(self.ctx.device)
         if problem := micro_batch_problem(cfg, self.seq_len, self.vocab, self.attention_backend, device):
             raise error_at("packing.seq_len", problem)
+        set_tf32(cfg.parallel.tf32, device)
         torch.manual_seed(cfg.run.seed)
         model = ParScaleLM(
             cfg.model,
@@ -122,7 +123,9 @@ class Trainer:
         self.restore = Restore.find(cfg, identity(cfg, self.vocab, self.data.spec.tokenizer.sha256))
         self.restore.weights(model, cfg, self.ctx.tp_rank, self.data.init, error_at, self.ctx.is_main)
         self.trainable = apply_trainable(model, cfg.parscale)
-        self.engine = build_engine(model.to(self.ctx.device), cfg.parallel, cfg.optimizer, cfg.parscale, self.dp)
+        # the model goes in on the host: DeepSpeed casts a bf16 run's parameters there, then moves the model
+        # to its device (see build_engine)
+        self.engine = build_engine(model, cfg.parallel, cfg.optimizer, cfg.parscale, self.dp)
         self.schedule = WSD.build(cfg.schedule, cfg.optimizer.lr, self.total_steps, self.tokens_per_step)
         self.step, self.skipped, self.nonfinite_in_a_row, self.nonfinite_peak = 0, 0, 0, 0
         if self.restore.tag is not None:
@@ -315,15 +318,21 @@ class Trainer:
         return ckpt.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.checkpoint.keep_last, self.resolved)
 
     def export_portable(self) -> Path:
-        """Full weights (TP slices and ZeRO-3 partitions gathered) as a portable checkpoint."""
+        """Full weights (TP slices and ZeRO-3 partitions gathered) as a portable checkpoint. A bf16
+        run exports its fp32 master weights (what ``parscale convert consolidate`` reads from its
+        checkpoints), not the bf16-rounded module weights: ``train.init_from`` and ``parscale eval``
+        of the export see what training holds."""
         import deepspeed
 
+        masters = fp32_masters(self.engine) if self.cfg.parallel.precision == "bf16" else None
         params = list(self.engine.module.parameters())
         gather = (
             deepspeed.zero.GatheredParameters(params) if self.cfg.parallel.zero_stage == 3 else contextlib.nullcontext()
         )
         with gather:
-            state = gather_full_state(self.engine.module)
+            state = gather_full_state(self.engine.module, masters)
+        if masters is not None:  # a frozen parameter has no master: its bf16 weight, as consolidate reads it
+            state = {name: tensor.float() for name, tensor in state.items()}
         out = RunPaths.of(self.cfg).portable
         if self.ctx.is_main:
             save_portable_state(
