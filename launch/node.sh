@@ -8,7 +8,7 @@
 #
 # Environment: MASTER_ADDR (required), MASTER_PORT (29500), NNODES (SLURM_NNODES, else 1), RDZV_ID
 # (SLURM_JOB_ID, else parscale), NPROC_PER_NODE (default: the config's TP x DP over NNODES; without
-# parallel.data_parallel_size, the node's GPUs), COMMAND (train, or eval), OMP_NUM_THREADS.
+# parallel.data_parallel_size, the visible GPUs of the node, in whole TP groups), COMMAND (train, or eval), OMP_NUM_THREADS.
 set -euo pipefail
 PARSCALE_ROOT=${PARSCALE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 # shellcheck source=launch/lib.sh

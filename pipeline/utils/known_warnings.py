@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 
 #: (message regex, category): megatron-core's optional kernels, DeepSpeed's use of a deprecated
-#: torch collective (every rank, every run), megatron's CUDA_DEVICE_MAX_CONNECTIONS notice (we set it)
+#: torch collective (every rank, every run), megatron's CUDA_DEVICE_MAX_CONNECTIONS notice (set by us where TP > 1)
 KNOWN = (
     ("Transformer Engine and Apex are not installed", UserWarning),
     (".*Apex is not installed.*", UserWarning),
