@@ -22,6 +22,7 @@ torch's default of logging once and running unfused eager code from then on."""
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 
 import torch
@@ -70,25 +71,39 @@ def limited_compile(fn, what: str, limit: int = RECOMPILE_LIMIT, **options):
     """``torch.compile(fn, **options)`` counting its own compiled shapes (not shared with other
     compiles of ``fn``), at most ``limit``: the next new shape raises :class:`RecompileLimitError`
     naming ``what``, where torch would log once and run ``fn`` eagerly (unfused) from then on."""
-    compiled = torch.compile(fn, recompile_limit=limit, isolate_recompiles=True, **options)
     config = torch._dynamo.config
+    limit_key, fail_key, limit_hit = _dynamo_limit_names()
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        compiled = torch.compile(fn, recompile_limit=limit, isolate_recompiles=True, **options)
+    else:  # torch before 2.13 (the README allows 2.6+): the limit is process-wide, raised, never lowered
+        setattr(config, limit_key, max(getattr(config, limit_key), limit))
+        compiled = torch.compile(fn, **options)
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        before = config.fail_on_recompile_limit_hit
-        config.fail_on_recompile_limit_hit = True  # read when a new shape is met (set per call: ~8 us)
+        before = getattr(config, fail_key)
+        setattr(config, fail_key, True)  # read when a new shape is met (set per call: ~8 us)
         try:
             return compiled(*args, **kwargs)
-        except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+        except limit_hit as exc:
             raise RecompileLimitError(
                 f"{what} was compiled for {limit} different input shapes in this process (a new row count "
                 "P x micro-batch, sequence length, dtype or grad mode each compiles anew); a further one would run "
                 "unfused and slow. Keep batch shapes fixed, or set model.attention_backend: sdpa"
             ) from exc
         finally:
-            config.fail_on_recompile_limit_hit = before
+            setattr(config, fail_key, before)
 
     return run
+
+
+def _dynamo_limit_names() -> tuple[str, str, type[Exception]]:
+    """Dynamo's names for (the recompile limit, failing when it is hit, the error then raised):
+    torch 2.7 renamed ``cache_size_limit`` / ``fail_on_cache_limit_hit`` / ``FailOnCacheLimitHit``."""
+    config, exc = torch._dynamo.config, torch._dynamo.exc
+    if hasattr(config, "recompile_limit"):
+        return "recompile_limit", "fail_on_recompile_limit_hit", exc.FailOnRecompileLimitHit
+    return "cache_size_limit", "fail_on_cache_limit_hit", exc.FailOnCacheLimitHit
 
 
 def _compiled_fn(name: str):

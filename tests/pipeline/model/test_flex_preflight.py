@@ -52,7 +52,8 @@ def eager_compile(monkeypatch):
     """``torch.compile`` with dynamo's eager backend (no inductor, no C compiler); records options."""
     calls = []
 
-    def compile_eager(fn, **options):
+    def compile_eager(fn, *, recompile_limit=None, isolate_recompiles=False, **options):
+        options.update(recompile_limit=recompile_limit, isolate_recompiles=isolate_recompiles)
         calls.append((fn, options))
         return REAL_COMPILE(fn, **{**options, "backend": "eager"})
 
@@ -153,3 +154,22 @@ def test_preflight_runs_the_functions_training_uses(fake_cuda, monkeypatch):
     monkeypatch.setattr(flex, "compiles", lambda device: False)  # eager: the CPU has no flex backward
     flex.preflight(CPU, torch.float32, backward=False)
     assert seen == [("mask", (1, 128, 4, 2, CPU)), "attend"]
+
+
+def test_on_a_torch_without_per_compile_limits_the_limit_is_raised_process_wide(monkeypatch):
+    """torch before 2.13 (the GPU image has 2.11) has no ``recompile_limit``/``isolate_recompiles``
+    arguments: limited_compile must not pass them, and must still raise at the limit."""
+    real = torch.compile
+
+    def old_compile(model=None, *, fullgraph=False, dynamic=None, backend="inductor", mode=None, options=None):
+        return real(model, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode, options=options)
+
+    monkeypatch.setattr(torch, "compile", old_compile)
+    config = torch._dynamo.config
+    monkeypatch.setattr(config, "recompile_limit", 2)
+    cube = flex.limited_compile(lambda x: x * x * x, "cube", 3, backend="eager", dynamic=False)
+    assert config.recompile_limit == 3  # raised for this process (never lowered)
+    for n in (1, 2, 3):
+        assert cube(torch.ones(n)).sum().item() == n
+    with pytest.raises(flex.RecompileLimitError, match="cube was compiled for 3"):
+        cube(torch.ones(4))
