@@ -12,7 +12,7 @@ from pathlib import Path
 from ..utils.hardware import hardware
 from ..utils.plots import save, two_panels
 from ..utils.report_format import config_line, number, section, table, with_delta, write_json, write_markdown
-from .budget import budget_curve, budget_lines
+from .budget import budget_curve, budget_lines, stage2_fraction
 from .inference_cost import PAPER
 from .law import PAPER_K, LawFit
 
@@ -77,6 +77,21 @@ def _loss_cells(exp, rows: list[dict], name: str, control: bool) -> list[str]:
     return cells + [with_delta(mine[1]["prefix_control_val_loss"], base)] if control else cells
 
 
+def _seed_lines(rows: list[dict]) -> list[str]:
+    """Which cells are seed means, and how far their seeds are apart."""
+    many = [r for r in rows if r.get("seeds", 1) > 1]
+    if not many:
+        return ["One stage-2 seed per cell."]
+    sizes = sorted({r["size"] for r in many})
+    ranges = ", ".join(
+        f"{r['size']} P={r['streams']} {max(r['seed_losses']) - min(r['seed_losses']):.4f}" for r in many
+    )
+    return [
+        f"Stage-2 seeds: {', '.join(sizes)}: the mean of {min(r['seeds'] for r in many)}+ seeds at every P "
+        f"(range over seeds: {ranges}); every other cell: one seed."
+    ]
+
+
 def _spread_table(exp, rows: list[dict]) -> list[str]:
     streams = [p for p in exp.streams if p > 1]
     spreads = {(r["size"], r["streams"]): r.get("stream_spread") for r in rows}
@@ -96,7 +111,7 @@ def _fit_table(fits: dict[str, LawFit]) -> list[str]:
             ("alpha", f"{free.alpha:.4f}", f"{fixed.alpha:.4f}", ""),
             ("k", f"**{free.k:.4f}**", f"{fixed.k:.2f} (fixed)", f"**{PAPER_K}** (Stack-V2-Python)"),
             (
-                "P=8 worth (k ln 8 + 1) x parameters",
+                "P=8 worth (k ln 8 + 1) x parameters, if the fit is identified",
                 f"{free.param_multiplier(8):.3f}x",
                 f"{fixed.param_multiplier(8):.3f}x",
                 f"{PAPER_K * math.log(8) + 1:.2f}x (~1.8x)",
@@ -163,14 +178,25 @@ def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[di
             + ", ".join(f"{name} {v:.3f}" for name, v in spreads.items())
             + "; the closer to 0, the less the extra streams can add over one."
         )
-    free, fixed = fits["free"], fits["paper_k"]
-    verdict = "close to" if abs(free.k - PAPER_K) <= 0.1 else "below" if free.k < PAPER_K else "above"
-    out.append(
-        f"- Fitted k = {free.k:.3f}, {verdict} the paper's {PAPER_K}: P=8 is worth "
-        f"{free.param_multiplier(8):.2f}x parameters here vs ~1.8x in the paper. With k fixed at {PAPER_K} the "
-        f"fit's Huber objective is {fixed.huber / max(free.huber, 1e-300):.1f}x the free fit's."
-    )
+    out.append(_fit_finding(rows, fits))
     return out + _memory_finding(inference)
+
+
+def _fit_finding(rows: list[dict], fits: dict[str, LawFit]) -> str:
+    """The fitted k, never as what P is worth: no interval comes with it here (most cells have one
+    seed), and a degenerate fit (E at ~0, or k on its bound) is named as such."""
+    free, fixed = fits["free"], fits["paper_k"]
+    flags = []
+    if getattr(free, "k_at_bound", False):
+        flags.append("k sits on its bound (a bound, not an estimate)")
+    if free.E < 0.01 * min(r["val_loss"] for r in rows):
+        flags.append(f"E went to ~0 ({free.E:.2g}) with alpha {free.alpha:.3f}: the fit is degenerate")
+    caution = "; ".join(flags) + "; " if flags else ""
+    return (
+        f"- Fitted k = {free.k:.3f} (paper {PAPER_K}); {caution}no interval (one seed in most cells), so not a "
+        f"measure of what P is worth. With k fixed at {PAPER_K} the fit's Huber objective is "
+        f"{fixed.huber / max(free.huber, 1e-300):.1f}x the free fit's."
+    )
 
 
 def _best_gain(rows: list[dict], size: str) -> str:
@@ -181,23 +207,37 @@ def _best_gain(rows: list[dict], size: str) -> str:
 
 
 def _memory_finding(inference: list[dict]) -> list[str]:
-    b1 = [r for r in inference if r["batch"] == min(x["batch"] for x in inference)]
-    if not b1:
+    """The memory-increase ratio at every batch size (the paper's k where measured), < 1 named as
+    ParScale's increase being the larger."""
+    if not inference:
         return []
-    mem = ", ".join(f"P={r['streams']} {r['memory_ratio']:.1f}x" for r in b1 if r["k"] == b1[0]["k"])
+    k = PAPER_K if any(r["k"] == PAPER_K for r in inference) else inference[0]["k"]
+    mine = [r for r in inference if r["k"] == k]
+    parts = []
+    for batch in sorted({r["batch"] for r in mine}):
+        at = [r for r in mine if r["batch"] == batch]
+        ratios = ", ".join(f"P={r['streams']} {r['memory_ratio']:.2f}x" for r in at)
+        worse = " (below 1: ParScale's memory increase is the larger)" if any(r["memory_ratio"] < 1 for r in at) else ""
+        parts.append(f"batch {batch}: {ratios}{worse}")
     return [
-        f"- Memory-increase ratio at batch {b1[0]['batch']} (k = {b1[0]['k']:.3f}): {mem}; paper "
-        f"{PAPER['memory']:.0f}x ({PAPER['where']})."
+        f"- Memory-increase ratio (k = {k:.3f}), {'; '.join(parts)}; paper {PAPER['memory']:.0f}x ({PAPER['where']})."
     ]
 
 
 def _stage2_budget(exp) -> str:
-    """Stage 2's tokens: one figure, or per size when the budget is set in tokens per parameter."""
+    """Stage 2's tokens: one figure and its fraction of stage 1, or per size when the budget is set in
+    tokens per parameter (then the fraction of stage 1 differs across sizes, which it says)."""
     per_param = exp.cfg.scaling.stage2_tokens_per_param
-    if not per_param:
-        return f"{exp.cfg.stage2.tokens:,} tokens"
+    stage1 = exp.cfg.train.tokens
+    if stage2_fraction(exp.cfg.scaling) or not per_param:
+        tokens = next(iter(exp.jobs.values())).cfg.stage2.tokens
+        return f"{tokens:,} tokens ({tokens / stage1:.3g} of stage 1 at every size)"
     sizes = ", ".join(f"{name} {job.cfg.stage2.tokens:,}" for name, job in exp.jobs.items())
-    return f"{per_param:g} x N tokens (N: non-embedding parameters; {sizes} tokens)"
+    fractions = ", ".join(f"{name} {job.cfg.stage2.tokens / stage1:.3g}" for name, job in exp.jobs.items())
+    return (
+        f"{per_param:g} x N tokens (N: non-embedding parameters; {sizes} tokens; as a fraction of stage 1 "
+        f"it differs across sizes: {fractions})"
+    )
 
 
 def _inference(exp, free: LawFit, console) -> list[dict]:
@@ -224,7 +264,9 @@ def _setup(exp) -> str:
         f". Each size: stage 1 dense on {cfg.train.tokens:,} tokens, then stage 2 on {_stage2_budget(exp)} at "
         f"P = {', '.join(map(str, exp.streams))} (P=1: the dense model continued with the same schedule; "
         f"prefix length {cfg.stage2.parscale.prefix_len}). Validation loss on the same batches for every run "
-        f"({cfg.eval.max_batches} batches)."
+        f"({cfg.eval.max_batches} batches). Stage-2 seeds at the largest size ({exp.largest}): {exp.seeds} at every "
+        "P (seed i: the ParScale tensors from run.seed + i, the stage-2 data i budgets further on, the same "
+        "stage 1); elsewhere one."
     )
 
 
@@ -266,7 +308,7 @@ def write_report(exp, console) -> Path:
         out / "scaling.md",
         [
             *section(f"{exp.cfg.run.name}: the parallel scaling law at small scale", _setup(exp), level=1),
-            *section("Validation loss (difference to P=1 in brackets)", _loss_table(exp, rows)),
+            *section("Validation loss (difference to P=1 in brackets)", _loss_table(exp, rows), *_seed_lines(rows)),
             *section(
                 "Stage-2 budget: when the P ordering appears",
                 budget_lines(budget),
