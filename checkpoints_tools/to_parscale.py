@@ -67,7 +67,8 @@ def convert(
         carried |= {k: v for k, v in state.items() if is_prefix(k)}  # the first P streams, widened below
     with single_process(seed=seed):
         torch.manual_seed(seed)
-        model = ParScaleLM(model_cfg, parscale, config["vocab_size"])
+        # the prefixes and aggregator drawn between the backbone's layers, as conversions always made them
+        model = ParScaleLM(model_cfg, parscale, config["vocab_size"], parscale_draws="shared")
         fresh = dict(model.named_parameters())
         for name, value in list(carried.items()):
             if is_prefix(name):  # widen [P_old, ...] to [P_new, ...] with the fresh streams appended

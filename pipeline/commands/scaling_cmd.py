@@ -45,10 +45,12 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "scaling",
         help="the scaling experiment: sizes x P = 1, 2, 4, 8, fitted law, inference cost, report",
-        description="scaling.mode from_scratch (default): for each size in the config's 'scaling' section, every P "
-        "trained from initialisation on scaling.tokens_per_param tokens per non-embedding parameter, "
-        "scaling.seeds seeds at P = 1 and the largest P, a parameter-matched dense control per P, "
-        "evaluation on the same batches, the law fitted with k's seed-bootstrap interval. "
+        description="scaling.mode from_scratch (default): sizes of one depth and growing width (scaling.sizes, "
+        "3x or more apart in backbone N), every P and the controls (dense matched to a ParScale model's "
+        "parameters, dense at 1 + 0.39 ln P, one learned prefix) trained from initialisation on the same "
+        "scaling.tokens with one annealed schedule, scaling.seeds paired seeds of each, evaluation on the same "
+        "batches, each comparison as a paired difference with a 95% interval and a verdict, the law fitted "
+        "on the backbone's N with k's profile interval (three sizes or more; one size: the comparisons alone). "
         "scaling.mode two_stage: for each size: data prep (shared), stage 1 dense, "
         "consolidate, dense-to-ParScale and stage 2 at every P > 1 plus the dense model continued for "
         "the same tokens (P = 1), evaluation on the same batches. Then fit L = E + (A / (N (k ln P + "

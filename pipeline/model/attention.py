@@ -5,6 +5,8 @@ optional ParScale prefix keys/values, a KV cache for decoding, and either
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from megatron.core import ModelParallelConfig, tensor_parallel
@@ -12,6 +14,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from ..config.model import ModelConfig, ParScaleConfig
+from .draws import ParScaleDraws
 from .flex import attend
 from .prefix import StreamPrefix
 from .rope import apply_rotary
@@ -19,8 +22,17 @@ from .rope import apply_rotary
 
 class Attention(nn.Module):
     def __init__(
-        self, cfg: ModelConfig, ps: ParScaleConfig, mp: ModelParallelConfig, init, out_init, tp_rank: int, tp_size: int
+        self,
+        cfg: ModelConfig,
+        ps: ParScaleConfig,
+        mp: ModelParallelConfig,
+        init,
+        out_init,
+        tp_rank: int,
+        tp_size: int,
+        draws: ParScaleDraws | None = None,
     ):
+        """``draws``: the context the prefix is built in (ParScale's own random stream; None: the global one)."""
         super().__init__()
         d = cfg.kv_channels
         self.head_dim = d
@@ -39,7 +51,10 @@ class Attention(nn.Module):
             input_is_parallel=True,
             skip_bias_add=False,
         )
-        self.prefix = StreamPrefix(ps, cfg.num_kv_heads, d, tp_rank, tp_size) if ps.has_prefix else None
+        self.prefix = None
+        if ps.has_prefix:
+            with draws() if draws is not None else nullcontext():
+                self.prefix = StreamPrefix(ps, cfg.num_kv_heads, d, tp_rank, tp_size)
 
     def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         b, t, _ = x.shape

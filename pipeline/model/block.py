@@ -10,10 +10,10 @@ from .norm import RMSNorm
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, ps, mp, init, out_init, tp_rank: int, tp_size: int):
+    def __init__(self, cfg, ps, mp, init, out_init, tp_rank: int, tp_size: int, draws=None):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.self_attn = Attention(cfg, ps, mp, init, out_init, tp_rank, tp_size)
+        self.self_attn = Attention(cfg, ps, mp, init, out_init, tp_rank, tp_size, draws)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.ffn_hidden_size, mp, init, out_init)
 

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config.model import ModelConfig, ParScaleConfig
 from .aggregator import aggregate, build_aggregate_layer
 from .block import DecoderLayer
+from .draws import Draws, ParScaleDraws
 from .flex import document_block_mask, use_flex
 from .masks import attention_mask, positions_from_segments
 from .norm import RMSNorm
@@ -53,21 +54,29 @@ def _normal(std: float):
 
 class Backbone(nn.Module):
     def __init__(
-        self, cfg: ModelConfig, ps: ParScaleConfig, mp: ModelParallelConfig, vocab: int, tp_rank: int, tp_size: int
+        self,
+        cfg: ModelConfig,
+        ps: ParScaleConfig,
+        mp: ModelParallelConfig,
+        vocab: int,
+        tp_rank: int,
+        tp_size: int,
+        draws: ParScaleDraws,
     ):
         super().__init__()
         init = _normal(cfg.init_std)
         out_init = _normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))  # scaled residual init (Megatron)
         self.embed_tokens = tensor_parallel.VocabParallelEmbedding(vocab, cfg.hidden_size, init_method=init, config=mp)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, ps, mp, init, out_init, tp_rank, tp_size) for _ in range(cfg.num_layers)
+            DecoderLayer(cfg, ps, mp, init, out_init, tp_rank, tp_size, draws) for _ in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.aggregate_layer = (
-            build_aggregate_layer(cfg.hidden_size, ps.streams, cfg.init_std, ps.aggregator_init_std)
-            if ps.streams > 1
-            else None
-        )
+        self.aggregate_layer = None
+        if ps.streams > 1:
+            with draws():
+                self.aggregate_layer = build_aggregate_layer(
+                    cfg.hidden_size, ps.streams, cfg.init_std, ps.aggregator_init_std
+                )
 
 
 class ParScaleLM(nn.Module):
@@ -81,7 +90,11 @@ class ParScaleLM(nn.Module):
         tp_size: int = 1,
         activation_checkpointing: bool = False,
         params_dtype: torch.dtype = torch.float32,
+        parscale_draws: Draws = "own",
     ):
+        """``parscale_draws``: where the prefixes and the aggregator draw their initial values (see
+        ``draws.py``): ``own`` keeps the backbone's initialisation that of the dense model of the
+        same seed."""
         super().__init__()
         self.config, self.parscale = cfg, ps
         self.vocab_size = vocab_size
@@ -96,7 +109,7 @@ class ParScaleLM(nn.Module):
             params_dtype=params_dtype,
             perform_initialization=True,
         )
-        self.model = Backbone(cfg, ps, mp, self.padded_vocab_size, tp_rank, tp_size)
+        self.model = Backbone(cfg, ps, mp, self.padded_vocab_size, tp_rank, tp_size, ParScaleDraws(parscale_draws))
         self.lm_head = tensor_parallel.ColumnParallelLinear(
             cfg.hidden_size,
             self.padded_vocab_size,

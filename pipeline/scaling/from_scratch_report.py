@@ -1,29 +1,33 @@
-"""The from-scratch experiment's report: ``report/scaling.md`` (loss per size and P with the seed
-spread, the parameter-matched dense controls, stream diagnostics, the fitted law with k's
-bootstrap interval beside the paper's, and the issue's targets checked one by one),
-``report/scaling.png`` and ``report/results.json``."""
+"""The from-scratch experiment's report: ``report/scaling.md`` (every run's loss with its backbone
+and ParScale parameters, each comparison as a paired difference over seeds with its 95% interval
+and verdict, the stream diagnostics, the law's fit with k's profile interval and what the sizes
+identify, or why there is none), ``report/scaling.png`` and ``report/results.json``."""
 
 from __future__ import annotations
 
 import math
-from itertools import pairwise
+import statistics
 from pathlib import Path
 
 from ..config.run_paths import RunPaths
 from ..training.metrics import read_records
 from ..utils.hardware import hardware
 from ..utils.plots import save, two_panels
-from ..utils.report_format import config_line, number, section, table, with_delta, write_json, write_markdown
-from .law import PAPER_K, k_interval
-from .report import plot
+from ..utils.report_format import config_line, number, section, table, write_json, write_markdown
+from .law import PAPER_K, LawFit
+from .stats import Comparison, compare, verdict_rule
 
+ARM_TEXT = {
+    "parscale": "P={p}",
+    "matched_dense": "dense matched to P={p}",
+    "paper_k_dense": "dense at 1 + {k} ln {p}",
+    "single_prefix": "P=1 + one prefix",
+}
 CONTROL_TEXT = (
-    "Each dense control is the size widened to the ParScale model's non-embedding parameters "
-    "(aggregator and prefixes included), trained on the same tokens: a gain of ParScale beyond it "
-    "is not just extra parameters."
-)
-PREFIX_TEXT = (
-    "P = 1 with one learned prefix per layer and no aggregator, on the same tokens: what prefix tuning alone gives."
+    "Dense controls: *dense matched to P* is the size widened to that ParScale model's backbone + ParScale "
+    "parameters (is the gain just parameters?); *dense at 1 + k ln P* is widened to what the paper's k = "
+    f"{PAPER_K} says P streams are worth (a difference near 0 is the paper's prediction; *shown* means P is worth "
+    "more than that). Both train on the same tokens with the same schedule."
 )
 SPREAD_TEXT = (
     "Stream spread: RMS distance of each stream's final states from the streams' "
@@ -31,82 +35,109 @@ SPREAD_TEXT = (
 )
 
 
-def _by(rows: list[dict], size: str, kind: str = "parscale") -> dict[int, list[dict]]:
-    out: dict[int, list[dict]] = {}
+# ------------------------------------------------------------------ grouping
+
+
+def arms_of(rows: list[dict], size: str) -> dict[tuple[str, int], dict[int, float]]:
+    """{(kind, P): {seed: val loss}} of one size."""
+    out: dict[tuple[str, int], dict[int, float]] = {}
     for r in rows:
-        if r["size"] == size and r["kind"] == kind:
-            out.setdefault(r["streams"], []).append(r)
+        if r["size"] == size:
+            out.setdefault((r["kind"], r["streams"]), {})[r["seed"]] = r["val_loss"]
     return out
 
 
-def _mean(group: list[dict]) -> float:
-    return sum(r["val_loss"] for r in group) / len(group)
+def sizes_of(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["size"] for r in rows))
 
 
-def _spread(group: list[dict]) -> float | None:
-    """Max - min over seeds (None with one seed)."""
-    values = [r["val_loss"] for r in group]
-    return max(values) - min(values) if len(values) > 1 else None
+def _pair(label: str, a: dict[int, float] | None, b: dict[int, float] | None, margin: float) -> Comparison | None:
+    """a - b over the seeds both arms have (None when they share none)."""
+    seeds = sorted(set(a or {}) & set(b or {}))
+    if not seeds or a is None or b is None:
+        return None
+    return compare(label, [a[s] for s in seeds], [b[s] for s in seeds], margin)
 
 
-def _loss_table(exp, rows: list[dict]) -> list[str]:
-    head = ["size", "N", *(f"P={p}" for p in exp.streams), "seed spread (P=1 / P=max)"]
-    return table(head, (_loss_cells(exp, _by(rows, size), size) for size in exp.bases))
+def comparisons(rows: list[dict], margin: float) -> list[tuple[str, Comparison]]:
+    """(size, comparison) for every size, in this order: each P vs P = 1; each P vs its matched
+    dense control; each P vs one prefix; the largest P vs the dense model at 1 + k ln P (paper's k).
+    A comparison whose arms were not trained is left out."""
+    out = []
+    for size in sizes_of(rows):
+        arms = arms_of(rows, size)
+        streams = sorted(p for kind, p in arms if kind == "parscale")
+        top, one = max(streams), arms.get(("parscale", 1))
+        wanted = [
+            *((f"P={p} vs P=1", arms[("parscale", p)], one) for p in streams if p > 1),
+            *(
+                (f"P={p} vs dense matched to its parameters", arms[("parscale", p)], arms.get(("matched_dense", p)))
+                for p in streams
+                if p > 1
+            ),
+            *(
+                (f"P={p} vs P=1 + one prefix", arms[("parscale", p)], arms.get(("single_prefix", 1)))
+                for p in streams
+                if p > 1
+            ),
+            (
+                f"P={top} vs dense at 1 + {PAPER_K} ln {top} = {1 + PAPER_K * math.log(top):.2f}x",
+                arms[("parscale", top)],
+                arms.get(("paper_k_dense", top)),
+            ),
+        ]
+        out += [(size, c) for label, a, b in wanted if (c := _pair(label, a, b, margin)) is not None]
+    return out
 
 
-def _loss_cells(exp, mine: dict[int, list[dict]], size: str) -> list[str]:
-    base = _mean(mine[1])
-    spreads = " / ".join(number(_spread(mine[p])) for p in (1, max(exp.streams)))
+# ------------------------------------------------------------------ tables
+
+
+def _arm_name(kind: str, p: int) -> str:
+    return ARM_TEXT[kind].format(p=p, k=PAPER_K)
+
+
+def runs_table(rows: list[dict]) -> list[str]:
+    """One line per (size, arm): its parameters, its loss per seed, the mean and the seed sd."""
+    head = "size | arm | backbone N | x size's N | ParScale's own | seeds | val loss per seed | mean | seed sd"
+    return table(head, (_run_cells(rows, size, key) for size in sizes_of(rows) for key in arms_of(rows, size)))
+
+
+def _run_cells(rows: list[dict], size: str, key: tuple[str, int]) -> list[str]:
+    mine = sorted((r for r in rows if r["size"] == size and (r["kind"], r["streams"]) == key), key=lambda r: r["seed"])
+    first, losses = mine[0], [r["val_loss"] for r in mine]
     return [
         size,
-        f"{mine[1][0]['params']:,}",
-        f"{base:.4f}",
-        *(with_delta(_mean(mine[p]), base) for p in exp.streams[1:]),
-        spreads,
+        _arm_name(*key),
+        f"{first['run_params']:,}",
+        f"{first['run_params'] / first['params']:.2f}",
+        f"{first['parscale_params']:,} ({first['parscale_params'] / first['run_params']:.0%})",
+        str(len(mine)),
+        " / ".join(f"{v:.4f}" for v in losses),
+        f"{statistics.fmean(losses):.4f}",
+        number(statistics.stdev(losses) if len(losses) > 1 else None),
     ]
 
 
-def _control_table(exp, rows: list[dict]) -> list[str]:
-    head = "size | P | ParScale: N incl. its own | ParScale loss | matched dense: N | matched dense loss | ParScale - dense"
-    return table(head, (cells for size in exp.bases for cells in _control_rows(rows, size)))
+def comparison_table(found: list[tuple[str, Comparison]]) -> list[str]:
+    head = "size | comparison (a - b) | per seed | mean | 95% interval | verdict"
+    return table(head, (_comparison_cells(size, c) for size, c in found))
 
 
-def _control_rows(rows: list[dict], size: str) -> list[list[str]]:
-    mine, dense = _by(rows, size), _by(rows, size, "matched_dense")
-    return [
-        [
-            size,
-            str(p),
-            f"{mine[p][0]['fit_params']:,}",
-            f"{_mean(mine[p]):.4f}",
-            f"{dense[p][0]['fit_params']:,}",
-            f"{_mean(dense[p]):.4f}",
-            f"{_mean(mine[p]) - _mean(dense[p]):+.4f}",
-        ]
-        for p in sorted(dense)
-    ]
+def _comparison_cells(size: str, c: Comparison) -> list[str]:
+    interval = f"[{c.low:+.4f}, {c.high:+.4f}]" if c.low is not None and c.high is not None else "n/a (one seed)"
+    return [size, c.label, " / ".join(f"{d:+.4f}" for d in c.diffs), f"{c.mean:+.4f}", interval, f"**{c.verdict}**"]
 
 
-def _prefix_table(exp, rows: list[dict]) -> list[str]:
-    top = max(exp.streams)
-    return table(
-        f"size | P=1 | P=1 + one prefix | P={top} | P={top} - (P=1 + one prefix)",
-        (cells for size in exp.bases for cells in _prefix_rows(rows, size, top)),
-    )
-
-
-def _prefix_rows(rows: list[dict], size: str, top: int) -> list[list[str]]:
-    mine, control = _by(rows, size), _by(rows, size, "single_prefix")
-    if 1 not in control:
-        return []
-    one = _mean(control[1])
-    return [[size, f"{_mean(mine[1]):.4f}", f"{one:.4f}", f"{_mean(mine[top]):.4f}", f"{_mean(mine[top]) - one:+.4f}"]]
-
-
-def _stream_table(exp, rows: list[dict]) -> list[str]:
+def _stream_table(rows: list[dict]) -> list[str]:
     """Means over seeds; a diagnostic an older evaluation lacks shows as n/a."""
     head = "size | P | stream spread | weight entropy (ln P) | max mean weight | prefix cosine | diversity gain"
-    groups = ((size, p, group) for size in exp.bases for p, group in sorted(_by(rows, size).items()) if p > 1)
+    groups = (
+        (size, p, [r for r in rows if r["size"] == size and r["kind"] == "parscale" and r["streams"] == p])
+        for size in sizes_of(rows)
+        for kind, p in arms_of(rows, size)
+        if kind == "parscale" and p > 1
+    )
     return table(head, (_stream_cells(size, p, group) for size, p, group in groups))
 
 
@@ -126,14 +157,84 @@ def _stream_cells(size: str, p: int, group: list[dict]) -> list[str]:
     ]
 
 
-def _fit_table(fits: dict) -> list[str]:
-    return table(
-        ["", "ours", f"k fixed at {PAPER_K}"],
-        (
-            [k, f"{getattr(fits['free'], k):.4g}", f"{getattr(fits['paper_k'], k):.4g}"]
-            for k in ("E", "A", "alpha", "k", "huber")
-        ),
+# ------------------------------------------------------------------ the fit
+
+
+def fit_lines(fits: dict | None, sizes: int, top: int) -> list[str]:
+    """The fit's section body: the estimates, k's interval or "not identified", the bound flagged,
+    which parameters the sizes identify; or why there is no fit."""
+    if fits is None:
+        return [
+            f"Not fitted: {sizes} size(s), and the law needs at least 3. The paired comparisons above are this "
+            "experiment's result."
+        ]
+    free, paper = fits["free"], fits["paper_k"]
+    interval, identified = fits["k_interval"], fits["identified"]
+    lines = table(
+        ["", "free k", f"k fixed at {PAPER_K}"],
+        ([k, f"{getattr(free, k):.4g}", f"{getattr(paper, k):.4g}"] for k in ("E", "A", "alpha", "k", "huber")),
     )
+    lines += [
+        "",
+        f"- k = {free.k:.3f}"
+        + (" -- **at the bound** (1 + k ln P ~ 0): a bound, not an estimate" if free.k_at_bound else ""),
+    ]
+    lines.append(f"- {interval.note}")
+    lines.append(
+        "- Identified by these sizes: "
+        + ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in identified.items())
+    )
+    if interval.identified and not free.k_at_bound:
+        lines.append(
+            f"- P={top} is worth {_worth(free.k, top)} its backbone ({_worth(interval.low, top)} to {_worth(interval.high, top)}); the paper's k: {_worth(PAPER_K, top)}."
+        )
+    return lines
+
+
+def _worth(k: float | None, p: int) -> str:
+    return "n/a" if k is None else f"{1 + k * math.log(p):.2f}x"
+
+
+# ------------------------------------------------------------------ figures
+
+
+def plot(rows: list[dict], found: list[tuple[str, Comparison]], fit: LawFit | None, path: Path) -> Path:
+    """Left: loss against P per size (each seed a dot, the mean a line, the fitted law dashed).
+    Right: each paired difference with its 95% interval, the margin -d dotted."""
+    fig, (by_p, diffs) = two_panels()
+    for size in sizes_of(rows):
+        arms = arms_of(rows, size)
+        streams = sorted(p for kind, p in arms if kind == "parscale")
+        means = [statistics.fmean(arms[("parscale", p)].values()) for p in streams]
+        (line,) = by_p.plot(streams, means, "o-", label=size)
+        for p in streams:
+            seeds = list(arms[("parscale", p)].values())
+            by_p.plot([p] * len(seeds), seeds, ".", color=line.get_color(), alpha=0.5)
+        if fit is not None:
+            n = next(r["params"] for r in rows if r["size"] == size)
+            grid = [1 + i * (max(streams) - 1) / 60 for i in range(61)]
+            by_p.plot(grid, [fit.predict(n, p) for p in grid], "--", color=line.get_color(), linewidth=1)
+    by_p.set(xscale="log", xlabel="parallel streams P", ylabel="validation loss", title="loss vs P per size")
+    ticks = sorted({r["streams"] for r in rows if r["kind"] == "parscale"})
+    by_p.set_xticks(ticks, [str(p) for p in ticks])
+    by_p.minorticks_off()
+    _forest(diffs, found)
+    return save(fig, (by_p, diffs), path)
+
+
+def _forest(ax, found: list[tuple[str, Comparison]]) -> None:
+    labels = [f"{size}: {c.label}" for size, c in found]
+    for y, (_, c) in enumerate(found):
+        ax.plot(c.diffs, [y] * len(c.diffs), ".", color="grey", alpha=0.6)
+        if c.low is not None and c.high is not None:
+            ax.plot([c.low, c.high], [y, y], "-", color="C0")
+        ax.plot([c.mean], [y], "o", color="C0", label="mean, 95% interval" if y == 0 else None)
+    ax.axvline(0, color="black", linewidth=0.8)
+    if found:
+        ax.axvline(-found[0][1].margin, color="black", linestyle=":", linewidth=0.8, label="-d")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()  # the report's order, top down
+    ax.set(xlabel="paired difference a - b (nats; < 0: a better)", title="comparisons over seeds")
 
 
 def stream_curves(exp) -> dict[str, list[dict]]:
@@ -160,72 +261,31 @@ def plot_streams(curves: dict[str, list[dict]], path: Path) -> Path:
     return save(fig, (spread, gain), path)
 
 
-def targets(exp, rows: list[dict], fits: dict) -> list[str]:
-    """The issue's from-scratch targets, each stated as held or not, with the numbers."""
-    free = fits["free"]
-    interval = k_interval(fits["bootstrap_k"])
-    around = (
-        f" (90% of {len(fits['bootstrap_k'])} seed-bootstrap refits in [{interval[0]:.3f}, {interval[1]:.3f}])"
-        if interval
-        else ""
+# ------------------------------------------------------------------ the report
+
+
+def setup_text(exp) -> str:
+    cfg, sc = exp.cfg, exp.cfg.scaling
+    sch = cfg.schedule
+    budget = (
+        f"the same {sc.tokens:,} tokens (every size, every arm)"
+        if sc.tokens is not None
+        else f"{sc.tokens_per_param:g} tokens per backbone non-embedding parameter of its size"
     )
-    return [
-        *(_size_target(exp, rows, size) for size in exp.bases),
-        f"- Fitted k = {free.k:.3f}{around}; the paper's k = {PAPER_K}. P=8 is worth "
-        f"{free.param_multiplier(8):.2f}x parameters here (paper ~1.8x).",
-    ]
-
-
-def _size_target(exp, rows: list[dict], size: str) -> str:
-    """One size: whether loss falls strictly with P, by how many seed spreads, and whether the
-    largest P beats its parameter-matched dense model and one learned prefix."""
-    top = max(exp.streams)
-    mine, dense, control = _by(rows, size), _by(rows, size, "matched_dense"), _by(rows, size, "single_prefix")
-    means = [_mean(mine[p]) for p in exp.streams]
-    strict = all(a > b for a, b in pairwise(means))
-    gap = means[0] - means[-1]
-    spread = max((s for s in (_spread(mine[1]), _spread(mine[top])) if s is not None), default=None)
-    line = (
-        f"- **{size}**: loss falls strictly with P: {'yes' if strict else 'no'} "
-        f"({' > '.join(f'{m:.4f}' for m in means)}); P=1 - P={top} = {gap:+.4f}"
-    )
-    if spread is not None:
-        met = "met" if gap >= 3 * spread else "not met"
-        line += f", {gap / spread:.1f}x the seed spread {spread:.4f} (target >= 3x: {met})"
-    if top in dense:
-        line += f"; P={top} vs its parameter-matched dense: {_versus(mine[top], dense[top])}"
-    if 1 in control:
-        line += f"; vs P=1 + one prefix: {_versus(mine[top], control[1])}"
-    return line + "."
-
-
-def _versus(ours: list[dict], other: list[dict]) -> str:
-    diff = _mean(ours) - _mean(other)
-    return f"{diff:+.4f} ({'beats it' if diff < 0 else 'does not beat it'})"
-
-
-def _setup(exp) -> str:
-    sc, cfg = exp.cfg.scaling, exp.cfg
+    depths = sorted({b.config.model.num_layers for b in exp.bases.values()})
+    axis = f"width at {depths[0]} layers" if sc.axis == "width" else f"depth ({', '.join(map(str, depths))} layers)"
     return config_line(exp.path, exp.overrides) + (
-        f". Every P = {', '.join(map(str, exp.streams))} trained from initialisation on "
-        f"{sc.tokens_per_param:g} tokens per non-embedding parameter of its size, the same data order and "
-        f"schedule; {sc.seeds} seeds at P = 1 and P = {max(exp.streams)}; validation on the same "
-        f"{cfg.eval.max_batches} batches for every run of a size. Measured on: {hardware()}."
+        f". The sizes vary {axis}. Every run trains from initialisation on {budget}, with one schedule: warmup "
+        f"{sch.warmup_tokens:,} tokens, {sch.decay_style} decay over {sch.decay_fraction:.0%} of the steps to "
+        f"{sch.min_lr_ratio:g} x the peak LR {cfg.optimizer.lr:g}. {sc.seeds} seed(s) of every arm: seed i is "
+        f"run.seed + i for every arm, which fixes the backbone's initialisation and the data order (ParScale's "
+        f"prefixes and aggregator draw from their own stream). Validation on the same {cfg.eval.max_batches} "
+        f"batches for every run of a size. N is the backbone's non-embedding parameters; ParScale's own "
+        f"(prefixes + aggregator) are listed beside each run and are not in N. Measured on: {hardware()}."
     )
 
 
-def _controls(exp, rows: list[dict]) -> list[str]:
-    """The sections of the controls the experiment trained: parameter-matched dense, one prefix."""
-    kinds, lines = {r["kind"] for r in rows}, []
-    if "matched_dense" in kinds:
-        lines += section("Against dense models with the same parameters", CONTROL_TEXT, _control_table(exp, rows))
-    if "single_prefix" in kinds:
-        lines += section("Against one learned prefix", PREFIX_TEXT, _prefix_table(exp, rows))
-    return lines
-
-
-def _streams(exp, rows: list[dict]) -> list[str]:
-    """The stream diagnostics, with their curves over training where the runs recorded them."""
+def _streams_section(exp, rows: list[dict]) -> list[str]:
     curves = stream_curves(exp)
     figure = any(curves.values())
     if figure:
@@ -233,43 +293,52 @@ def _streams(exp, rows: list[dict]) -> list[str]:
     return section(
         "The streams",
         SPREAD_TEXT,
-        _stream_table(exp, rows),
+        _stream_table(rows),
         f"Over training, size {list(exp.bases)[-1]} (every evaluation, `eval.interval_steps`):" if figure else None,
         "![stream spread and diversity gain against tokens](streams.png)" if figure else None,
     )
 
 
 def write_report(exp, console) -> Path:
-    out = exp.report_dir
+    out, margin = exp.report_dir, exp.cfg.scaling.margin
     rows = exp.results()
     fits = exp.fits(rows)
-    means = [
-        {"size": s, "params": g[0]["params"], "streams": p, "val_loss": _mean(g)}
-        for s in exp.bases
-        for p, g in _by(rows, s).items()
-    ]
-    plot(means, fits["free"], out / "scaling.png")
+    found = comparisons(rows, margin)
+    plot(rows, found, fits["free"] if fits else None, out / "scaling.png")
     lines = [
-        *section(f"{exp.cfg.run.name}: the parallel scaling law, trained from scratch", _setup(exp), level=1),
-        *section("Validation loss (mean over seeds; difference to P=1 in brackets)", _loss_table(exp, rows)),
-        *_controls(exp, rows),
-        *_streams(exp, rows),
+        *section(f"{exp.cfg.run.name}: the parallel scaling law, trained from scratch", setup_text(exp), level=1),
+        *section("Runs", CONTROL_TEXT, runs_table(rows)),
+        *section(
+            "Paired comparisons",
+            verdict_rule(margin),
+            comparison_table(found),
+            "![loss vs P, and the paired differences](scaling.png)",
+        ),
+        *_streams_section(exp, rows),
         *section(
             "Fitted law: L = E + (A / (N (k ln P + 1)))^alpha",
-            f"Huber (delta {exp.cfg.scaling.huber_delta:g}) on log L of the seed means; N counts ParScale's own "
-            "parameters. Curves in the plot are drawn at the dense N of each size.",
-            _fit_table(fits),
-            "![loss vs N and P with the fitted law](scaling.png)",
+            f"Huber (delta {exp.cfg.scaling.huber_delta:g}) on log L of the ParScale runs' seed means, N the "
+            "backbone's non-embedding parameters, k free.",
+            fit_lines(fits, len(exp.bases), max(exp.streams)),
         ),
-        *section("Targets", targets(exp, rows, fits)),
     ]
-    write_json(
-        out / "results.json",
-        {
-            "mode": "from_scratch",
-            "rows": rows,
-            "fits": {k: fits[k].as_dict() for k in ("free", "paper_k")} | {"bootstrap_k": fits["bootstrap_k"]},
-            "hardware": hardware(),
-        },
-    )
+    write_json(out / "results.json", results_json(rows, found, fits, margin))
     return write_markdown(out / "scaling.md", lines)
+
+
+def results_json(rows: list[dict], found: list[tuple[str, Comparison]], fits: dict | None, margin: float) -> dict:
+    return {
+        "mode": "from_scratch",
+        "rows": rows,
+        "margin": margin,
+        "comparisons": [{"size": size, **c.as_dict()} for size, c in found],
+        "fits": None
+        if fits is None
+        else {
+            "free": fits["free"].as_dict(),
+            "paper_k": fits["paper_k"].as_dict(),
+            "k_interval": fits["k_interval"].as_dict(),
+            "identified": fits["identified"],
+        },
+        "hardware": hardware(),
+    }

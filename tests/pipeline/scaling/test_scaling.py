@@ -8,7 +8,6 @@ import json
 import math
 import random
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -78,8 +77,10 @@ def test_decode_memory_is_weights_plus_the_kv_cache_of_every_stream():
 
 
 def test_scaling_config_needs_three_sizes_and_p1(write_yaml):
+    # two_stage; from_scratch takes one size or more (tests/pipeline/scaling/test_from_scratch.py)
     sizes = [{"name": f"s{i}", "hidden_size": 32 * (i + 1)} for i in range(2)]
-    path = write_yaml("bad.yaml", yaml.safe_dump({"scaling": {"sizes": sizes, "streams": [2, 4, 8]}}))
+    scaling = {"mode": "two_stage", "sizes": sizes, "streams": [2, 4, 8]}
+    path = write_yaml("bad.yaml", yaml.safe_dump({"scaling": scaling}))
     proc = cli("config", str(path))
     assert proc.returncode == 2
     assert "scaling.sizes" in proc.stderr and "at least 3" in proc.stderr
@@ -178,118 +179,6 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     again = run_cli("scaling", str(config), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not _trained(again.stdout) and "measuring decode" not in again.stdout
-
-
-def _tiny_from_scratch(tmp_path, **scaling) -> Path:
-    cfg = {
-        **_tiny_base(tmp_path, "tiny-fs", layers=2),
-        "parscale": {"prefix_len": 2},
-        "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
-        "optimizer": {"lr": 3e-3},
-        "schedule": {"warmup_tokens": 64},
-        "train": {"tokens": 1000},
-        "checkpoint": {"interval_steps": 100},  # tokens: set per size by the experiment
-        "eval": {"interval_steps": 1, "max_batches": 2},
-        "logging": {"interval_steps": 10, "wandb_mode": "disabled"},
-        "scaling": {
-            "sizes": [
-                {"name": "a"},
-                {"name": "b", "hidden_size": 24, "ffn_hidden_size": 48},
-                {"name": "c", "hidden_size": 32, "ffn_hidden_size": 64},
-            ],
-            "streams": [1, 2, 4],
-            "tokens_per_param": 0.05,
-            "seeds": 2,
-            "bootstrap": 5,
-            **scaling,
-        },
-    }
-    config = tmp_path / "fs.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    return config
-
-
-def test_from_scratch_plan_trains_every_p_from_init_on_equal_tokens_with_seeds_and_matched_controls(tmp_path):
-    from pipeline.config import load_config
-    from pipeline.model.counting import parameter_counts
-    from pipeline.scaling.from_scratch import FromScratchExperiment
-
-    config = _tiny_from_scratch(tmp_path)
-    exp = FromScratchExperiment(load_config(config), dry_run=True)
-    names = {(r.size, r.name) for r in exp.runs}
-    assert names == {
-        (s, n)
-        for s in "abc"
-        for n in (
-            "p1-seed0",
-            "p1-seed1",
-            "p2-seed0",
-            "p4-seed0",
-            "p4-seed1",
-            "dense-matched-p2",
-            "dense-matched-p4",
-            "p1-prefix",
-        )
-    }
-    for size in "abc":
-        mine = [r for r in exp.runs if r.size == size]
-        cfgs = [r.loaded.config for r in mine]
-        n = parameter_counts(exp.bases[size].config.model, exp.bases[size].config.parscale, 1).non_embedding
-        assert {c.train.tokens for c in cfgs} == {math.ceil(0.05 * n)}  # one budget per size
-        assert all(c.train.init_from is None and c.train.skip_tokens == 0 for c in cfgs)
-        seeds = {r.name: r.loaded.config.run.seed for r in mine}
-        assert seeds["p1-seed0"] == seeds["p2-seed0"] == seeds["p4-seed0"] == 3 and seeds["p4-seed1"] == 4
-        for r in mine:
-            if r.kind == "single_prefix":
-                assert r.loaded.config.parscale.single_prefix and r.loaded.config.parscale.streams == 1
-            if r.kind == "matched_dense":  # widened to the ParScale model's parameters, within 10%
-                ours = next(x for x in mine if x.kind == "parscale" and x.streams == r.streams)
-                dense_n = parameter_counts(
-                    exp.bases[size].config.model, exp.bases[size].config.parscale, 1
-                ).non_embedding
-                assert r.loaded.config.parscale.streams == 1 and r.fit_params > dense_n
-                assert abs(r.fit_params / ours.fit_params - 1) < 0.1
-    # the fit takes the seed means, with N counting ParScale's own parameters; the bootstrap refits over seeds
-    law = {"E": 1.5, "A": 2e4, "alpha": 0.5, "k": 0.4}
-    rows = []
-    for r in exp.runs:
-        if r.kind == "parscale":
-            loss = law["E"] + (law["A"] / (r.fit_params * (law["k"] * math.log(r.streams) + 1))) ** law["alpha"]
-            rows.append(
-                {
-                    "size": r.size,
-                    "kind": r.kind,
-                    "streams": r.streams,
-                    "fit_params": r.fit_params,
-                    "val_loss": loss + (0.002 if r.seed else -0.002),
-                }
-            )  # two seeds average to the law
-    fits = exp.fits(rows)
-    assert fits["free"].k == pytest.approx(0.4, abs=0.05) and len(fits["bootstrap_k"]) == 5
-    assert fits["bootstrap_k"] == sorted(fits["bootstrap_k"]) and fits["paper_k"].k == PAPER_K
-
-
-@pytest.mark.multiprocess
-def test_from_scratch_end_to_end_on_tiny_models(tmp_path):
-    # the controls and the second seed are the plan test's
-    config = _tiny_from_scratch(tmp_path, matched_dense=False, prefix_control=False, seeds=1)
-    proc = run_cli("scaling", str(config), timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = tmp_path / "exp" / "report" / "scaling.md"
-    results = json.loads((report.parent / "results.json").read_text())
-    assert results["mode"] == "from_scratch"
-    runs = sorted((r["size"], r["streams"], r["seed"]) for r in results["rows"])
-    assert runs == sorted((s, p, 0) for s in "abc" for p in (1, 2, 4))
-    assert _trained(proc.stdout)
-    assert all(r["fit_params"] > r["params"] for r in results["rows"] if r["streams"] > 1)
-    assert len(results["fits"]["bootstrap_k"]) == 5 and math.isfinite(results["fits"]["free"]["k"])
-    text = report.read_text()
-    assert "## Targets" in text and "seed spread" in text and "bootstrap" in text
-    assert (report.parent / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "![stream spread and diversity gain against tokens](streams.png)" in text
-    assert (report.parent / "streams.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = run_cli("scaling", str(config), timeout=600)
-    assert again.returncode == 0 and not _trained(again.stdout)
 
 
 def test_the_two_stage_budget_is_where_the_ordering_appears_and_then_holds():
