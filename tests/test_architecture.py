@@ -72,7 +72,7 @@ ONE_PLACE = [
         "pipeline/config/run_paths.py",
     ),
     ("the padding id of a tokenizer without one", r"max\([\w.]*pad_id, 0\)", "data_prep/text_tokenizer.py"),
-    ("steps from a token budget", r"math\.ceil\([^)]*\.tokens\b", "pipeline/config/training.py"),
+    ("steps from a token budget", r"math\.ceil\([^)]*\.tokens\s*/", "pipeline/config/training.py"),
     ("the config arguments of a command", r"def add_config_args", "pipeline/config/cli_args.py"),
     (
         "the validation loss loop",

@@ -71,6 +71,19 @@ class ScalingConfig(StrictModel):
         description="two_stage: stage-2 tokens per non-embedding parameter of each size (None: "
         "stage2.tokens for every size).",
     )
+    stage2_fraction: float | None = Field(
+        None,
+        gt=0,
+        description="two_stage: stage-2 tokens as a fraction of stage 1's (train.tokens), the same at every "
+        "size; None: stage2.tokens (or stage2_tokens_per_param where set).",
+    )
+    stage2_seeds: int = Field(
+        2,
+        ge=1,
+        description="two_stage: stage-2 seeds at the largest size, at every P (seed i: the ParScale tensors from "
+        "run.seed + i, the stage-2 data i budgets further on, the same stage 1 and validation batches); the "
+        "report says where the P ordering appears only where every P has >= 2.",
+    )
     seeds: int = Field(
         2,
         ge=1,
@@ -142,6 +155,11 @@ class ScalingConfig(StrictModel):
     def _budget(self) -> ScalingConfig:
         """from_scratch: one budget, the absolute one or the per-parameter one; the controls' P are trained."""
         if self.mode != "from_scratch":
+            if self.stage2_fraction is not None and self.stage2_tokens_per_param is not None:
+                raise ValueError(
+                    "set one of scaling.stage2_fraction (the same share of stage 1 at every size) and "
+                    "scaling.stage2_tokens_per_param, not both"
+                )
             return self
         if (self.tokens is None) == (self.tokens_per_param is None):
             given = "both are set" if self.tokens is not None else "neither is set"

@@ -22,14 +22,13 @@ MIN_SEEDS = 2  # seeds of every P at a point before the report says the ordering
 
 
 def stage2_fraction(scaling) -> float | None:
-    """``scaling.stage2_fraction`` (stage-2 tokens as a fraction of ``train.tokens``), None where the
-    config has no such key yet or leaves it unset."""
-    return getattr(scaling, "stage2_fraction", None)
+    """``scaling.stage2_fraction`` (stage-2 tokens as a fraction of ``train.tokens``), None where unset."""
+    return scaling.stage2_fraction
 
 
 def stage2_seeds(scaling) -> int:
-    """``scaling.stage2_seeds``: stage-2 seeds at the largest size (2 where the config has no such key yet)."""
-    return int(getattr(scaling, "stage2_seeds", 2))
+    """``scaling.stage2_seeds``: stage-2 seeds at the largest size."""
+    return scaling.stage2_seeds
 
 
 def _val_losses(loaded) -> dict[int, float]:

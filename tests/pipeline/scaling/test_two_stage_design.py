@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.config.scaling import ScalingConfig
 from pipeline.scaling.budget import budget_lines, claimable, finding, point, stage2_seeds
 from pipeline.scaling.experiment import ScalingExperiment
 from pipeline.scaling.law import LawFit
@@ -98,7 +97,6 @@ def test_a_budget_per_parameter_is_flagged_as_a_ratio_that_differs_by_size(tmp_p
     assert "as a fraction of stage 1 it differs across sizes" in text
 
 
-@pytest.mark.skipif("stage2_fraction" not in ScalingConfig.model_fields, reason="scaling.stage2_fraction not added yet")
 def test_stage2_fraction_sets_the_tokens_from_stage1(tmp_path):
     exp = _experiment(tmp_path, stage2_fraction=0.5)
     assert {job.cfg.stage2.tokens for job in exp.jobs.values()} == {500}
