@@ -101,9 +101,13 @@ def _dynamo_limit_names() -> tuple[str, str, type[Exception]]:
     """Dynamo's names for (the recompile limit, failing when it is hit, the error then raised):
     torch 2.7 renamed ``cache_size_limit`` / ``fail_on_cache_limit_hit`` / ``FailOnCacheLimitHit``."""
     config, exc = torch._dynamo.config, torch._dynamo.exc
-    if hasattr(config, "recompile_limit"):
-        return "recompile_limit", "fail_on_recompile_limit_hit", exc.FailOnRecompileLimitHit
-    return "cache_size_limit", "fail_on_cache_limit_hit", exc.FailOnCacheLimitHit
+    new_names = hasattr(config, "recompile_limit")
+    limit_hit = getattr(exc, "FailOnRecompileLimitHit", None) or getattr(exc, "FailOnCacheLimitHit", None)
+    return (
+        "recompile_limit" if new_names else "cache_size_limit",
+        "fail_on_recompile_limit_hit" if new_names else "fail_on_cache_limit_hit",
+        limit_hit or RecompileLimitError,
+    )
 
 
 def _compiled_fn(name: str):
