@@ -166,10 +166,14 @@ def test_on_a_torch_without_per_compile_limits_the_limit_is_raised_process_wide(
 
     monkeypatch.setattr(torch, "compile", old_compile)
     config = torch._dynamo.config
-    monkeypatch.setattr(config, "recompile_limit", 2)
-    cube = flex.limited_compile(lambda x: x * x * x, "cube", 3, backend="eager", dynamic=False)
-    assert config.recompile_limit == 3  # raised for this process (never lowered)
-    for n in (1, 2, 3):
-        assert cube(torch.ones(n)).sum().item() == n
-    with pytest.raises(flex.RecompileLimitError, match="cube was compiled for 3"):
-        cube(torch.ones(4))
+    # config.patch, not monkeypatch: pytest 9's undo deletes a module attribute missing from the
+    # module's __dict__, and deleting a dynamo config hides it for the rest of the process
+    before = config.recompile_limit
+    with config.patch(recompile_limit=2):
+        cube = flex.limited_compile(lambda x: x * x * x, "cube", 3, backend="eager", dynamic=False)
+        assert config.recompile_limit == 3  # raised for this process (never lowered)
+        for n in (1, 2, 3):
+            assert cube(torch.ones(n)).sum().item() == n
+        with pytest.raises(flex.RecompileLimitError, match="cube was compiled for 3"):
+            cube(torch.ones(4))
+    assert config.recompile_limit == before and not config._config["recompile_limit"].hide
