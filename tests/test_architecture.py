@@ -192,3 +192,17 @@ def test_the_cli_starts_without_importing_torch_or_the_heavy_libraries():
     code = f"import sys, pipeline.cli; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_the_launcher_agent_and_hostlist_start_without_megatron_or_deepspeed():
+    """``torchrun_main`` runs before every set of ranks and ``hostlist`` in the SLURM scripts: the
+    distributed package's names load their module on first use, so neither pays for megatron-core."""
+    code = (
+        "import sys, pipeline.distributed.torchrun_main, pipeline.distributed.hostlist; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'megatron', 'deepspeed'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    from pipeline.distributed import MegatronMPU, single_process
+
+    assert MegatronMPU.__module__ == "pipeline.distributed.mpu" and callable(single_process)

@@ -221,3 +221,13 @@ def destroy_distributed() -> None:
     import deepspeed.comm.comm as ds_comm
 
     ds_comm.cdb = None
+
+
+@contextlib.contextmanager
+def distributed_world(cfg: JobConfig, error_at: ErrorAt = key_error) -> Iterator[ParallelContext]:
+    """The process groups of ``cfg.parallel`` for the block: brought up on entry, torn down on exit
+    (also after an error, or a start that failed halfway), so the process can run another world."""
+    try:
+        yield init_distributed(cfg, error_at)
+    finally:
+        destroy_distributed()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.process import run_cli
+from helpers.scaling import tiny_scaling_base
 
 from pipeline.config import load_config
 from pipeline.config.errors import ConfigError
@@ -30,24 +31,7 @@ WIDTHS = [
 
 
 def _config(tmp_path: Path, schedule: dict | None = None, **scaling) -> Path:
-    cfg = {
-        "run": {"name": "tiny-fs", "output_dir": str(tmp_path / "exp"), "seed": 3},
-        "data": {
-            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
-            "output_dir": str(tmp_path / "data"),
-            "val_fraction": 0.2,
-        },
-        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
-        "packing": {"seq_len": 32},
-        "model": {
-            "num_layers": 2,
-            "hidden_size": 16,
-            "ffn_hidden_size": 32,
-            "num_attention_heads": 2,
-            "num_kv_heads": 1,
-            "max_seq_len": 64,
-            "pad_vocab_to_multiple_of": 8,
-        },
+    cfg = tiny_scaling_base(tmp_path, "tiny-fs", layers=2) | {
         "parscale": {"prefix_len": 2},
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
         "optimizer": {"lr": 3e-3},

@@ -12,6 +12,7 @@ import re
 import pytest
 import yaml
 from helpers.process import cli, run_cli
+from helpers.scaling import tiny_scaling_base
 
 from pipeline.config.model import ModelConfig, ParScaleConfig
 from pipeline.distributed import single_process
@@ -92,33 +93,10 @@ def _trained(stdout: str) -> bool:
     return re.search(r"^training \d+ steps x", stdout, re.M) is not None
 
 
-def _tiny_base(tmp_path, name: str, layers: int) -> dict:
-    """What both tiny experiments share: the json package as corpus, 16-wide models, one process."""
-    return {
-        "run": {"name": name, "output_dir": str(tmp_path / "exp"), "seed": 3},
-        "data": {
-            "sources": [{"type": "stdlib", "glob": "json/*.py"}],
-            "output_dir": str(tmp_path / "data"),
-            "val_fraction": 0.2,
-        },
-        "tokenizer": {"vocab_size": 400, "sample_docs": 40},
-        "packing": {"seq_len": 32},
-        "model": {
-            "num_layers": layers,
-            "hidden_size": 16,
-            "ffn_hidden_size": 32,
-            "num_attention_heads": 2,
-            "num_kv_heads": 1,
-            "max_seq_len": 64,
-            "pad_vocab_to_multiple_of": 8,
-        },
-    }
-
-
 @pytest.mark.multiprocess
 def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     cfg = {
-        **_tiny_base(tmp_path, "tiny-scaling", layers=1),
+        **tiny_scaling_base(tmp_path, "tiny-scaling", layers=1),
         "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "data_parallel_size": 1},
         "optimizer": {"lr": 3e-3},
         "schedule": {"warmup_tokens": 64},
@@ -196,7 +174,7 @@ def test_a_stage2_budget_per_parameter_gives_each_size_its_tokens_and_the_report
     from pipeline.scaling.report import _stage2_budget
 
     config = tmp_path / "budget.yaml"
-    cfg = _tiny_base(tmp_path, "budget", layers=1) | {
+    cfg = tiny_scaling_base(tmp_path, "budget", layers=1) | {
         "train": {"tokens": 512},
         "stage2": {"parscale": {"streams": 2, "prefix_len": 2}, "tokens": 999},
         "scaling": {
