@@ -113,7 +113,7 @@ class ScalingConfig(StrictModel):
     margin: float = Field(
         0.01,
         gt=0,
-        description="from_scratch: d, the smallest gain in validation loss (nats) worth having: a comparison "
+        description="d, the smallest gain in validation loss (nats) worth having: a comparison "
         "whose 95% interval lies above -d rules the gain out.",
     )
     huber_delta: float = Field(1e-3, gt=0, description="Huber loss threshold on log L residuals (the paper's fit).")

@@ -24,7 +24,7 @@ from ..mainjob.stages import MainJob, stage2_key
 from ..model.counting import parameter_counts
 from .budget import stage2_fraction, stage2_seeds
 from .inference_cost import compare, non_embedding
-from .law import PAPER_K, LawFit, Point, fit_law
+from .law import PAPER_K, Point, fit_law, identified_parameters, profile_k
 from .report import write_report
 
 
@@ -139,10 +139,18 @@ class ScalingExperiment:
                 )
         return rows
 
-    def fits(self, rows: list[dict]) -> dict[str, LawFit]:
+    def fits(self, rows: list[dict]) -> dict:
+        """The law on the (size, P) seed means, N the non-embedding parameters at P = 1: free (k down
+        to its bound, flagged when hit) and with the paper's k, k's profile interval (or "not
+        identified") and which of E, A, alpha, k the sizes identify."""
         points = [Point(r["params"], r["streams"], r["val_loss"]) for r in rows]
         delta = self.cfg.scaling.huber_delta
-        return {"free": fit_law(points, delta), "paper_k": fit_law(points, delta, fixed_k=PAPER_K)}
+        return {
+            "free": fit_law(points, delta),
+            "paper_k": fit_law(points, delta, fixed_k=PAPER_K),
+            "k_interval": profile_k(points, delta),
+            "identified": identified_parameters(points, delta),
+        }
 
     def inference(self, k_values: list[float]) -> list[dict]:
         """Decode cost of the largest size at each P against its dense equivalent, per k."""

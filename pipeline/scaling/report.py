@@ -1,5 +1,6 @@
-"""The scaling experiment's report: ``report/scaling.md`` (loss table, fitted law beside the
-paper's, inference cost beside the paper's), ``report/scaling.png`` (loss against N for each P and
+"""The two-stage scaling experiment's report: ``report/scaling.md`` (loss table, paired comparisons
+with their intervals and verdicts, fitted law beside the paper's with k's profile interval,
+inference cost beside the paper's), ``report/scaling.png`` (loss against N for each P and
 against P for each size, with the fitted curves), ``report/results.json`` (every number)."""
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from ..utils.hardware import hardware
 from ..utils.plots import save, two_panels
 from ..utils.report_format import config_line, number, section, table, with_delta, write_json, write_markdown
 from .budget import budget_curve, budget_lines, stage2_fraction
+from .from_scratch_report import comparison_table
 from .inference_cost import PAPER
 from .law import PAPER_K, LawFit
+from .stats import Comparison, compare, verdict_rule
 
 NOISE = 0.1  # latency increases under 10% of the P=1 latency are within this CPU's run-to-run noise
 K_MIN_FOR_COST = 0.01  # below it the "dense equivalent" is the model itself and the ratios mean nothing
@@ -92,6 +95,28 @@ def _seed_lines(rows: list[dict]) -> list[str]:
     ]
 
 
+def paired_comparisons(rows: list[dict], margin: float) -> list[tuple[str, Comparison]]:
+    """(size, comparison) for every size: each P > 1 against P = 1 (the dense model continued) over the
+    stage-2 seeds the size has (seed i of every P: the same stage 1, stage-2 data and validation
+    batches), then against P = 1 with one learned prefix, which runs at seed 0 only (one pair: no
+    interval, so inconclusive by the rule)."""
+    out = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        mine = {r["streams"]: r for r in rows if r["size"] == size}
+        base, streams = mine[1], sorted(p for p in mine if p > 1)
+        out += [
+            (size, compare(f"P={p} vs P=1 (dense continued)", mine[p]["seed_losses"], base["seed_losses"], margin))
+            for p in streams
+        ]
+        prefix = base.get("prefix_control_val_loss")
+        if prefix is not None:
+            out += [
+                (size, compare(f"P={p} vs P=1 + one prefix (seed 0)", mine[p]["seed_losses"][:1], [prefix], margin))
+                for p in streams
+            ]
+    return out
+
+
 def _spread_table(exp, rows: list[dict]) -> list[str]:
     streams = [p for p in exp.streams if p > 1]
     spreads = {(r["size"], r["streams"]): r.get("stream_spread") for r in rows}
@@ -101,7 +126,7 @@ def _spread_table(exp, rows: list[dict]) -> list[str]:
     )
 
 
-def _fit_table(fits: dict[str, LawFit]) -> list[str]:
+def _fit_table(fits: dict) -> list[str]:
     free, fixed = fits["free"], fits["paper_k"]
     return table(
         ["", "ours: all free", "ours: k fixed at the paper's", "paper"],
@@ -161,7 +186,7 @@ def _falls_with_p(rows: list[dict], size: str) -> bool:
     return all(a > b for a, b in pairwise(losses))
 
 
-def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[dict]) -> list[str]:
+def _findings(exp, rows: list[dict], fits: dict, inference: list[dict]) -> list[str]:
     monotone = [name for name in exp.jobs if _falls_with_p(rows, name)]
     out = [
         f"- Loss falls with every doubling of P at {len(monotone)} of {len(exp.jobs)} sizes"
@@ -182,21 +207,37 @@ def _findings(exp, rows: list[dict], fits: dict[str, LawFit], inference: list[di
     return out + _memory_finding(inference)
 
 
-def _fit_finding(rows: list[dict], fits: dict[str, LawFit]) -> str:
-    """The fitted k, never as what P is worth: no interval comes with it here (most cells have one
-    seed), and a degenerate fit (E at ~0, or k on its bound) is named as such."""
-    free, fixed = fits["free"], fits["paper_k"]
+def _fit_finding(rows: list[dict], fits: dict) -> str:
+    """The fitted k with its profile interval, or "not identified"; a degenerate fit (E at ~0, or k on
+    its bound) is named as such, and P is priced only from an identified, non-degenerate fit."""
+    free, fixed, interval = fits["free"], fits["paper_k"], fits["k_interval"]
     flags = []
     if getattr(free, "k_at_bound", False):
         flags.append("k sits on its bound (a bound, not an estimate)")
     if free.E < 0.01 * min(r["val_loss"] for r in rows):
         flags.append(f"E went to ~0 ({free.E:.2g}) with alpha {free.alpha:.3f}: the fit is degenerate")
+    top = max(r["streams"] for r in rows)
+    if flags or not interval.identified:
+        worth = "not a measure of what P is worth"
+    else:
+        worth = (
+            f"P={top} worth {free.param_multiplier(top):.2f}x its parameters "
+            f"({1 + interval.low * math.log(top):.2f}x to {1 + interval.high * math.log(top):.2f}x)"
+        )
     caution = "; ".join(flags) + "; " if flags else ""
     return (
-        f"- Fitted k = {free.k:.3f} (paper {PAPER_K}); {caution}no interval (one seed in most cells), so not a "
-        f"measure of what P is worth. With k fixed at {PAPER_K} the fit's Huber objective is "
-        f"{fixed.huber / max(free.huber, 1e-300):.1f}x the free fit's."
+        f"- Fitted k = {free.k:.3f} (paper {PAPER_K}); {interval.note}; {caution}{worth}. With k fixed at "
+        f"{PAPER_K} the fit's Huber objective is {fixed.huber / max(free.huber, 1e-300):.1f}x the free fit's."
     )
+
+
+def _fit_lines(fits: dict) -> list[str]:
+    """Under the fit table: k's interval and which parameters the sizes identify."""
+    return [
+        f"- {fits['k_interval'].note}",
+        "- Identified by these sizes: "
+        + ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in fits["identified"].items()),
+    ]
 
 
 def _best_gain(rows: list[dict], size: str) -> str:
@@ -287,6 +328,8 @@ def write_report(exp, console) -> Path:
     out = exp.report_dir
     rows = exp.results()
     fits = exp.fits(rows)
+    margin = exp.cfg.scaling.margin
+    found = paired_comparisons(rows, margin)
     inference = _inference(exp, fits["free"], console)
     plot(rows, fits["free"], out / "scaling.png")
     budget = budget_curve(exp)
@@ -294,7 +337,14 @@ def write_report(exp, console) -> Path:
         out / "results.json",
         {
             "rows": rows,
-            "fits": {k: f.as_dict() for k, f in fits.items()},
+            "margin": margin,
+            "comparisons": [{"size": size, **c.as_dict()} for size, c in found],
+            "fits": {
+                "free": fits["free"].as_dict(),
+                "paper_k": fits["paper_k"].as_dict(),
+                "k_interval": fits["k_interval"].as_dict(),
+                "identified": fits["identified"],
+            },
             "inference": inference,
             "budget": budget,
             "paper": {"k": PAPER_K, **PAPER},
@@ -310,6 +360,12 @@ def write_report(exp, console) -> Path:
             *section(f"{exp.cfg.run.name}: the parallel scaling law at small scale", _setup(exp), level=1),
             *section("Validation loss (difference to P=1 in brackets)", _loss_table(exp, rows), *_seed_lines(rows)),
             *section(
+                "Paired comparisons",
+                verdict_rule(margin),
+                "Stage-2 seeds share stage 1; seed i of every P reads the same stage-2 data.",
+                comparison_table(found),
+            ),
+            *section(
                 "Stage-2 budget: when the P ordering appears",
                 budget_lines(budget),
                 SPREAD_TEXT,
@@ -319,6 +375,7 @@ def write_report(exp, console) -> Path:
                 "Fitted law: L = E + (A / (N (k ln P + 1)))^alpha",
                 huber,
                 _fit_table(fits),
+                _fit_lines(fits),
                 "![loss vs N and P with the fitted law](scaling.png)",
             ),
             *section(

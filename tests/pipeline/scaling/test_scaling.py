@@ -147,6 +147,10 @@ def test_scaling_command_end_to_end_on_tiny_models(tmp_path):
     seeded = [r for r in results["rows"] if r["size"] == "c"]
     assert all(r["seeds"] == 2 and r["seed_losses"][0] != r["seed_losses"][1] for r in seeded)
     assert all(r["seeds"] == 1 for r in results["rows"] if r["size"] != "c")
+    paired = {(c["size"], c["label"]): c for c in results["comparisons"]}
+    assert len(paired["c", "P=4 vs P=1 (dense continued)"]["diffs"]) == 2 and len(paired) == 3 * 2
+    assert paired["a", "P=2 vs P=1 (dense continued)"]["low"] is None and "## Paired comparisons" in text
+    assert "k_interval" in results["fits"] and set(results["fits"]["identified"]) == {"E", "A", "alpha", "k"}
     assert budget["rows"][-1]["seeds"] == [2, 2, 2] and "not claimed: one seed" not in text
     assert not (tmp_path / "exp" / "c" / "stage2-seed1" / "stage1").exists()
     assert (report.parent / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ import yaml
 from pipeline.config import load_config
 from pipeline.scaling.budget import budget_lines, claimable, finding, point, stage2_seeds
 from pipeline.scaling.experiment import ScalingExperiment
-from pipeline.scaling.law import LawFit
-from pipeline.scaling.report import _fit_finding, _memory_finding, _stage2_budget
+from pipeline.scaling.law import KInterval, LawFit
+from pipeline.scaling.report import _fit_finding, _memory_finding, _stage2_budget, paired_comparisons
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 STREAMS = [1, 2, 4, 8]
@@ -110,12 +110,47 @@ def test_the_committed_two_stage_config_keeps_the_fraction_and_seeds_the_largest
     assert exp.largest == "l" and exp.seeds == stage2_seeds(exp.cfg.scaling) >= 2
 
 
+def _interval(low, high):
+    closed = low is not None and high is not None
+    return KInterval(low, high, 0.95, closed, f"interval [{low}, {high}]" if closed else "not identified: open")
+
+
 def test_the_fit_finding_names_a_degenerate_fit_and_never_prices_p():
-    rows = [{"val_loss": 3.2}, {"val_loss": 3.5}]
+    rows = [{"val_loss": 3.2, "streams": 1}, {"val_loss": 3.5, "streams": 8}]
     degenerate = LawFit(E=2.8e-10, A=6.4e11, alpha=0.087, k=0.016, huber=8.3e-5, rms_log_residual=0.01)
     fixed = LawFit(E=1.0, A=1e5, alpha=0.3, k=0.39, huber=2e-4, rms_log_residual=0.01, k_fixed=True)
-    text = _fit_finding(rows, {"free": degenerate, "paper_k": fixed})
+    fits = {"free": degenerate, "paper_k": fixed, "k_interval": _interval(0.01, 0.02)}
+    text = _fit_finding(rows, fits)
     assert "degenerate" in text and "not a measure of what P is worth" in text and "worth 1.0" not in text
+
+
+def test_the_fit_finding_prices_p_only_from_a_closed_interval():
+    rows = [{"val_loss": 3.2, "streams": 1}, {"val_loss": 3.1, "streams": 8}]
+    fit = LawFit(E=2.0, A=1e5, alpha=0.3, k=0.1, huber=1e-4, rms_log_residual=0.01)
+    fixed = LawFit(E=2.0, A=1e5, alpha=0.3, k=0.39, huber=2e-4, rms_log_residual=0.01, k_fixed=True)
+    closed = _fit_finding(rows, {"free": fit, "paper_k": fixed, "k_interval": _interval(0.05, 0.15)})
+    assert "P=8 worth 1.21x its parameters (1.10x to 1.31x)" in closed and "interval [0.05, 0.15]" in closed
+    opened = _fit_finding(rows, {"free": fit, "paper_k": fixed, "k_interval": _interval(0.05, None)})
+    assert "not identified" in opened and "not a measure of what P is worth" in opened and "worth 1.2" not in opened
+
+
+def test_paired_comparisons_pair_each_p_with_p1_seed_by_seed():
+    rows = [
+        {"size": "s", "streams": 1, "seed_losses": [3.50], "prefix_control_val_loss": 3.49},
+        {"size": "s", "streams": 8, "seed_losses": [3.47], "prefix_control_val_loss": None},
+        {"size": "l", "streams": 1, "seed_losses": [3.20, 3.30], "prefix_control_val_loss": 3.18},
+        {"size": "l", "streams": 2, "seed_losses": [3.19, 3.28], "prefix_control_val_loss": None},
+        {"size": "l", "streams": 8, "seed_losses": [3.10, 3.205], "prefix_control_val_loss": None},
+    ]
+    found = {(size, c.label): c for size, c in paired_comparisons(rows, margin=0.01)}
+    one = found["s", "P=8 vs P=1 (dense continued)"]
+    assert one.diffs == pytest.approx((-0.03,)) and one.low is None and one.verdict == "inconclusive"
+    top = found["l", "P=8 vs P=1 (dense continued)"]
+    assert top.diffs == pytest.approx((-0.10, -0.095)) and top.verdict == "shown"  # paired: seeds 0.1 apart cancel
+    assert top.high < 0 < found["l", "P=2 vs P=1 (dense continued)"].high
+    prefix = found["l", "P=8 vs P=1 + one prefix (seed 0)"]
+    assert prefix.diffs == pytest.approx((3.10 - 3.18,)) and prefix.verdict == "inconclusive"
+    assert len(found) == 2 + 4  # s: P=8 vs P=1 and vs one prefix; l: P=2 and P=8, each against both
 
 
 def test_the_memory_finding_gives_every_batch_size_and_names_where_parscale_is_worse():
