@@ -6,8 +6,9 @@ batches, so the losses at equal stage-2 tokens compare; an intermediate point is
 learning rate not yet annealed), which the report says.
 
 At each point the loss of a P is the mean over its stage-2 seeds. Where the ordering appears is
-claimed only when every P has two seeds or more at that point (issue 28, item 9); with one seed the
-report says "not claimed: one seed" and gives no budget."""
+claimed only when every P has two seeds or more at that point (issue 28, item 9) and every step of
+the ordering is wider than the widest seed range there and at every later point; with one seed the
+report says "not claimed: one seed", with steps inside the seed range "not established"."""
 
 from __future__ import annotations
 
@@ -50,11 +51,18 @@ def appears_at(rows: list[dict]) -> float | None:
     return None if row is None else row["tokens_per_param"]
 
 
-def _first_holding(rows: list[dict]) -> dict | None:
+def _first_holding(rows: list[dict], holds=lambda r: r["ordered"]) -> dict | None:
     for i, row in enumerate(rows):
-        if all(r["ordered"] for r in rows[i:]):
+        if all(holds(r) for r in rows[i:]):
             return row
     return None
+
+
+def resolved(row: dict) -> bool:
+    """Whether the ordering at a point stands out of the seed noise: the seed means are ordered and
+    every step from one P to the next is wider than the widest range of one P's seeds there."""
+    ranges = [v for v in row.get("seed_range") or [] if v is not None]
+    return row["ordered"] and bool(ranges) and min(a - b for a, b in pairwise(row["losses"])) > max(ranges)
 
 
 def claimable(row: dict, min_seeds: int = MIN_SEEDS) -> bool:
@@ -86,7 +94,7 @@ def budget_curve(exp) -> dict:
         "rows": rows,
         "appears_at": None if first is None else first["tokens_per_param"],
         "appears_at_fraction": None if first is None else first["fraction"],
-        "claimed": first is not None and claimable(first),
+        "claimed": (settled := _first_holding(rows, resolved)) is not None and claimable(settled),
         "largest_tried": rows[-1]["tokens_per_param"] if rows else None,
     }
 
@@ -160,12 +168,26 @@ def finding(curve: dict) -> str:
             f"Where the ordering {order} appears: not claimed: one seed (P = {', '.join(map(str, few))} at the "
             f"largest size; a claim needs >= {MIN_SEEDS} seeds of every P, scaling.stage2_seeds)."
         )
-    fraction = f"{first['fraction']:.3f} of stage 1, " if "fraction" in first else ""
+    settled = _first_holding(rows, resolved)
+    if settled is None:
+        return (
+            f"The seed means are ordered {order} from {_where(first)} stage-2 tokens per parameter on (largest "
+            f"budget tried: {curve['largest_tried']:.3f}), but where the ordering appears is not established: "
+            f"the smallest step there ({_smallest_gap(first['losses'])}) is within the largest seed range "
+            f"({_largest_range(first)}); a claim needs every step wider than the seeds' range from that point on "
+            "(more seeds: scaling.stage2_seeds)."
+        )
     return (
-        f"The ordering {order} (seed means) appears at {fraction}{first['tokens_per_param']:.3f} stage-2 tokens "
-        f"per parameter and holds at every later evaluation (largest budget tried: {curve['largest_tried']:.3f}); "
-        f"smallest gap there {_smallest_gap(first['losses'])}, largest seed range {_largest_range(first)}."
+        f"The ordering {order} appears at {_where(settled)} stage-2 tokens per parameter and holds at every "
+        f"later evaluation, each step wider than the seeds' range (largest budget tried: "
+        f"{curve['largest_tried']:.3f}); smallest gap there {_smallest_gap(settled['losses'])}, largest seed "
+        f"range {_largest_range(settled)}."
     )
+
+
+def _where(row: dict) -> str:
+    fraction = f"{row['fraction']:.3f} of stage 1, " if "fraction" in row else ""
+    return f"{fraction}{row['tokens_per_param']:.3f}"
 
 
 __all__ = [
@@ -177,6 +199,7 @@ __all__ = [
     "finding",
     "ordered",
     "point",
+    "resolved",
     "stage2_fraction",
     "stage2_seeds",
 ]

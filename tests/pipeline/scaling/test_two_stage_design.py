@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.scaling.budget import budget_lines, claimable, finding, point, stage2_seeds
+from pipeline.scaling.budget import budget_lines, claimable, finding, point, resolved, stage2_seeds
 from pipeline.scaling.experiment import ScalingExperiment
 from pipeline.scaling.law import KInterval, LawFit
 from pipeline.scaling.report import _fit_finding, _memory_finding, _stage2_budget, paired_comparisons
@@ -45,6 +45,15 @@ def test_two_seeds_of_every_p_let_the_report_say_where_it_appears():
     text = finding(curve)
     assert "appears at 0.200 of stage 1, 2.000 stage-2 tokens per parameter" in text
     assert "largest seed range 0.0200" in text
+
+
+def test_ordered_means_with_steps_inside_the_seed_range_are_not_established():
+    """The committed run's case: P = 4 and 8 0.0004 apart in the means, seeds 0.005 apart."""
+    noisy = [[3.2312, 3.2297], [3.2090, 3.2035], [3.2050, 3.2027], [3.2044, 3.2025]]
+    curve = _curve([noisy, noisy])
+    assert curve["rows"][0]["ordered"] and claimable(curve["rows"][0]) and not resolved(curve["rows"][0])
+    text = finding(curve)
+    assert "not established" in text and "appears at" not in text and "+0.0004" in text and "0.0055" in text
 
 
 def test_a_second_seed_at_p1_and_p_max_only_is_not_enough():
