@@ -78,8 +78,8 @@ class ScalingExperiment:
         return write_report(self, console)
 
     def seed_jobs(self) -> list[MainJob]:
-        """Stage 2 of the largest size again for seeds 1 .. stage2_seeds - 1 (every P and the dense
-        continuation; no one-prefix control): planned once seed 0's stage 1 and dense continuation are
+        """Stage 2 of the largest size again for seeds 1 .. stage2_seeds - 1 (every P, the dense
+        continuation and, with ``scaling.prefix_control``, the one-prefix control): planned once seed 0's stage 1 and dense continuation are
         trained, since each starts from that stage 1 and reads on after that many stage-2 tokens."""
         if self._seed_jobs is None and self.seeds > 1:
             job = self.jobs[self.largest]
@@ -96,7 +96,6 @@ class ScalingExperiment:
                             "run.output_dir": str(self.root / self.largest / f"stage2-seed{i}"),
                             "run.name": f"{self.cfg.run.name}-{self.largest}-seed{i}",
                             "stage2.init_from": str(job.folders.consolidated),
-                            "stage2.prefix_control": False,
                         },
                     ),
                     self.dry_run,
@@ -134,7 +133,7 @@ class ScalingExperiment:
                         "tokens_seen": result["tokens_seen"],
                         "stage1_val_loss": evals["stage1"]["val_loss"],
                         "stream_spread": sum(spreads) / len(spreads) if spreads else None,
-                        "prefix_control_val_loss": evals.get("prefix1", {}).get("val_loss") if p == 1 else None,
+                        **(_prefix_control([evals, *others]) if p == 1 else {"prefix_control_val_loss": None}),
                     }
                 )
         return rows
@@ -189,6 +188,16 @@ class _Stage2Seed(MainJob):
             ._stage2_run(out, parscale, init)
             .derive(f"stage-2 seed {self.init_seed_offset}", {"train.skip_tokens": self.skip_tokens})
         )
+
+
+def _prefix_control(evals: list[dict]) -> dict:
+    """The one-prefix control's loss per stage-2 seed (None where that seed has none) and their mean."""
+    losses = [e.get("prefix1", {}).get("val_loss") for e in evals]
+    have = [v for v in losses if v is not None]
+    return {
+        "prefix_control_val_loss": sum(have) / len(have) if have else None,
+        "prefix_control_seed_losses": losses,
+    }
 
 
 def _shape(job: MainJob) -> str:

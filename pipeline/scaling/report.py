@@ -96,10 +96,9 @@ def _seed_lines(rows: list[dict]) -> list[str]:
 
 
 def paired_comparisons(rows: list[dict], margin: float) -> list[tuple[str, Comparison]]:
-    """(size, comparison) for every size: each P > 1 against P = 1 (the dense model continued) over the
-    stage-2 seeds the size has (seed i of every P: the same stage 1, stage-2 data and validation
-    batches), then against P = 1 with one learned prefix, which runs at seed 0 only (one pair: no
-    interval, so inconclusive by the rule)."""
+    """(size, comparison) for every size: each P > 1 against P = 1 (the dense model continued), then
+    against P = 1 with one learned prefix, over the stage-2 seeds both arms have (seed i of every arm:
+    the same stage 1, stage-2 data and validation batches; one pair: no interval, so inconclusive)."""
     out = []
     for size in dict.fromkeys(r["size"] for r in rows):
         mine = {r["streams"]: r for r in rows if r["size"] == size}
@@ -108,10 +107,17 @@ def paired_comparisons(rows: list[dict], margin: float) -> list[tuple[str, Compa
             (size, compare(f"P={p} vs P=1 (dense continued)", mine[p]["seed_losses"], base["seed_losses"], margin))
             for p in streams
         ]
-        prefix = base.get("prefix_control_val_loss")
-        if prefix is not None:
+        prefix = base.get("prefix_control_seed_losses") or [base.get("prefix_control_val_loss")]
+        seeds = [i for i, v in enumerate(prefix) if v is not None]
+        if seeds:
+            label = "P={} vs P=1 + one prefix" + ("" if len(seeds) > 1 else f" (seed {seeds[0]})")
             out += [
-                (size, compare(f"P={p} vs P=1 + one prefix (seed 0)", mine[p]["seed_losses"][:1], [prefix], margin))
+                (
+                    size,
+                    compare(
+                        label.format(p), [mine[p]["seed_losses"][i] for i in seeds], [prefix[i] for i in seeds], margin
+                    ),
+                )
                 for p in streams
             ]
     return out

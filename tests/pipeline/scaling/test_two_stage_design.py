@@ -147,7 +147,7 @@ def test_paired_comparisons_pair_each_p_with_p1_seed_by_seed():
     rows = [
         {"size": "s", "streams": 1, "seed_losses": [3.50], "prefix_control_val_loss": 3.49},
         {"size": "s", "streams": 8, "seed_losses": [3.47], "prefix_control_val_loss": None},
-        {"size": "l", "streams": 1, "seed_losses": [3.20, 3.30], "prefix_control_val_loss": 3.18},
+        {"size": "l", "streams": 1, "seed_losses": [3.20, 3.30], "prefix_control_seed_losses": [3.18, None]},
         {"size": "l", "streams": 2, "seed_losses": [3.19, 3.28], "prefix_control_val_loss": None},
         {"size": "l", "streams": 8, "seed_losses": [3.10, 3.205], "prefix_control_val_loss": None},
     ]
@@ -160,6 +160,9 @@ def test_paired_comparisons_pair_each_p_with_p1_seed_by_seed():
     prefix = found["l", "P=8 vs P=1 + one prefix (seed 0)"]
     assert prefix.diffs == pytest.approx((3.10 - 3.18,)) and prefix.verdict == "inconclusive"
     assert len(found) == 2 + 4  # s: P=8 vs P=1 and vs one prefix; l: P=2 and P=8, each against both
+    rows[2]["prefix_control_seed_losses"] = [3.18, 3.29]  # the control at both seeds: paired, with an interval
+    both = {(size, c.label): c for size, c in paired_comparisons(rows, margin=0.01)}["l", "P=8 vs P=1 + one prefix"]
+    assert both.diffs == pytest.approx((3.10 - 3.18, 3.205 - 3.29)) and both.low is not None
 
 
 def test_the_memory_finding_gives_every_batch_size_and_names_where_parscale_is_worse():
